@@ -1,0 +1,44 @@
+"""``spectraseg inspect DATA``: scenes, products and per-class area shares of a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from spectraseg import CLASS_NAMES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="list the scenes, products and class area shares of a dataset",
+        description="List the scenes of a DSTL-layout dataset, the products each has with "
+        "their shapes and dtypes, and the per-class area share of the labelled scenes.",
+    )
+    p.add_argument("data", help="dataset root (three_band/, sixteen_band/, grid_sizes.csv, ...)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spectraseg.inspection import summarize
+
+    summary = summarize(args.data)
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"dataset {summary['root']}: {len(summary['scenes'])} scene(s), "
+          f"{summary['labelled']} labelled")
+    for s in summary["scenes"]:
+        prods = "  ".join(
+            f"{name} {p['bands']}x{p['height']}x{p['width']} {p['dtype']}"
+            for name, p in s["products"].items()
+        )
+        print(f"  {s['image_id']:<12} {prods}")
+    if summary["class_share"]:
+        print("per-class area share of the labelled scenes:")
+        for c, share in summary["class_share"].items():
+            print(f"  {int(c):>2} {CLASS_NAMES[int(c)]:<26} {100 * share:7.3f} %")
+    return 0
