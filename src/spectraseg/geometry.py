@@ -42,17 +42,13 @@ def pixel_scale(width: int, height: int, xmax: float, ymin: float) -> tuple[floa
     return w_ / xmax, h_ / ymin
 
 
-def grid_to_pixel(
-    xy: np.ndarray, width: int, height: int, xmax: float, ymin: float
-) -> np.ndarray:
+def grid_to_pixel(xy: np.ndarray, width: int, height: int, xmax: float, ymin: float) -> np.ndarray:
     """Grid coordinates (..., 2) float64 -> pixel coordinates (..., 2) float64 (col, row)."""
     sx, sy = pixel_scale(width, height, xmax, ymin)
     return np.asarray(xy, dtype=np.float64) * np.array([sx, sy])
 
 
-def pixel_to_grid(
-    xy: np.ndarray, width: int, height: int, xmax: float, ymin: float
-) -> np.ndarray:
+def pixel_to_grid(xy: np.ndarray, width: int, height: int, xmax: float, ymin: float) -> np.ndarray:
     """Pixel coordinates (..., 2) float64 (col, row) -> grid coordinates (..., 2) float64."""
     sx, sy = pixel_scale(width, height, xmax, ymin)
     return np.asarray(xy, dtype=np.float64) / np.array([sx, sy])
@@ -122,9 +118,7 @@ def repair(geom: BaseGeometry) -> MultiPolygon:
     return to_multipolygon(fixed)
 
 
-def rasterize(
-    geom: BaseGeometry, width: int, height: int, xmax: float, ymin: float
-) -> np.ndarray:
+def rasterize(geom: BaseGeometry, width: int, height: int, xmax: float, ymin: float) -> np.ndarray:
     """Burn one (multi)polygon in grid coordinates into a (height, width) uint8 {0, 1} mask.
 
     A pixel is set when its centre lies inside the polygon; holes are cleared.

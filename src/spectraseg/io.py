@@ -157,7 +157,9 @@ def read_grid_sizes(path: str | os.PathLike[str]) -> dict[str, tuple[float, floa
     return out
 
 
-def write_grid_sizes(path: str | os.PathLike[str], sizes: Mapping[str, tuple[float, float]]) -> None:
+def write_grid_sizes(
+    path: str | os.PathLike[str], sizes: Mapping[str, tuple[float, float]]
+) -> None:
     """Write ``grid_sizes.csv`` in the competition format (unnamed first column), atomically."""
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -245,9 +247,7 @@ def parse_wkt_rows(
     if bad:
         image_id, cls, text = rows[bad[0]]
         snippet = text if len(text) < 40 else text[:37] + "..."
-        raise DataError(
-            f"{source}: malformed WKT for image {image_id} class {cls}: {snippet!r}"
-        )
+        raise DataError(f"{source}: malformed WKT for image {image_id} class {cls}: {snippet!r}")
     for i, g in enumerate(geoms):
         if not g.is_empty and g.geom_type not in ("Polygon", "MultiPolygon", "GeometryCollection"):
             image_id, cls, _ = rows[i]
@@ -377,9 +377,7 @@ class Scene:
             return self.products["RGB"]
         return max(self.products.values(), key=lambda p: p.height * p.width)
 
-    def read(
-        self, product: str, window: tuple[slice, slice] | None = None
-    ) -> np.ndarray:
+    def read(self, product: str, window: tuple[slice, slice] | None = None) -> np.ndarray:
         """Pixels of ``product`` as (bands, h, w) in the file's dtype.
 
         ``window`` is ``(rows, cols)`` slices in that product's own pixels; None reads all.

@@ -29,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=2)
         print()
         return 0
-    print(f"dataset {summary['root']}: {len(summary['scenes'])} scene(s), "
-          f"{summary['labelled']} labelled")
+    print(
+        f"dataset {summary['root']}: {len(summary['scenes'])} scene(s), "
+        f"{summary['labelled']} labelled"
+    )
     for s in summary["scenes"]:
         prods = "  ".join(
             f"{name} {p['bands']}x{p['height']}x{p['width']} {p['dtype']}"
