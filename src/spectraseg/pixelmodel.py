@@ -1,0 +1,152 @@
+"""A per-pixel gradient-boosting model: one binary classifier per class on pixel features.
+
+On small real datasets a per-pixel model is a strong baseline (water from SWIR, vegetation
+from red-edge/NIR) and a useful partner of the U-Net: :mod:`spectraseg.demo` blends the two
+per class with weights chosen on validation scenes.
+
+Features of a pixel (:func:`pixel_features`): every input channel of the normalised stack
+(including spectral indices), and of a grey image (mean of the visible channels) its 5 x 5
+and 15 x 15 local mean and standard deviation and its Sobel gradient magnitude.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from spectraseg import NUM_CLASSES
+from spectraseg.io import atomic_output
+
+GREY_CHANNELS = ("R", "G", "B", "P")
+TEXTURE_WINDOWS = (5, 15)
+
+
+def feature_names(channels: Sequence[str]) -> list[str]:
+    """Names of the features :func:`pixel_features` returns for these input channels."""
+    names = list(channels)
+    for k in TEXTURE_WINDOWS:
+        names += [f"grey_mean{k}", f"grey_std{k}"]
+    names.append("grey_sobel")
+    return names
+
+
+def pixel_features(image: np.ndarray, channels: Sequence[str]) -> np.ndarray:
+    """Per-pixel features of a normalised scene.
+
+    Args:
+        image: (C, H, W) float32, normalised channels (zero mean, unit variance).
+        channels: the C channel names (``R``, ``G``, ..., ``A8``, index names).
+
+    Returns:
+        (F, H, W) float32 with F = C + 2 * len(TEXTURE_WINDOWS) + 1, in
+        :func:`feature_names` order.
+    """
+    if image.ndim != 3 or image.shape[0] != len(channels):
+        raise ValueError(f"image {image.shape} does not match {len(channels)} channel names")
+    visible = [i for i, c in enumerate(channels) if c in GREY_CHANNELS]
+    grey = image[visible].mean(axis=0) if visible else image.mean(axis=0)
+    grey = np.ascontiguousarray(grey, dtype=np.float32)
+    extra = []
+    for k in TEXTURE_WINDOWS:
+        mean = cv2.blur(grey, (k, k), borderType=cv2.BORDER_REFLECT)
+        sq = cv2.blur(grey * grey, (k, k), borderType=cv2.BORDER_REFLECT)
+        extra += [mean, np.sqrt(np.maximum(sq - mean * mean, 0.0))]
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
+    extra.append(np.sqrt(gx * gx + gy * gy))
+    return np.concatenate([image.astype(np.float32, copy=False), np.stack(extra)], axis=0)
+
+
+def sample_pixels(
+    masks: np.ndarray, cls: int, per_scene: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Flat pixel indices for training class ``cls`` (1-based) on one scene.
+
+    Up to ``per_scene // 2`` positives and as many negatives (fewer positives when the
+    class is rare; negatives then fill up), drawn without replacement.
+
+    Args:
+        masks: (10, H, W) uint8 truth.
+    """
+    flat = masks[cls - 1].reshape(-1).astype(bool)
+    pos = np.flatnonzero(flat)
+    neg = np.flatnonzero(~flat)
+    n_pos = min(len(pos), per_scene // 2)
+    n_neg = min(len(neg), per_scene - n_pos)
+    pick_pos = rng.choice(pos, n_pos, replace=False) if n_pos else pos[:0]
+    pick_neg = rng.choice(neg, n_neg, replace=False) if n_neg else neg[:0]
+    return np.concatenate([pick_pos, pick_neg])
+
+
+@dataclass
+class PixelModel:
+    """One HistGradientBoosting classifier per class (None where a class never occurs)."""
+
+    channels: list[str]
+    models: dict[int, HistGradientBoostingClassifier | None] = field(default_factory=dict)
+
+    def fit(
+        self,
+        features: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        per_scene: int = 20000,
+        max_iter: int = 200,
+        seed: int = 0,
+    ) -> PixelModel:
+        """Train on scenes: ``features`` (F, H, W) float32 and ``masks`` (10, H, W) uint8."""
+        rng = np.random.default_rng(seed)
+        for cls in range(1, NUM_CLASSES + 1):
+            xs, ys = [], []
+            for feat, mask in zip(features, masks, strict=True):
+                idx = sample_pixels(mask, cls, per_scene, rng)
+                xs.append(feat.reshape(feat.shape[0], -1)[:, idx].T)
+                ys.append(mask[cls - 1].reshape(-1)[idx])
+            y = np.concatenate(ys)
+            if y.min() == y.max():
+                self.models[cls] = None
+                continue
+            clf = HistGradientBoostingClassifier(
+                max_iter=max_iter,
+                learning_rate=0.1,
+                max_leaf_nodes=31,
+                l2_regularization=1.0,
+                early_stopping=True,
+                validation_fraction=0.15,
+                random_state=int(rng.integers(2**31)),
+            )
+            clf.fit(np.concatenate(xs), y)
+            self.models[cls] = clf
+        return self
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (10, H, W) float32 for one scene's (F, H, W) features.
+
+        Classes never seen in training get probability 0. The positives were sampled at up
+        to half of each training set, so these are not calibrated frequencies: choose
+        thresholds on validation scenes.
+        """
+        f, h, w = features.shape
+        flat = features.reshape(f, -1).T
+        out = np.zeros((NUM_CLASSES, h * w), dtype=np.float32)
+        for cls, clf in self.models.items():
+            if clf is not None:
+                out[cls - 1] = clf.predict_proba(flat)[:, 1]
+        return out.reshape(NUM_CLASSES, h, w)
+
+    def save(self, path: str | Path) -> None:
+        """Pickle the model atomically (sklearn estimators are not tensor checkpoints)."""
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump({"channels": self.channels, "models": self.models}, f)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PixelModel:
+        """Load a model written by :meth:`save` (only load files you wrote yourself)."""
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+        return cls(channels=state["channels"], models=state["models"])
