@@ -102,7 +102,12 @@ def colour_masks(masks: np.ndarray, background: np.ndarray | None = None) -> np.
 
 def _legend_handles() -> list[Patch]:
     return [
-        Patch(color=np.array(CLASS_COLOURS[c]) / 255, label=f"{c} {CLASS_NAMES[c]}")
+        Patch(
+            facecolor=np.array(CLASS_COLOURS[c]) / 255,
+            edgecolor="black",
+            linewidth=0.5,
+            label=f"{c} {CLASS_NAMES[c]}",
+        )
         for c in range(1, NUM_CLASSES + 1)
     ]
 
