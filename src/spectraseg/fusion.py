@@ -1,0 +1,896 @@
+"""Fusion of all products onto the RGB grid, and the on-disk cache of fused scenes.
+
+A fused scene is a ``(C, H, W)`` uint16 stack on the reference grid (RGB; the finest
+product when RGB is absent), in raw digital numbers: every product resampled with cubic
+interpolation in a single ``cv2.warpAffine`` that folds its scale and its estimated shift
+together, rounded and clipped to ``[0, 65535]``. Pixels a product does not cover (after
+shifting) are filled with that channel's mean over the pixels it covers. Channel order is
+R, G, B, P, M1..M8, A1..A8, restricted to the products present.
+
+The cache (``spectraseg align DATA --cache DIR``, format in ``docs/architecture.md``)::
+
+    DIR/{id}.npy        (C, H, W) uint16, numpy.load(mmap_mode="r")
+    DIR/manifest.json   format, version, dtype, scale, offset and per scene its channels,
+                        height, width, products and valid boxes
+    DIR/shifts.csv      image_id,product,dx,dy,corr,method,reason
+
+:func:`align_dataset` runs in two phases so that fallbacks can use region neighbours:
+estimate the shifts of all scenes (cheap, small results), resolve fallbacks across scenes
+(:func:`spectraseg.registration.resolve_shifts`), then fuse and write each scene. Scenes
+run serially in-process, on a Dask ``LocalCluster`` (``workers``) or on an existing Dask
+cluster (``scheduler``); the task functions of this module are what the workers run. Each
+scene's array is written by the worker that builds it, channel by channel into a temporary
+file renamed into place when complete; only small records travel to the client, so memory
+stays bounded whatever the number of scenes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io as _io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+
+from spectraseg.errors import ConfigError, DataError, SpectrasegError
+from spectraseg.io import (
+    PRODUCTS,
+    Scene,
+    atomic_output,
+    check_image_id,
+    open_dataset,
+    write_text_atomic,
+)
+from spectraseg.registration import (
+    DEFAULT_CONFIG,
+    METHODS,
+    ProductEstimate,
+    RegistrationConfig,
+    ShiftRow,
+    estimate_products,
+    resolve_shifts,
+)
+
+CACHE_FORMAT = "spectraseg-cache"
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+SHIFTS = "shifts.csv"
+SHIFT_COLUMNS: tuple[str, ...] = ("image_id", "product", "dx", "dy", "corr", "method", "reason")
+"""Columns of the cache's ``shifts.csv`` (the first four are those of the synthetic truth)."""
+
+CHANNELS: dict[str, tuple[str, ...]] = {
+    "RGB": ("R", "G", "B"),
+    "P": ("P",),
+    "M": tuple(f"M{i}" for i in range(1, 9)),
+    "A": tuple(f"A{i}" for i in range(1, 9)),
+}
+"""Channel names of each product, in stacking order."""
+
+ASPECT_TOLERANCE = 0.03
+"""Largest relative difference between a product's x and y scale to the reference grid."""
+
+SCHEDULER_TIMEOUT = "20s"
+"""How long to try to reach an existing Dask scheduler (``--scheduler``)."""
+
+Box = tuple[int, int, int, int]
+"""``(row0, row1, col0, col1)``: a half-open box of reference-grid pixels."""
+
+
+def channels_of(products: Iterable[str]) -> list[str]:
+    """The channel names of a set of products, in the fixed order R,G,B,P,M1..M8,A1..A8."""
+    have = set(products)
+    return [c for p in PRODUCTS if p in have for c in CHANNELS[p]]
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def warp_matrix(
+    src_shape: tuple[int, int], dst_shape: tuple[int, int], dx: float, dy: float
+) -> np.ndarray:
+    """The ``(2, 3)`` float64 map from destination pixel indices to source pixel indices.
+
+    ``src_shape``/``dst_shape``: ``(h, w)``/``(H, W)`` of the product and the reference grid;
+    ``(dx, dy)``: the product's shift in its own pixels. Pixel edges of both grids cover the
+    same ground, so a destination pixel centre ``X + 0.5`` lies at source coordinate
+    ``(X + 0.5) * w / W``, and the shifted content is read ``(dx, dy)`` further on. Use with
+    ``cv2.WARP_INVERSE_MAP``.
+    """
+    (h, w), (hh, ww) = src_shape, dst_shape
+    sx, sy = w / ww, h / hh
+    return np.array(
+        [[sx, 0.0, 0.5 * sx - 0.5 + dx], [0.0, sy, 0.5 * sy - 0.5 + dy]], dtype=np.float64
+    )
+
+
+def valid_box(src_shape: tuple[int, int], dst_shape: tuple[int, int], dx: float, dy: float) -> Box:
+    """Reference-grid pixels whose centre falls inside the shifted product's footprint.
+
+    Returns ``(row0, row1, col0, col1)``, half-open, clipped to the grid (possibly empty).
+    """
+    (h, w), (hh, ww) = src_shape, dst_shape
+
+    def span(n_src: int, n_dst: int, d: float) -> tuple[int, int]:
+        k = n_dst / n_src
+        # Centre X + 0.5 maps to (X + 0.5) / k + d, which must lie in [0, n_src].
+        lo = math.ceil(-d * k - 0.5 - 1e-9)
+        hi = math.floor((n_src - d) * k - 0.5 + 1e-9) + 1
+        lo, hi = max(0, lo), min(n_dst, hi)
+        return lo, max(lo, hi)
+
+    r0, r1 = span(h, hh, dy)
+    c0, c1 = span(w, ww, dx)
+    return r0, r1, c0, c1
+
+
+def resample_band(
+    band: np.ndarray, dst_shape: tuple[int, int], dx: float, dy: float, out: np.ndarray
+) -> Box:
+    """Resample one ``(h, w)`` band onto ``out`` (``(H, W)`` uint16), shifted and filled.
+
+    Cubic interpolation; the result is rounded and clipped to ``[0, 65535]``. Pixels outside
+    the product's footprint get the mean of the pixels inside it (the mean of the band when
+    none is inside). Returns the valid box.
+    """
+    hh, ww = dst_shape
+    h, w = band.shape
+    box = valid_box((h, w), dst_shape, dx, dy)
+    if (h, w) == (hh, ww) and dx == 0 and dy == 0:
+        if band.dtype in (np.uint8, np.uint16):
+            out[...] = band
+        else:
+            np.copyto(out, np.clip(np.rint(band), 0, 65535), casting="unsafe")
+        return box
+    matrix = warp_matrix((h, w), dst_shape, dx, dy)
+    flags = cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+    # Replicated borders keep the cubic kernel sane at the footprint's edge; what lies
+    # outside the footprint is overwritten by the fill below.
+    if band.dtype == np.uint16:
+        cv2.warpAffine(
+            band, matrix, (ww, hh), dst=out, flags=flags, borderMode=cv2.BORDER_REPLICATE
+        )
+    elif band.dtype == np.uint8:
+        tmp = cv2.warpAffine(band, matrix, (ww, hh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        np.copyto(out, tmp, casting="unsafe")
+    else:
+        src = np.nan_to_num(band.astype(np.float32), nan=float(np.nanmean(band)))
+        tmp = cv2.warpAffine(src, matrix, (ww, hh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        np.copyto(out, np.clip(np.rint(tmp), 0, 65535), casting="unsafe")
+    r0, r1, c0, c1 = box
+    if (r0, r1, c0, c1) != (0, hh, 0, ww):
+        inside = out[r0:r1, c0:c1]
+        mean = float(inside.mean(dtype=np.float64)) if inside.size else float(band.mean())
+        fill = np.uint16(min(max(round(mean), 0), 65535))
+        out[:r0] = fill
+        out[r1:] = fill
+        out[r0:r1, :c0] = fill
+        out[r0:r1, c1:] = fill
+    return box
+
+
+def fuse_images(
+    images: Mapping[str, np.ndarray],
+    shifts: Mapping[str, tuple[float, float]],
+    reference: str = "RGB",
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[str], dict[str, list[int]]]:
+    """Stack all products of a scene onto the reference grid.
+
+    ``images``: product -> ``(B, h, w)`` pixels (any numeric dtype); ``shifts``: product ->
+    ``(dx, dy)`` in its own pixels (missing products are taken unshifted; the reference is
+    never shifted); ``out``: an optional preallocated ``(C, H, W)`` uint16 array (e.g. a
+    memory map) to fill channel by channel. Returns ``(stack, channels, valid)`` with
+    ``stack`` ``(C, H, W)`` uint16 and ``valid`` product -> ``[row0, row1, col0, col1]``.
+    """
+    hh, ww = images[reference].shape[-2:]
+    channels = channels_of(images)
+    shape = (len(channels), hh, ww)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint16)
+    elif out.shape != shape or out.dtype != np.uint16:
+        raise ValueError(f"out must be uint16 of shape {shape}, got {out.dtype} {out.shape}")
+    valid: dict[str, list[int]] = {}
+    c = 0
+    for product in [p for p in PRODUCTS if p in images]:
+        arr = images[product]
+        arr = arr[None] if arr.ndim == 2 else arr
+        dx, dy = (0.0, 0.0) if product == reference else shifts.get(product, (0.0, 0.0))
+        for band in arr:
+            box = resample_band(band, (hh, ww), float(dx), float(dy), out[c])
+            c += 1
+        valid[product] = list(box)
+    return out, channels, valid
+
+
+# --------------------------------------------------------------------------- one scene
+
+
+class AlignedScene(NamedTuple):
+    """A fused scene: ``stack`` ``(C, H, W)`` uint16, its channel names, the shift rows used
+    and per product the valid box ``[row0, row1, col0, col1]``."""
+
+    stack: np.ndarray
+    channels: list[str]
+    shifts: list[ShiftRow]
+    valid: dict[str, list[int]]
+
+
+def check_scene(scene: Scene) -> str:
+    """Check that a scene's products can be fused; return the reference product's name.
+
+    Raises DataError when a product's shape does not match the reference's aspect ratio.
+    """
+    ref = scene.reference
+    for p in scene.products.values():
+        if p.height <= 0 or p.width <= 0:
+            raise DataError(f"{p.path} is empty ({p.height} x {p.width} px)")
+        sx, sy = p.width / ref.width, p.height / ref.height
+        if abs(sx / sy - 1.0) > ASPECT_TOLERANCE:
+            raise DataError(
+                f"{p.path} is {p.height} x {p.width} px, whose aspect ratio does not match "
+                f"the {ref.name} grid of {ref.height} x {ref.width} px of scene {scene.image_id}"
+            )
+    return ref.name
+
+
+def read_products(scene: Scene) -> dict[str, np.ndarray]:
+    """All products of a scene, ``name -> (B, h, w)`` in the files' dtypes."""
+    return {name: scene.read(name) for name in PRODUCTS if scene.has(name)}
+
+
+def estimate_scene(
+    scene: Scene, config: RegistrationConfig = DEFAULT_CONFIG
+) -> list[ProductEstimate]:
+    """Phase 1 of one scene: read it and estimate the shift of every non-reference product."""
+    reference = check_scene(scene)
+    images = read_products(scene)
+    return estimate_products(images, scene.image_id, reference, config)
+
+
+def align_scene(
+    scene: Scene,
+    shifts: Sequence[ShiftRow] | None = None,
+    config: RegistrationConfig = DEFAULT_CONFIG,
+    out: np.ndarray | None = None,
+) -> AlignedScene:
+    """Register and fuse one scene (the core of ``spectraseg align``, without the cache).
+
+    ``shifts``: the rows to apply (e.g. resolved across a region); None estimates them from
+    this scene alone (fallbacks: phase correlation, then identity). ``out``: optional
+    preallocated ``(C, H, W)`` uint16 output. Raises DataError for unreadable or
+    mismatched products.
+    """
+    reference = check_scene(scene)
+    images = read_products(scene)
+    if shifts is None:
+        estimates = estimate_products(images, scene.image_id, reference, config)
+        rows = resolve_shifts(estimates, config=config)
+    else:
+        rows = [r for r in shifts if r.image_id == scene.image_id]
+    stack, channels, valid = fuse_images(
+        images, {r.product: (r.dx, r.dy) for r in rows}, reference, out
+    )
+    return AlignedScene(stack, channels, rows, valid)
+
+
+# --------------------------------------------------------------------------- cache files
+
+
+def write_scene(
+    cache_dir: str | os.PathLike[str], scene: Scene, shifts: Sequence[ShiftRow]
+) -> dict[str, Any]:
+    """Fuse ``scene`` with ``shifts`` into ``cache_dir/{id}.npy``, atomically.
+
+    The stack is written channel by channel to a temporary file that is renamed onto
+    ``{id}.npy`` only once complete and synced; only one product and one channel are in
+    memory at a time. Returns the scene's manifest entry.
+    """
+    cache_dir = Path(cache_dir)
+    image_id = check_image_id(scene.image_id)
+    reference = check_scene(scene)
+    ref = scene.reference
+    channels = channels_of(scene.products)
+    shape = (len(channels), ref.height, ref.width)
+    path = cache_dir / f"{image_id}.npy"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Leftovers of a killed run for this scene (this run owns the scene).
+    for stale in cache_dir.glob(f".{image_id}.npy.*.tmp"):
+        stale.unlink(missing_ok=True)
+    header = {"descr": "<u2", "fortran_order": False, "shape": shape}
+    rows = {r.product: (r.dx, r.dy) for r in shifts if r.image_id == image_id}
+    valid: dict[str, list[int]] = {}
+    buf = np.empty(shape[1:], dtype="<u2")
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        # Channel by channel, in order: one product and one channel buffer in memory.
+        for name in [p for p in PRODUCTS if scene.has(p)]:
+            arr = scene.read(name)
+            dx, dy = (0.0, 0.0) if name == reference else rows.get(name, (0.0, 0.0))
+            for band in arr:
+                box = resample_band(band, shape[1:], float(dx), float(dy), buf)
+                f.write(buf.data)
+            valid[name] = list(box)
+            del arr
+        f.flush()
+        # Durable before the rename makes it visible.
+        os.fsync(f.fileno())
+    return {
+        "channels": channels,
+        "height": ref.height,
+        "width": ref.width,
+        "products": [p for p in PRODUCTS if scene.has(p)],
+        "reference": reference,
+        "valid": valid,
+    }
+
+
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """``(shape, dtype, fortran_order, data_offset)`` of a ``.npy`` file, reading only its header.
+
+    Raises DataError if the file is not a readable ``.npy`` file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npy file ({exc})") from None
+    return tuple(shape), np.dtype(dtype), bool(fortran), offset
+
+
+def entry_complete(
+    cache_dir: str | os.PathLike[str],
+    image_id: str,
+    entry: Mapping[str, Any] | None,
+    scene: Scene | None = None,
+) -> bool:
+    """Whether ``{id}.npy`` exists and agrees with its manifest entry (and the scene's files).
+
+    Checks the entry's channels and size against the file's shape and dtype header and its
+    byte length; with ``scene``, also that the products and reference size are unchanged.
+    """
+    if not entry:
+        return False
+    try:
+        channels = list(entry["channels"])
+        shape = (len(channels), int(entry["height"]), int(entry["width"]))
+        products = list(entry["products"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if scene is not None:
+        ref = scene.reference
+        if products != [p for p in PRODUCTS if scene.has(p)] or shape[1:] != (
+            ref.height,
+            ref.width,
+        ):
+            return False
+        if channels != channels_of(scene.products):
+            return False
+    path = Path(cache_dir) / f"{image_id}.npy"
+    if not path.is_file():
+        return False
+    try:
+        got, dtype, fortran, offset = npy_header(path)
+    except DataError:
+        return False
+    if got != shape or dtype != np.dtype(np.uint16) or fortran:
+        return False
+    return path.stat().st_size == offset + math.prod(shape) * 2
+
+
+def empty_manifest() -> dict[str, Any]:
+    """A manifest with no scenes."""
+    return {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "dtype": "uint16",
+        "scale": 1.0,
+        "offset": 0.0,
+        "scenes": {},
+    }
+
+
+def read_manifest(cache_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Any]:
+    """The cache's ``manifest.json``; an empty manifest if absent and ``missing_ok``.
+
+    Raises DataError if it is absent (unless ``missing_ok``), unreadable, or not a
+    spectraseg cache manifest of a supported version.
+    """
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        if missing_ok:
+            return empty_manifest()
+        raise DataError(f"{path} does not exist: {cache_dir} is not a spectraseg cache")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read as JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise DataError(f"{path} is not a spectraseg cache manifest")
+    if manifest.get("version") != CACHE_VERSION:
+        raise DataError(
+            f"{path} has cache version {manifest.get('version')!r}, expected {CACHE_VERSION}"
+        )
+    if manifest.get("dtype") != "uint16" or not isinstance(manifest.get("scenes"), dict):
+        raise DataError(f"{path} has no 'scenes' mapping or a dtype other than uint16")
+    return manifest
+
+
+def write_manifest(cache_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` atomically: scenes sorted by id, one line per scene."""
+    head = {k: v for k, v in manifest.items() if k != "scenes"}
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    scenes = sorted(manifest["scenes"].items())
+    body = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in scenes)
+    text = "{\n" + "\n".join(lines) + '\n  "scenes": {' + ("\n" + body + "\n  " if body else "")
+    write_text_atomic(Path(cache_dir) / MANIFEST, text + "}\n}\n")
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def write_shifts(path: str | os.PathLike[str], rows: Iterable[ShiftRow]) -> None:
+    """Write ``shifts.csv`` atomically (``SHIFT_COLUMNS``; empty ``corr`` where none)."""
+    order = {p: i for i, p in enumerate(PRODUCTS)}
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SHIFT_COLUMNS)
+    for r in sorted(rows, key=lambda r: (r.image_id, order.get(r.product, 9))):
+        w.writerow(
+            [r.image_id, r.product, _fmt(r.dx), _fmt(r.dy), _fmt(r.corr), r.method, r.reason]
+        )
+    write_text_atomic(path, buf.getvalue())
+
+
+def read_shifts(path: str | os.PathLike[str]) -> list[ShiftRow]:
+    """Read a ``shifts.csv``: the cache's (with corr, method) or a truth file (4 columns).
+
+    Rows without a ``method`` column get method ``truth``.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read as CSV ({exc})") from None
+    missing = [c for c in SHIFT_COLUMNS[:4] if rows and c not in header]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
+    out: list[ShiftRow] = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            corr = row.get("corr") or "nan"
+            out.append(
+                ShiftRow(
+                    row["image_id"],
+                    row["product"],
+                    float(row["dx"]),
+                    float(row["dy"]),
+                    float(corr),
+                    row.get("method") or "truth",
+                    row.get("reason") or "",
+                )
+            )
+        except (TypeError, ValueError):
+            raise DataError(f"{path} line {n} has a non-numeric dx, dy or corr") from None
+    return out
+
+
+@dataclass
+class Cache:
+    """Read access to a fused cache directory (see :func:`open_cache`)."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Ids of the scenes in the manifest, sorted."""
+        return sorted(self.manifest["scenes"])
+
+    def entry(self, image_id: str) -> dict[str, Any]:
+        """The manifest entry of a scene; DataError if the scene is not cached."""
+        try:
+            return self.manifest["scenes"][image_id]
+        except KeyError:
+            raise DataError(f"scene {image_id} is not in the cache {self.root}") from None
+
+    def channels(self, image_id: str) -> list[str]:
+        """Channel names of a cached scene, in stack order."""
+        return list(self.entry(image_id)["channels"])
+
+    def valid(self, image_id: str) -> dict[str, list[int]]:
+        """Per product the ``[row0, row1, col0, col1]`` box of real (non-fill) pixels."""
+        valid = self.entry(image_id).get("valid", {})
+        return {k: [int(v) for v in box] for k, box in valid.items()}
+
+    def path(self, image_id: str) -> Path:
+        """The ``.npy`` file of a scene."""
+        return self.root / f"{check_image_id(image_id)}.npy"
+
+    def load(self, image_id: str) -> np.memmap:
+        """The fused scene as a read-only memory map, ``(C, H, W)`` uint16."""
+        entry = self.entry(image_id)
+        path = self.path(image_id)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
+        expected = (len(entry["channels"]), int(entry["height"]), int(entry["width"]))
+        if arr.shape != expected or arr.dtype != np.uint16:
+            raise DataError(
+                f"{path} holds {arr.dtype} {arr.shape}, but the manifest says uint16 {expected}"
+            )
+        return arr
+
+    def shifts(self) -> list[ShiftRow]:
+        """The rows of the cache's ``shifts.csv`` (empty if absent)."""
+        path = self.root / SHIFTS
+        return read_shifts(path) if path.is_file() else []
+
+
+def open_cache(cache_dir: str | os.PathLike[str]) -> Cache:
+    """Open a cache directory written by ``spectraseg align``; DataError if it is not one."""
+    root = Path(cache_dir)
+    if not root.is_dir():
+        raise DataError(f"cache directory {root} does not exist")
+    return Cache(root, read_manifest(root))
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        cv2.setNumThreads(int(threads))
+
+
+def estimate_task(
+    root: str, image_id: str, config: RegistrationConfig, threads: int | None = None
+) -> tuple[list[ProductEstimate], float] | str:
+    """Dask/serial task of phase 1: ``(estimates, seconds)`` of one scene, or why it failed."""
+    _set_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        scene = open_dataset(root).scene(image_id)
+        return estimate_scene(scene, config), time.perf_counter() - t0
+    except SpectrasegError as exc:
+        return str(exc)
+
+
+def fuse_task(
+    root: str,
+    cache_dir: str,
+    image_id: str,
+    shifts: Sequence[ShiftRow],
+    threads: int | None = None,
+) -> tuple[dict[str, Any], float] | str:
+    """Dask/serial task of phase 2: write one scene's ``.npy``; ``(manifest entry, seconds)``
+    or why it failed."""
+    _set_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        scene = open_dataset(root).scene(image_id)
+        return write_scene(cache_dir, scene, shifts), time.perf_counter() - t0
+    except SpectrasegError as exc:
+        return str(exc)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass
+class SceneStatus:
+    """The outcome of one scene: ``aligned``, ``skipped`` (already cached) or ``failed``."""
+
+    image_id: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class AlignReport:
+    """What :func:`align_dataset` did, per scene, and the shifts it estimated."""
+
+    cache_dir: Path
+    scenes: list[SceneStatus] = field(default_factory=list)
+    shifts: list[ShiftRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def _with(self, status: str) -> list[SceneStatus]:
+        return [s for s in self.scenes if s.status == status]
+
+    @property
+    def aligned(self) -> list[SceneStatus]:
+        """Scenes fused in this run."""
+        return self._with("aligned")
+
+    @property
+    def skipped(self) -> list[SceneStatus]:
+        """Scenes already complete in the cache."""
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[SceneStatus]:
+        """Scenes that could not be aligned, with the reason."""
+        return self._with("failed")
+
+    @property
+    def fallbacks(self) -> list[ShiftRow]:
+        """Shift rows of this run that did not come from a plain ECC estimate."""
+        return [r for r in self.shifts if r.method != "ecc"]
+
+    @property
+    def ok(self) -> bool:
+        """True when no scene failed."""
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (NaN correlations become None)."""
+
+        def clean(row: ShiftRow) -> dict[str, Any]:
+            d = asdict(row)
+            d["corr"] = None if not math.isfinite(row.corr) else row.corr
+            return d
+
+        return {
+            "cache_dir": str(self.cache_dir),
+            "seconds": self.seconds,
+            "aligned": len(self.aligned),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "scenes": [asdict(s) for s in self.scenes],
+            "shifts": [clean(r) for r in self.shifts],
+        }
+
+
+class _Runner:
+    """Runs one task function over many scenes and yields results as they complete."""
+
+    threads: int | None = None
+
+    def run(
+        self, fn: Callable[..., Any], jobs: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> Iterator[tuple[str, Any, BaseException | None]]:
+        raise NotImplementedError
+
+
+class _SerialRunner(_Runner):
+    def run(self, fn, jobs):
+        for key, args in jobs:
+            try:
+                result = fn(*args, self.threads)
+            except Exception as exc:  # a bug in one scene must not stop the others
+                yield key, None, exc
+            else:
+                yield key, result, None
+
+
+class _DaskRunner(_Runner):
+    def __init__(self, client: Any, threads: int | None) -> None:
+        self.client = client
+        self.threads = threads
+
+    def run(self, fn, jobs):
+        from distributed import as_completed
+
+        futures = {
+            self.client.submit(
+                fn,
+                *args,
+                self.threads,
+                pure=False,
+                key=f"{fn.__name__}-{key}-{os.getpid()}-{time.monotonic_ns()}",
+            ): key
+            for key, args in jobs
+        }
+        for fut in as_completed(list(futures)):
+            key = futures[fut]
+            try:
+                yield key, fut.result(), None
+            except Exception as exc:
+                yield key, None, exc
+            finally:
+                fut.release()
+
+
+@contextlib.contextmanager
+def _runner(workers: int | None, scheduler: str | None) -> Iterator[_Runner]:
+    if workers is not None and scheduler is not None:
+        raise ConfigError("give either workers or a scheduler address, not both")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if workers is None and scheduler is None:
+        yield _SerialRunner()
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot connect to the Dask scheduler at {scheduler} ({exc})"
+            ) from None
+        with client:
+            yield _DaskRunner(client, threads=None)
+        return
+    assert workers is not None
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # any free port: never collide with another cluster
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield _DaskRunner(client, threads=threads)
+
+
+def _bar(total: int, desc: str, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="scene", file=sys.stderr, disable=not progress)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def align_dataset(
+    data_root: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    image_ids: Sequence[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+    config: RegistrationConfig = DEFAULT_CONFIG,
+) -> AlignReport:
+    """Register and fuse the scenes of a dataset into a cache directory.
+
+    ``image_ids``: the scenes to align (default: all scenes with a product file); scenes
+    already complete in the cache are skipped unless ``force``. ``workers``: run on a Dask
+    ``LocalCluster`` of that many single-threaded worker processes; ``scheduler``: run on an
+    existing Dask cluster at that address (its workers must see both directories at the
+    same paths); neither: run serially in this process. Shifts of all scenes are estimated
+    first, fallbacks resolved across each region (including scenes cached earlier), then
+    scenes are fused. The manifest and ``shifts.csv`` are merged with those already in the
+    cache and rewritten atomically after every scene, so an interrupted run loses at most
+    the scenes in flight. Per-scene failures are collected in the report; only user errors
+    for the whole run (bad root, bad ids, bad cache) raise.
+    """
+    t_start = time.perf_counter()
+    ds = open_dataset(data_root)
+    root = str(ds.root.resolve())
+    cache = Path(cache_dir)
+    if cache.exists() and not cache.is_dir():
+        raise DataError(f"cache path {cache} exists and is not a directory")
+    ids = list(ds.image_ids if image_ids is None else image_ids)
+    if not ids:
+        raise DataError(f"no scene to align under {ds.root} (three_band/ and sixteen_band/ empty)")
+    known_ids = set(ds.image_ids)
+    for image_id in ids:
+        check_image_id(image_id)
+        if image_id not in known_ids:
+            raise DataError(f"image id {image_id} has no product file under {ds.root}")
+    ids = list(dict.fromkeys(ids))
+    manifest = read_manifest(cache, missing_ok=True)
+    shifts_path = cache / SHIFTS
+    old_rows = read_shifts(shifts_path) if shifts_path.is_file() else []
+
+    report = AlignReport(cache_dir=cache)
+    status: dict[str, SceneStatus] = {}
+    todo: list[str] = []
+    for image_id in ids:
+        try:
+            scene = ds.scene(image_id)
+        except SpectrasegError as exc:
+            status[image_id] = SceneStatus(image_id, "failed", str(exc))
+            continue
+        entry = manifest["scenes"].get(image_id)
+        if not force and entry_complete(cache, image_id, entry, scene):
+            status[image_id] = SceneStatus(image_id, "skipped")
+        else:
+            todo.append(image_id)
+
+    if todo:
+        cache.mkdir(parents=True, exist_ok=True)
+        with _runner(workers, scheduler) as runner:
+            estimates: list[ProductEstimate] = []
+            seconds: dict[str, float] = {}
+            with _bar(len(todo), "align: shifts", progress) as bar:
+                jobs = [(i, (root, i, config)) for i in todo]
+                for image_id, result, exc in runner.run(estimate_task, jobs):
+                    bar.update()
+                    if exc is not None or isinstance(result, str):
+                        reason = result if isinstance(result, str) else _describe(exc)
+                        status[image_id] = SceneStatus(image_id, "failed", reason)
+                    else:
+                        estimates.extend(result[0])
+                        seconds[image_id] = result[1]
+            estimated = [i for i in todo if i not in status]
+            # Neighbours cached earlier take part in the region medians.
+            redo = set(todo)
+            known = [r for r in old_rows if r.image_id not in redo]
+            order = {i: n for n, i in enumerate(todo)}
+            estimates.sort(key=lambda e: order[e.image_id])
+            rows = resolve_shifts(estimates, known, config)
+            report.shifts = rows
+            write_shifts(shifts_path, known + rows)
+
+            by_scene: dict[str, list[ShiftRow]] = {i: [] for i in estimated}
+            for r in rows:
+                by_scene[r.image_id].append(r)
+            with _bar(len(estimated), "align: fuse", progress) as bar:
+                jobs = [(i, (root, str(cache), i, by_scene[i])) for i in estimated]
+                for image_id, result, exc in runner.run(fuse_task, jobs):
+                    bar.update()
+                    if exc is not None or isinstance(result, str):
+                        reason = result if isinstance(result, str) else _describe(exc)
+                        status[image_id] = SceneStatus(image_id, "failed", reason)
+                        continue
+                    entry, fuse_seconds = result
+                    manifest["scenes"][image_id] = entry
+                    write_manifest(cache, manifest)
+                    total = seconds[image_id] + fuse_seconds
+                    status[image_id] = SceneStatus(image_id, "aligned", seconds=total)
+    elif not (cache / MANIFEST).is_file():
+        # Nothing to do, but leave a valid (empty) cache behind.
+        cache.mkdir(parents=True, exist_ok=True)
+        write_manifest(cache, manifest)
+
+    report.scenes = [status[i] for i in ids]
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+__all__ = [
+    "CHANNELS",
+    "METHODS",
+    "SHIFT_COLUMNS",
+    "AlignReport",
+    "AlignedScene",
+    "Cache",
+    "SceneStatus",
+    "align_dataset",
+    "align_scene",
+    "channels_of",
+    "check_scene",
+    "entry_complete",
+    "estimate_scene",
+    "fuse_images",
+    "open_cache",
+    "read_manifest",
+    "read_shifts",
+    "resample_band",
+    "valid_box",
+    "warp_matrix",
+    "write_scene",
+    "write_shifts",
+]

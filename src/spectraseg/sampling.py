@@ -1,0 +1,616 @@
+"""Training data: label masks, validation split, random patches and whole scenes.
+
+- **Masks** are rasterised once per scene on the cache's (RGB) grid from the labels and
+  stored as ``CACHE/masks/{id}.npy``, (10, H, W) uint8 {0, 1} (:func:`build_masks`).
+- **Validation split** (:func:`split_scenes`) is by whole scenes: an explicit list, or a
+  share of scenes chosen by *region group*, so near-duplicate tiles never straddle train
+  and validation. Regions 6110 and 6140 overlap on the ground (dstl-lite's README: two
+  near-duplicate pairs), so by default they form one group (:data:`DEFAULT_GROUPS`).
+- **Patches** (:class:`PatchDataset`): a map-style ``torch.utils.data.Dataset`` of virtual
+  length (patches per epoch) whose item ``i`` is a deterministic function of
+  ``(seed, rank, epoch, i)``: identical for any number of DataLoader workers, distinct per
+  distributed rank and per epoch (:meth:`PatchDataset.set_epoch`). A ``rare_share`` of the
+  patches contains a pixel of a rare class (by default structures, waterway, standing water
+  and both vehicle classes): a class is drawn uniformly among the rare classes present in
+  the training scenes, then a scene containing it, then a pixel of it; the window is placed
+  around that pixel (up to ``jitter * size`` pixels off centre). Other windows are centred
+  on a uniformly random pixel of a scene drawn by area. Windows may extend past a scene's
+  edge: the scene is mirrored there (``numpy.pad`` "reflect" mode). One of the 8 symmetries
+  of the square is applied identically to image and mask.
+- **Whole scenes** (:func:`load_scene`): a normalised (C, H, W) float32 stack for
+  validation and prediction, with the same channels as the patches.
+
+Image channels are the normalised cache channels (:mod:`spectraseg.normalization`),
+followed by the requested spectral indices (:mod:`spectraseg.indices`, computed from the
+physical digital numbers before normalisation, in [-1, 1]). Memory does not grow with the
+number of scenes beyond memory maps opened lazily in each process and a few small arrays
+per scene (coarse positions of rare-class pixels).
+"""
+
+from __future__ import annotations
+
+import os
+import random as _random
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectraseg import NUM_CLASSES
+from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
+from spectraseg.fusion import Cache
+from spectraseg.indices import IndexPlan, compute_plans, resolve_indices
+from spectraseg.io import atomic_output, check_image_id, open_dataset, region_of
+from spectraseg.normalization import (
+    cache_root,
+    lookup,
+    normalize,
+    open_cache_dir,
+    scale_offset,
+)
+
+CacheLike = str | os.PathLike[str] | Cache
+"""A cache directory or an opened :class:`~spectraseg.fusion.Cache`."""
+
+RARE_CLASSES: tuple[int, ...] = (2, 7, 8, 9, 10)
+"""Classes oversampled by default: structures, waterway, standing water, vehicles (1-based)."""
+
+DEFAULT_GROUPS: dict[str, str] = {"6140": "6110"}
+"""Region aliases for the validation split: regions 6110 and 6140 cover the same ground."""
+
+CELL = 16
+"""Side (pixels) of the coarse cells in which rare-class positions are remembered."""
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def mask_path(cache: CacheLike, image_id: str) -> Path:
+    """``CACHE/masks/{id}.npy``."""
+    return cache_root(cache) / "masks" / f"{check_image_id(image_id)}.npy"
+
+
+def build_masks(
+    cache: CacheLike,
+    data_root: str | os.PathLike[str],
+    image_ids: Sequence[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Rasterise the labels of cached scenes into ``CACHE/masks/{id}.npy`` (once per scene).
+
+    Each mask is (10, H, W) uint8 {0, 1} on the cache's grid (the scene's RGB grid), from
+    the dataset's label file and ``grid_sizes.csv``; channel ``c - 1`` holds class ``c``.
+    Existing masks of the right shape are kept unless ``overwrite``. Files are written
+    atomically. A scene without labels raises DataError.
+
+    Returns the mask paths, in ``image_ids`` order.
+    """
+    from tqdm import tqdm
+
+    from spectraseg.geometry import rasterize_classes
+
+    cache = open_cache_dir(cache)
+    ids = list(cache.image_ids) if image_ids is None else list(image_ids)
+    paths = [mask_path(cache, i) for i in ids]
+    todo = [
+        (i, p)
+        for i, p in zip(ids, paths, strict=True)
+        if overwrite or not _mask_ok(p, cache.load(i).shape[1:])
+    ]
+    if not todo:
+        return paths
+    ds = open_dataset(data_root)
+    labelled = set(ds.labels)
+    for image_id, path in tqdm(todo, desc="masks", unit="scene", disable=not progress):
+        if image_id not in labelled:
+            where = ds.label_path or ds.root / "train_wkt_v4.csv"
+            raise DataError(f"scene {image_id} has no labels in {where}")
+        if image_id not in ds.grid_sizes:
+            raise DataError(f"scene {image_id} is not in {ds.grid_path}")
+        _, h, w = cache.load(image_id).shape
+        ref = ds.scene(image_id).reference
+        if (ref.height, ref.width) != (h, w):
+            raise DataError(
+                f"cached scene {image_id} is {h} x {w} but its {ref.name} product in "
+                f"{ds.root} is {ref.height} x {ref.width}: the cache is from another dataset"
+            )
+        xmax, ymin = ds.grid_sizes[image_id]
+        mask = rasterize_classes(ds.scene_labels(image_id), w, h, xmax, ymin)
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, mask)
+    return paths
+
+
+def _mask_ok(path: Path, hw: tuple[int, ...]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        m = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return m.shape == (NUM_CLASSES, *hw) and m.dtype == np.uint8
+
+
+def _open_mask(cache: CacheLike, image_id: str, hw: tuple[int, int]) -> np.ndarray:
+    path = mask_path(cache, image_id)
+    if not path.is_file():
+        raise DataError(
+            f"{path} does not exist: build the label masks first "
+            "(spectraseg.sampling.build_masks, or pass data_root)"
+        )
+    try:
+        m = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
+    if m.shape != (NUM_CLASSES, *hw) or m.dtype != np.uint8:
+        raise DataError(
+            f"{path} has shape {m.shape} {m.dtype}, expected ({NUM_CLASSES}, {hw[0]}, {hw[1]}) "
+            "uint8"
+        )
+    return m
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_group(image_id: str, groups: Mapping[str, str] | None = None) -> str:
+    """The group of a scene for the split: its region, mapped through ``groups`` aliases."""
+    region = region_of(image_id)
+    aliases = DEFAULT_GROUPS if groups is None else groups
+    return aliases.get(region, region)
+
+
+def split_scenes(
+    image_ids: Sequence[str],
+    val: Sequence[str] | float = 0.2,
+    seed: int = 0,
+    groups: Mapping[str, str] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Split scenes into ``(train, val)``, both sorted, by whole scenes.
+
+    Args:
+        image_ids: all usable scenes.
+        val: an explicit list of validation scenes, or the share of scenes to hold out,
+            chosen as whole region groups (0 gives no validation).
+        seed: makes the choice of groups deterministic.
+        groups: region aliases (region -> group); None uses :data:`DEFAULT_GROUPS`,
+            ``{}`` groups by region only.
+
+    With a share, groups are visited in a seeded random order and each is taken if that
+    brings the number of validation scenes closer to ``round(share * n)`` (at least one
+    scene, at least one group left for training). An explicit list that puts one group on
+    both sides warns (possible leak between near-duplicates).
+    """
+    ids = sorted(set(image_ids))
+    if len(ids) != len(image_ids):
+        raise ConfigError("the list of scenes to split repeats a scene")
+    if not isinstance(val, (int, float)):
+        chosen = list(val)
+        unknown = [v for v in chosen if v not in ids]
+        if unknown:
+            raise ConfigError(f"validation scene {unknown[0]} is not among the scenes")
+        val_set = set(chosen)
+        train = [i for i in ids if i not in val_set]
+        if chosen and not train:
+            raise ConfigError("every scene is a validation scene: none is left for training")
+        shared = {split_group(i, groups) for i in train} & {split_group(i, groups) for i in val_set}
+        if shared:
+            warnings.warn(
+                f"region group(s) {', '.join(sorted(shared))} have scenes in both training and "
+                "validation; near-duplicate tiles may leak",
+                SpectrasegWarning,
+                stacklevel=2,
+            )
+        return train, sorted(val_set)
+    share = float(val)
+    if not 0.0 <= share < 1.0:
+        raise ConfigError(f"validation share {val} must be in [0, 1)")
+    if share == 0.0:
+        return ids, []
+    by_group: dict[str, list[str]] = {}
+    for i in ids:
+        by_group.setdefault(split_group(i, groups), []).append(i)
+    if len(by_group) < 2:
+        raise ConfigError(
+            f"cannot hold out a share of scenes by region: all {len(ids)} scenes are in one "
+            "region group; list the validation scenes explicitly"
+        )
+    target = max(1, round(share * len(ids)))
+    order = sorted(by_group)
+    _random.Random(seed).shuffle(order)
+    picked: list[str] = []
+    count = 0
+    for g in order:
+        if len(picked) == len(by_group) - 1:
+            break
+        size = len(by_group[g])
+        if count == 0 or abs(count + size - target) < abs(count - target):
+            picked.append(g)
+            count += size
+    val_ids = sorted(i for g in picked for i in by_group[g])
+    return [i for i in ids if i not in set(val_ids)], val_ids
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def reflect_index(start: int, size: int, n: int) -> np.ndarray:
+    """Source indices in ``[0, n)`` for positions ``start .. start + size - 1`` (int64).
+
+    The scene is mirrored at its edges without repeating the edge sample (``numpy.pad``
+    "reflect" mode): ``-1 -> 1`` and ``n -> n - 2``, reflecting as often as needed;
+    ``n == 1`` maps everything to 0.
+    """
+    p = np.arange(start, start + size, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(p)
+    period = 2 * (n - 1)
+    p = np.mod(p, period)
+    return np.where(p < n, p, period - p)
+
+
+def read_window(arr: np.ndarray, row0: int, col0: int, size: int) -> np.ndarray:
+    """A (C, size, size) window of a (C, H, W) array (memmap) with top-left ``(row0, col0)``.
+
+    Positions outside the array are mirrored (reflect mode). Only the rows and columns the
+    window needs are read; the result is a new array in ``arr``'s dtype.
+    """
+    _, h, w = arr.shape
+    if 0 <= row0 and row0 + size <= h and 0 <= col0 and col0 + size <= w:
+        return np.array(arr[:, row0 : row0 + size, col0 : col0 + size])
+    ri = reflect_index(row0, size, h)
+    ci = reflect_index(col0, size, w)
+    r_lo, r_hi, c_lo, c_hi = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
+    slab = np.asarray(arr[:, r_lo:r_hi, c_lo:c_hi])
+    return slab[:, (ri - r_lo)[:, None], (ci - c_lo)[None, :]]
+
+
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """Symmetry ``k`` (0..7) of the square on the last two axes of ``x`` (a view).
+
+    ``k`` in 0..3 rotates by ``k`` quarter turns; 4..7 transpose first, then rotate by
+    ``k - 4``. ``k = 0`` is the identity. Apply the same ``k`` to image and mask.
+    """
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral transform {k} is not in 0..7")
+    if k >= 4:
+        x = np.swapaxes(x, -1, -2)
+    return np.rot90(x, k % 4, axes=(-2, -1))
+
+
+# --------------------------------------------------------------------------- patches
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """Where and how one patch is cut (everything drawn from the random stream)."""
+
+    scene: int
+    """Position of the scene in :attr:`PatchDataset.image_ids`."""
+    row0: int
+    """Top row of the window on the scene grid (may be negative: mirrored)."""
+    col0: int
+    """Left column of the window (may be negative)."""
+    transform: int
+    """Dihedral symmetry 0..7 (:func:`dihedral`)."""
+    cls: int | None
+    """The rare class the window was placed on (1-based), None for a uniform window."""
+    pixel: tuple[int, int] | None
+    """``(row, col)`` of that class's pixel on the scene grid, None for a uniform window."""
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random training patches from cached scenes, deterministic per ``(seed, rank, epoch, i)``.
+
+    Args:
+        cache: the cache directory (``spectraseg align``).
+        image_ids: training scenes (must have the same channels).
+        stats: normalisation statistics (:func:`spectraseg.normalization.compute_stats`).
+        size: patch side S in pixels.
+        length: patches per epoch (the dataset's ``len``).
+        seed: random seed.
+        rank: distributed rank (each rank draws a distinct stream).
+        epoch: initial epoch (see :meth:`set_epoch`).
+        rare_classes: 1-based classes to oversample.
+        rare_share: share of patches placed on a rare-class pixel, in [0, 1].
+        jitter: how far (share of S) the rare pixel may lie from the window centre, [0, 0.5).
+        augment: apply a random one of the 8 symmetries of the square.
+        indices: spectral index channels to append (:mod:`spectraseg.indices`).
+        channels: cache channels to use, in this order; None uses all.
+        data_root: dataset root to rasterise missing masks from; None requires the masks.
+        progress: show progress bars while building masks and rare-class positions.
+
+    Items are ``{"image": float32 tensor (C, S, S), "mask": uint8 tensor (10, S, S)}`` with
+    ``C = len(channels) + len(indices)``.
+    """
+
+    def __init__(
+        self,
+        cache: CacheLike,
+        image_ids: Sequence[str],
+        stats: Mapping[str, Any],
+        *,
+        size: int = 256,
+        length: int = 1024,
+        seed: int = 0,
+        rank: int = 0,
+        epoch: int = 0,
+        rare_classes: Sequence[int] = RARE_CLASSES,
+        rare_share: float = 0.5,
+        jitter: float = 0.25,
+        augment: bool = True,
+        indices: Sequence[str] = (),
+        channels: Sequence[str] | None = None,
+        data_root: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+    ) -> None:
+        if size < 1:
+            raise ConfigError(f"patch size {size} must be positive")
+        if length < 0:
+            raise ConfigError(f"patches per epoch {length} must not be negative")
+        if not 0.0 <= rare_share <= 1.0:
+            raise ConfigError(f"rare-class share {rare_share} must be in [0, 1]")
+        if not 0.0 <= jitter < 0.5:
+            raise ConfigError(f"rare-pixel jitter {jitter} must be in [0, 0.5)")
+        for c in rare_classes:
+            if not 1 <= int(c) <= NUM_CLASSES:
+                raise ConfigError(f"rare class {c} is not in 1..{NUM_CLASSES}")
+        if seed < 0 or rank < 0:
+            raise ConfigError(f"seed {seed} and rank {rank} must not be negative")
+        if not image_ids:
+            raise ConfigError("no training scenes for the patch dataset")
+        opened = open_cache_dir(cache)
+        self._cache = opened
+        self.root = cache_root(opened)
+        self.image_ids = list(image_ids)
+        self.size = int(size)
+        self.length = int(length)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.epoch = int(epoch)
+        self.rare_share = float(rare_share)
+        self.jitter = float(jitter)
+        self.augment = bool(augment)
+        self.scale, self.offset = scale_offset(opened)
+
+        known = set(opened.image_ids)
+        for i in self.image_ids:
+            if i not in known:
+                raise ConfigError(f"training scene {i} is not in the cache {self.root}")
+        cache_channels = opened.channels(self.image_ids[0])
+        for i in self.image_ids[1:]:
+            if opened.channels(i) != cache_channels:
+                raise DataError(
+                    f"scene {i} has channels {','.join(opened.channels(i))} but scene "
+                    f"{self.image_ids[0]} has {','.join(cache_channels)}: a patch dataset "
+                    "needs one channel set"
+                )
+        use = list(cache_channels) if channels is None else list(channels)
+        for ch in use:
+            if ch not in cache_channels:
+                raise ConfigError(
+                    f"channel {ch!r} is not in the cache (it has {','.join(cache_channels)})"
+                )
+        self.cache_channels = list(cache_channels)
+        self._select = np.array([cache_channels.index(c) for c in use], dtype=np.int64)
+        self._plans: list[IndexPlan] = resolve_indices(list(indices), cache_channels)
+        self.channel_names = use + [p.name for p in self._plans]
+
+        stat_channels = list(stats["channels"])
+        missing = [c for c in use if c not in stat_channels]
+        if missing:
+            raise ConfigError(f"the statistics have no entry for channel(s) {', '.join(missing)}")
+        pos = [stat_channels.index(c) for c in use]
+        means, stds, shapes = [], [], []
+        for i in self.image_ids:
+            mean, std = lookup(stats, i)
+            means.append(mean[pos])
+            stds.append(std[pos])
+            shapes.append(opened.load(i).shape[1:])
+        self._mean = np.stack(means)
+        self._std = np.stack(stds)
+        self._shapes = [(int(h), int(w)) for h, w in shapes]
+        area = np.array([h * w for h, w in self._shapes], dtype=np.float64)
+        self._area_p = area / area.sum()
+
+        if data_root is not None:
+            build_masks(opened, data_root, self.image_ids, progress=progress)
+        self._rare = self._index_rare(opened, [int(c) for c in rare_classes], progress)
+        if self.rare_share > 0 and not self._rare:
+            warnings.warn(
+                "no rare-class pixel in the training scenes: every patch is drawn uniformly",
+                SpectrasegWarning,
+                stacklevel=2,
+            )
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # -- precomputation
+
+    def _index_rare(
+        self, cache: Cache, classes: list[int], progress: bool
+    ) -> dict[int, list[tuple[int, np.ndarray]]]:
+        """Per rare class present: ``[(scene, flat coarse cell ids int32), ...]``.
+
+        Cells are :data:`CELL`-pixel squares holding at least one pixel of the class; one
+        pass over each mask, then only these small arrays are kept.
+        """
+        from tqdm import tqdm
+
+        out: dict[int, list[tuple[int, np.ndarray]]] = {}
+        it = enumerate(self.image_ids)
+        for s, image_id in tqdm(
+            it, desc="rare pixels", total=len(self.image_ids), disable=not progress
+        ):
+            h, w = self._shapes[s]
+            mask = _open_mask(cache, image_id, (h, w))
+            gh, gw = -(-h // CELL), -(-w // CELL)
+            for c in classes:
+                m = np.asarray(mask[c - 1])
+                if not m.any():
+                    continue
+                padded = np.zeros((gh * CELL, gw * CELL), dtype=bool)
+                padded[:h, :w] = m
+                cells = padded.reshape(gh, CELL, gw, CELL).any(axis=(1, 3))
+                out.setdefault(c, []).append((s, np.flatnonzero(cells).astype(np.int32)))
+        return {c: out[c] for c in sorted(out)}
+
+    @property
+    def rare_present(self) -> list[int]:
+        """The rare classes with at least one pixel in the training scenes (1-based)."""
+        return list(self._rare)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of an image patch: selected cache channels plus index channels."""
+        return len(self.channel_names)
+
+    # -- torch Dataset protocol
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's patches (call before creating the epoch's DataLoader iterator).
+
+        With ``persistent_workers=True`` the workers keep their copy: leave it False.
+        """
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps are reopened lazily in each worker process.
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def _scene_arrays(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        got = self._arrays.get(s)
+        if got is None:
+            image_id = self.image_ids[s]
+            img = self._cache.load(image_id)
+            got = (img, _open_mask(self.root, image_id, self._shapes[s]))
+            self._arrays[s] = got
+        return got
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random stream of item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.rank, self.epoch, int(index)])
+
+    def plan(self, index: int) -> PatchPlan:
+        """Where item ``index`` of the current epoch is cut, and with which symmetry."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"patch index {index} out of range 0..{self.length - 1}")
+        rng = self.rng(index)
+        half = self.size // 2
+        cls = pixel = None
+        if self._rare and rng.random() < self.rare_share:
+            classes = list(self._rare)
+            cls = classes[int(rng.integers(len(classes)))]
+            scenes = self._rare[cls]
+            s, cells = scenes[int(rng.integers(len(scenes)))]
+            h, w = self._shapes[s]
+            cell = int(cells[int(rng.integers(len(cells)))])
+            gw = -(-w // CELL)
+            r0, c0 = (cell // gw) * CELL, (cell % gw) * CELL
+            _, mask = self._scene_arrays(s)
+            block = np.asarray(mask[cls - 1, r0 : min(r0 + CELL, h), c0 : min(c0 + CELL, w)])
+            rr, cc = np.nonzero(block)
+            k = int(rng.integers(len(rr)))
+            pr, pc = r0 + int(rr[k]), c0 + int(cc[k])
+            pixel = (pr, pc)
+            j = int(self.jitter * self.size)
+            dr, dc = (int(v) for v in rng.integers(-j, j + 1, size=2)) if j else (0, 0)
+            row0, col0 = pr - half + dr, pc - half + dc
+        else:
+            s = int(rng.choice(len(self.image_ids), p=self._area_p))
+            h, w = self._shapes[s]
+            row0 = int(rng.integers(h)) - half
+            col0 = int(rng.integers(w)) - half
+        transform = int(rng.integers(8)) if self.augment else 0
+        return PatchPlan(s, row0, col0, transform, cls, pixel)
+
+    def sample(self, plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
+        """The (image float32 (C, S, S), mask uint8 (10, S, S)) arrays of a plan."""
+        img, mask = self._scene_arrays(plan.scene)
+        raw = read_window(img, plan.row0, plan.col0, self.size)
+        lab = read_window(mask, plan.row0, plan.col0, self.size)
+        out = np.empty((self.in_channels, self.size, self.size), dtype=np.float32)
+        normalize(
+            raw[self._select],
+            self._mean[plan.scene],
+            self._std[plan.scene],
+            self.scale,
+            self.offset,
+            out=out[: len(self._select)],
+        )
+        if self._plans:
+            phys = (
+                raw if (self.scale, self.offset) == (1.0, 0.0) else raw * self.scale + self.offset
+            )
+            out[len(self._select) :] = compute_plans(phys, self._plans)
+        if plan.transform:
+            out = dihedral(out, plan.transform)
+            lab = dihedral(lab, plan.transform)
+        return np.ascontiguousarray(out), np.ascontiguousarray(lab)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, mask = self.sample(self.plan(index))
+        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
+
+
+# --------------------------------------------------------------------------- whole scenes
+
+
+def load_scene(
+    cache: CacheLike,
+    image_id: str,
+    stats: Mapping[str, Any],
+    indices: Sequence[str] = (),
+    channels: Sequence[str] | None = None,
+    block_rows: int = 256,
+) -> np.ndarray:
+    """A whole normalised scene: float32 (C, H, W), the channels a :class:`PatchDataset` gives.
+
+    ``C = len(channels) + len(indices)``: the cache channels (all, or ``channels`` in that
+    order) normalised with :func:`~spectraseg.normalization.lookup` statistics, then the
+    spectral indices. Processed in blocks of ``block_rows`` rows, so the only full-size
+    array is the result (about 0.9 GB for 20 channels at full DSTL resolution).
+    """
+    opened = open_cache_dir(cache)
+    if image_id not in set(opened.image_ids):
+        raise ConfigError(f"scene {image_id} is not in the cache")
+    cache_channels = opened.channels(image_id)
+    use = list(cache_channels) if channels is None else list(channels)
+    for ch in use:
+        if ch not in cache_channels:
+            raise ConfigError(
+                f"channel {ch!r} is not in cached scene {image_id} "
+                f"(it has {','.join(cache_channels)})"
+            )
+    stat_channels = list(stats["channels"])
+    missing = [c for c in use if c not in stat_channels]
+    if missing:
+        raise ConfigError(f"the statistics have no entry for channel(s) {', '.join(missing)}")
+    plans = resolve_indices(list(indices), cache_channels)
+    select = [cache_channels.index(c) for c in use]
+    mean, std = lookup(stats, image_id)
+    pos = [stat_channels.index(c) for c in use]
+    mean, std = mean[pos], std[pos]
+    scale, offset = scale_offset(opened)
+    arr = opened.load(image_id)
+    _, h, w = arr.shape
+    out = np.empty((len(select) + len(plans), h, w), dtype=np.float32)
+    contiguous = select == list(range(select[0], select[0] + len(select))) if select else True
+    for r in range(0, h, max(1, block_rows)):
+        r1 = min(r + block_rows, h)
+        raw = np.asarray(arr[:, r:r1])
+        src = raw[select[0] : select[0] + len(select)] if contiguous and select else raw[select]
+        normalize(src, mean, std, scale, offset, out=out[: len(select), r:r1])
+        if plans:
+            phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
+            out[len(select) :, r:r1] = compute_plans(phys, plans)
+    return out
