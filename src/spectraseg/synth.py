@@ -1396,7 +1396,7 @@ def _finish(
         warp = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], dtype=np.float64)
         h, w = out.shape
         out = cv2.warpAffine(
-            out, warp, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+            out, warp, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT
         )
     out *= np.float32(gain)
     out += np.float32(offset)
