@@ -2,7 +2,8 @@
 
 Pipeline stages, one module each: :mod:`io` (DSTL dataset reading), :mod:`geometry`
 (grid <-> pixel transforms, rasterisation), :mod:`synth` (synthetic DSTL-format data),
-:mod:`registration` (band alignment and fusion), :mod:`normalization`, :mod:`sampling`,
+:mod:`registration` (band alignment),
+:mod:`fusion` (20-channel fusion and the cache), :mod:`normalization`, :mod:`sampling`,
 :mod:`model`, :mod:`train`, :mod:`predict`, :mod:`vectorize`, :mod:`metrics`,
 :mod:`submission`, :mod:`report` and :mod:`cli`.
 """
