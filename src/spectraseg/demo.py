@@ -1,0 +1,326 @@
+"""The whole pipeline in one call: data -> register and fuse -> statistics -> train ->
+predict held-out scenes -> polygons -> evaluate -> submission -> report.
+
+Layout of ``OUT`` (``spectraseg demo --out OUT``)::
+
+    OUT/data/            the synthetic dataset (only without --data)
+    OUT/cache/           fused stacks, shifts.csv, masks (spectraseg align)
+    OUT/run/             the training run (config.toml, stats.json, checkpoints, metrics,
+                         thresholds.json); usable with ``spectraseg predict --run OUT/run``
+    OUT/pred/            predictions of the held-out (test) scenes (spectraseg predict)
+    OUT/submission.csv   rows in sample_submission.csv order (held-out scenes filled in)
+    OUT/report/          report.json, report.html and its PNGs
+    OUT/demo.json        what was run: split, timings, scores
+
+Scenes are split by whole region groups (:func:`spectraseg.sampling.split_scenes`) into
+training, validation (best checkpoint and per-class thresholds) and test scenes (the
+report's scores), so nothing reported was seen while training or tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spectraseg.errors import ConfigError, DataError
+from spectraseg.io import write_text_atomic
+
+SYNTH_DEFAULTS = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
+"""The embedded synthetic default: small enough for 10 minutes on 2 CPU cores."""
+
+REAL_MINUTES = 25.0
+"""Default training budget on real data (the whole demo stays within about 30 minutes)."""
+
+# Training settings of the demo on top of configs/default.toml; users add --set overrides.
+DEMO_OVERRIDES: tuple[str, ...] = (
+    "train.steps=0",
+    "train.epochs=1000",
+    "train.steps_per_epoch=60",
+)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What ``spectraseg demo`` runs (CLI flags map one to one)."""
+
+    out: Path
+    data: Path | None = None
+    """A DSTL-layout dataset; None synthesizes one into ``OUT/data``."""
+    scenes: int = int(SYNTH_DEFAULTS["scenes"])
+    size: tuple[int, int] = SYNTH_DEFAULTS["size"]  # type: ignore[assignment]
+    regions: int | None = None
+    seed: int = 0
+    minutes: float | None = None
+    """Training time budget; None: 5 (synthetic) or 25 (real data)."""
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    test_scenes: tuple[str, ...] = ()
+    val_scenes: tuple[str, ...] = ()
+    workers: int = 0
+    overrides: tuple[str, ...] = ()
+    progress: bool = True
+
+
+@dataclass
+class DemoResult:
+    """Scores and where everything went."""
+
+    out: Path
+    evaluation: dict[str, Any]
+    report: Path
+    split: dict[str, list[str]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def split_three(
+    ids: Sequence[str],
+    test: Sequence[str] | float,
+    val: Sequence[str] | float,
+    seed: int,
+) -> tuple[list[str], list[str], list[str]]:
+    """``(train, val, test)`` scenes, each a set of whole region groups (unless listed)."""
+    from spectraseg.sampling import split_scenes
+
+    rest, test_ids = split_scenes(list(ids), test if test else 0.0, seed=seed)
+    if not test_ids:
+        raise ConfigError("the demo needs held-out test scenes: set --test-fraction above 0")
+    if not isinstance(val, float):
+        val = [v for v in val if v in rest]
+    else:
+        # The share is of all scenes: rescale it to what is left after the test split.
+        val = min(0.5, val * len(ids) / max(len(rest), 1))
+    train_ids, val_ids = split_scenes(rest, val, seed=seed + 1)
+    return train_ids, val_ids, test_ids
+
+
+def build_config(
+    settings: DemoSettings,
+    root: Path,
+    cache: Path,
+    scenes: Sequence[str],
+    val_ids: Sequence[str],
+    minutes: float,
+) -> Any:
+    """The run's config: defaults, the demo's settings, then the user's overrides."""
+    from spectraseg.config import from_dict, to_dict
+
+    raw = to_dict(from_dict({}))
+    raw["data"].update(
+        root=str(root), cache=str(cache), scenes=list(scenes), val_scenes=list(val_ids)
+    )
+    raw["train"].update(minutes=float(minutes), seed=settings.seed)
+    config = from_dict(raw).replace(DEMO_OVERRIDES)
+    return config.replace(settings.overrides)
+
+
+def _stage(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    _log(f"{name} ...")
+    t0 = time.perf_counter()
+    out = fn()
+    timings[name] = round(time.perf_counter() - t0, 2)
+    _log(f"{name} done in {timings[name]:.1f} s")
+    return out
+
+
+def run_demo(settings: DemoSettings) -> DemoResult:
+    """Run the whole pipeline into ``settings.out``; see the module docstring."""
+    from spectraseg.fusion import align_dataset, open_cache, read_shifts
+    from spectraseg.io import open_dataset
+    from spectraseg.metrics import evaluate_polygons
+    from spectraseg.predict import PredictOptions, predict_run
+    from spectraseg.submission import read_predictions, write_submission
+    from spectraseg.train import train
+
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    synthetic = settings.data is None
+
+    if synthetic:
+        from spectraseg.synth import synthesize
+
+        root = out / "data"
+        # Test, validation and training each take whole regions: at least three.
+        regions = settings.regions or min(settings.scenes, max(3, math.ceil(settings.scenes / 4)))
+        _stage(
+            timings,
+            "synthesize",
+            lambda: synthesize(
+                root,
+                settings.scenes,
+                settings.size,
+                settings.seed,
+                regions=regions,
+                progress=settings.progress,
+            ),
+        )
+    else:
+        root = Path(settings.data)  # type: ignore[arg-type]
+    ds = open_dataset(root)
+    labelled = ds.labelled_ids
+    if len(labelled) < 3:
+        raise DataError(f"{root} has {len(labelled)} labelled scene(s); the demo needs at least 3")
+
+    cache_dir = out / "cache"
+    report = _stage(
+        timings,
+        "align",
+        lambda: align_dataset(
+            root, cache_dir, labelled, workers=settings.workers or None, progress=settings.progress
+        ),
+    )
+    if report.failed:
+        reasons = "; ".join(f"{s.image_id}: {s.reason}" for s in report.failed)
+        raise DataError(f"registration failed for {len(report.failed)} scene(s): {reasons}")
+
+    from spectraseg.sampling import build_masks
+
+    _stage(
+        timings,
+        "masks",
+        lambda: build_masks(open_cache(cache_dir), root, labelled, progress=settings.progress),
+    )
+    test_arg = list(settings.test_scenes) or settings.test_fraction
+    val_arg = list(settings.val_scenes) or settings.val_fraction
+    train_ids, val_ids, test_ids = split_three(labelled, test_arg, val_arg, settings.seed)
+    _log(f"split: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test scenes")
+
+    minutes = settings.minutes
+    if minutes is None:
+        minutes = float(SYNTH_DEFAULTS["minutes"]) if synthetic else REAL_MINUTES
+    config = build_config(settings, root, cache_dir, train_ids + val_ids, val_ids, minutes)
+    run_dir = out / "run"
+    resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+    if resume:
+        _log(f"resuming the run in {run_dir}")
+    result = _stage(
+        timings,
+        "train",
+        lambda: train(
+            None if resume else config, run_dir, resume=resume, progress=settings.progress
+        ),
+    )
+    if result.interrupted:
+        raise KeyboardInterrupt
+
+    pred_dir = out / "pred"
+    _stage(
+        timings,
+        "predict",
+        lambda: predict_run(
+            run_dir,
+            root,
+            pred_dir,
+            image_ids=test_ids,
+            workers=settings.workers,
+            cache_dir=cache_dir,
+            options=PredictOptions(),
+            progress=settings.progress,
+        ),
+    )
+
+    truth = {i: ds.scene_labels(i) for i in test_ids}
+    pred = read_predictions(pred_dir / "predictions.csv")
+    evaluation = _stage(
+        timings, "evaluate", lambda: evaluate_polygons(pred, truth, image_ids=test_ids)
+    )
+    submission = out / "submission.csv"
+    if ds.sample_path is not None:
+        _stage(timings, "submit", lambda: write_submission(pred, ds.sample_path, submission))
+
+    cache = open_cache(cache_dir)
+    shifts_path = cache_dir / "shifts.csv"
+    shifts = [
+        {
+            "image_id": r.image_id,
+            "product": r.product,
+            "dx": r.dx,
+            "dy": r.dy,
+            "corr": None if not math.isfinite(r.corr) else r.corr,
+            "method": r.method,
+        }
+        for r in (read_shifts(shifts_path) if shifts_path.is_file() else [])
+        if r.image_id in set(labelled)
+    ]
+    history = json.loads((run_dir / "metrics.json").read_text()).get("epochs", [])
+    timings["total"] = round(time.perf_counter() - t_start, 2)
+    ev = evaluation.to_dict()
+    split = {"train": train_ids, "validation": val_ids, "test": test_ids}
+    extra = {
+        "data": "synthetic" if synthetic else str(root),
+        "test scenes": ", ".join(test_ids),
+        "training minutes": round(result.seconds / 60, 2),
+        "optimizer steps": result.steps,
+        "total seconds": timings["total"],
+        "split": split,
+        "timings": timings,
+    }
+    views = _scene_views(ds, cache, pred, test_ids, evaluation)
+    from spectraseg.report import write_report
+
+    html = _stage(
+        timings,
+        "report",
+        lambda: write_report(
+            out / "report",
+            ev,
+            history=history,
+            shifts=shifts,
+            scenes=views,
+            title="spectraseg demo: " + ("synthetic data" if synthetic else root.name),
+            extra=extra,
+        ),
+    )
+    summary = {"evaluation": ev, "split": split, "timings": timings, "report": str(html)}
+    write_text_atomic(out / "demo.json", json.dumps(summary, indent=2) + "\n")
+    return DemoResult(out, ev, html, split, timings)
+
+
+def _scene_views(ds: Any, cache: Any, pred: dict, ids: Sequence[str], evaluation: Any) -> list:
+    """Side-by-side panels: display RGB, truth and predicted polygons rasterised."""
+    from spectraseg.geometry import rasterize_classes
+    from spectraseg.report import SceneView, to_display
+
+    views = []
+    for image_id in ids:
+        scene = ds.scene(image_id)
+        ref = scene.reference
+        image = scene.read(ref.name)
+        rgb = to_display(image[:3] if image.shape[0] >= 3 else image[:1])
+        w, h = ref.width, ref.height
+        truth = rasterize_classes(ds.scene_labels(image_id), w, h, scene.xmax, scene.ymin)
+        masks = rasterize_classes(pred.get(image_id, {}), w, h, scene.xmax, scene.ymin)
+        jac = evaluation.subset([image_id]).jaccard
+        empty = evaluation.subset([image_id]).empty
+        scores = {c + 1: float(jac[c]) for c in range(len(jac)) if not empty[c]}
+        views.append(SceneView(image_id, rgb, truth, masks, scores))
+    return views
+
+
+def format_summary(result: DemoResult) -> str:
+    """The per-class table (seed format) and where the report is."""
+    from spectraseg import CLASS_NAMES
+
+    lines = [f"{'class':>5}  {'name':<26} {'Jaccard':>8} {'J/10':>8}"]
+    for c in result.evaluation["classes"]:
+        flag = " (empty union)" if c.get("empty") else ""
+        lines.append(
+            f"{c['class']:>5}  {CLASS_NAMES[c['class']]:<26} {c['jaccard']:8.4f} "
+            f"{c['jaccard'] / 10:8.5f}{flag}"
+        )
+    lines.append(f"{'':>5}  {'mean':<26} {result.evaluation['mean']:8.4f}")
+    lines.append(f"report: {result.report}")
+    lines.append(f"total: {result.timings.get('total', float('nan')):.0f} s")
+    return "\n".join(lines)
