@@ -34,8 +34,8 @@ def make_report(tmp_path):
     pred = np.roll(truth, 2, axis=2)
     view = SceneView("6010_1_2", to_display(rng.integers(0, 2048, (3, 40, 50))), truth, pred)
     history = [
-        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_mean_jaccard": 0.2},
-        {"epoch": 2, "train_loss": 0.7, "val_loss": 0.9, "val_mean_jaccard": 0.4},
+        {"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "val_mean": 0.2},
+        {"epoch": 2, "train_loss": 0.7, "val_loss": 0.9, "val_mean": 0.4},
     ]
     shifts = [
         {

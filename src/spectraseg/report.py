@@ -137,7 +137,12 @@ def plot_jaccard(evaluation: Mapping[str, Any], path: Path) -> None:
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
-    """Training curves (loss, validation mean Jaccard) against epoch; False if no history."""
+    """Training curves against epoch; False if no history.
+
+    Uses the keys of the run's ``metrics.json`` rows: ``train_loss``, ``val_loss``,
+    ``val_mean`` (validation mean Jaccard at threshold 0.5) and ``val_mean_tuned`` (with
+    per-class thresholds tuned on the same scenes, an optimistic diagnostic).
+    """
     if not history:
         return False
     x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
@@ -149,9 +154,11 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss")
     axes[0].legend()
-    ys = [h.get("val_mean_jaccard") for h in history]
-    if any(y is not None for y in ys):
-        axes[1].plot(x, [np.nan if y is None else y for y in ys], marker=".", color="C2")
+    for key, label in (("val_mean", "at threshold 0.5"), ("val_mean_tuned", "thresholds tuned")):
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            axes[1].plot(x, [np.nan if y is None else y for y in ys], marker=".", label=label)
+    axes[1].legend()
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("validation mean Jaccard")
     axes[1].set_ylim(0, 1)
@@ -249,7 +256,7 @@ def write_report(
     Args:
         evaluation: the ``spectraseg evaluate --json`` document (``classes``, ``mean``, ...).
         history: per-epoch training metrics (``epoch``, ``train_loss``, ``val_loss``,
-            ``val_mean_jaccard``), e.g. the run's ``metrics.json``.
+            ``val_mean``, ``val_mean_tuned``), the run's ``metrics.json`` rows.
         shifts: rows of the cache's ``shifts.csv`` (``image_id``, ``product``, ``dx``, ``dy``,
             ``corr``, ``method``).
         scenes: held-out scenes to show.
