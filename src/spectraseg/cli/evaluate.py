@@ -1,0 +1,66 @@
+"""``spectraseg evaluate PRED --truth TRUTH``: the competition metric, per class."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spectraseg.errors import ConfigError
+
+
+def parse_split(text: str) -> tuple[str, list[str]]:
+    """``NAME=ID,ID,...`` -> ``(NAME, [ID, ...])``; ConfigError when malformed."""
+    name, sep, ids = text.partition("=")
+    members = [i.strip() for i in ids.split(",") if i.strip()]
+    if not sep or not name.strip() or not members:
+        raise ConfigError(f"--split {text!r} is not NAME=ID,ID,...")
+    return name.strip(), members
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions against ground truth (per-class Jaccard)",
+        description="Score PRED against TRUTH (both ImageId,ClassType,MultipolygonWKT) with "
+        "the competition metric: per class, intersection and union areas summed over the "
+        "images in both files, then the mean of the 10 classes. A class whose union is "
+        "empty over all scored images scores 0 and is marked '*'.",
+    )
+    p.add_argument("pred", help="prediction CSV, or a directory holding predictions.csv")
+    p.add_argument("--truth", required=True, help="ground truth CSV (.csv or .csv.gz)")
+    p.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        metavar="NAME=ID,ID",
+        help="also score this subset of images as a named column (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--raster",
+        action="store_true",
+        help="count pixels on each scene's RGB grid instead of exact polygon areas (needs --data)",
+    )
+    p.add_argument("--data", help="dataset root giving the RGB grid sizes for --raster")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spectraseg.metrics import evaluate_files, format_table
+
+    splits: dict[str, list[str]] = {}
+    for text in args.split:
+        name, members = parse_split(text)
+        if name in splits:
+            raise ConfigError(f"--split {name!r} is given twice")
+        splits[name] = members
+    if args.raster and not args.data:
+        raise ConfigError("--raster needs --data ROOT (the dataset whose RGB grid to count on)")
+    if args.data and not args.raster:
+        raise ConfigError("--data is only used with --raster")
+    ev = evaluate_files(args.pred, args.truth, splits, args.data if args.raster else None)
+    if args.json:
+        sys.stdout.write(ev.to_json() + "\n")
+    else:
+        print(format_table(ev))
+    return 0

@@ -1,0 +1,127 @@
+"""``spectraseg predict --run RUN DATA --out PRED``: whole scenes -> probabilities, polygons."""
+
+from __future__ import annotations
+
+import argparse
+
+from spectraseg.errors import ConfigError
+
+
+def parse_class_values(items: list[str], what: str) -> dict[int, float]:
+    """``["C=V", ...]`` (or ``C=V,C=V``) -> ``{class: value}``; ConfigError when malformed."""
+    out: dict[int, float] = {}
+    for item in items:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            try:
+                cls, val = int(key), float(value)
+            except ValueError:
+                raise ConfigError(f"{what} {part!r} is not CLASS=VALUE") from None
+            if not sep or not 1 <= cls <= 10:
+                raise ConfigError(f"{what} {part!r} is not CLASS=VALUE with CLASS in 1..10")
+            out[cls] = val
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="predict whole scenes with a trained run (probabilities, polygons, CSV)",
+        description="Align the scenes of DATA into a cache where needed, predict each whole "
+        "scene tile by tile with the run's model, threshold per class and vectorise. Writes "
+        "PRED/probs/{id}.npy (uint8 probabilities x 255 on the RGB grid), "
+        "PRED/polygons/{id}.geojson (coordinates in DSTL grid units, not lon/lat), "
+        "PRED/predictions.csv (ImageId,ClassType,MultipolygonWKT) and PRED/predict.json. "
+        "Thresholds: RUN/thresholds.json, tuned on the run's validation scenes on first use.",
+    )
+    p.add_argument("data", help="dataset root (DSTL layout) holding the scenes to predict")
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--out", required=True, metavar="PRED", help="prediction directory")
+    p.add_argument("--images", nargs="+", metavar="ID", help="scenes to predict (default: all)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="local Dask worker processes (0: this process; default: one per core up to the "
+        "number of scenes)",
+    )
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask cluster")
+    p.add_argument("--cache", metavar="DIR", help="fused cache for DATA (default: see docs)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the 8 dihedral transforms (default: the run's predict.tta)",
+    )
+    p.add_argument("--tile", type=int, help="tile side in pixels (default: predict.tile)")
+    p.add_argument("--margin", type=int, help="context margin in pixels (default: predict.margin)")
+    p.add_argument("--batch", type=int, help="tiles per forward pass (default: predict.batch)")
+    p.add_argument(
+        "--thresholds",
+        default="auto",
+        metavar="auto|retune|config|C=T,...",
+        help="auto (RUN/thresholds.json, tuned when missing or stale), retune, config "
+        "(predict.thresholds) or explicit per-class values",
+    )
+    p.add_argument(
+        "--min-area",
+        nargs="+",
+        metavar="C=PX",
+        help="per-class minimum polygon area in pixels (default: predict.min_area)",
+    )
+    p.add_argument("--tolerance", type=float, help="simplification tolerance in pixels")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, help="torch threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spectraseg import CLASS_NAMES
+    from spectraseg.predict import PredictOptions, predict_run
+    from spectraseg.vectorize import DEFAULT_TOLERANCE
+
+    thresholds: object = args.thresholds
+    if args.thresholds not in ("auto", "retune", "config"):
+        thresholds = parse_class_values([args.thresholds], "--thresholds")
+        if sorted(thresholds) != list(range(1, 11)):
+            raise ConfigError("--thresholds must give all 10 classes, e.g. 1=0.4,2=0.3,...")
+    min_area = parse_class_values(args.min_area, "--min-area") if args.min_area else None
+    for name in ("tile", "margin", "batch", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "margin" else 1):
+            raise ConfigError(f"--{name} {value} is out of range")
+    options = PredictOptions(
+        checkpoint=args.checkpoint,
+        tile=args.tile,
+        margin=args.margin,
+        batch=args.batch,
+        tta=args.tta,
+        device=args.device,
+        tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
+        threads=args.threads,
+    )
+    report = predict_run(
+        args.run,
+        args.data,
+        args.out,
+        image_ids=args.images,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        cache_dir=args.cache,
+        options=options,
+        thresholds=thresholds,  # type: ignore[arg-type]
+        min_area=min_area,
+        progress=not args.no_progress,
+    )
+    ok = [s for s in report.scenes if s["status"] == "ok"]
+    print(f"predicted {len(ok)} of {len(report.scenes)} scene(s) in {report.seconds:.1f} s")
+    print(f"thresholds: {report.threshold_source}")
+    for c, t in sorted(report.thresholds.items()):
+        print(f"  {c:>2} {CLASS_NAMES[c]:<26} {t:.2f}")
+    if report.predictions is not None:
+        print(f"wrote {report.predictions}")
+    for s in report.failed:
+        print(f"failed: {s['image_id']}: {s['reason']}")
+    return 1 if report.failed else 0

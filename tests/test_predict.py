@@ -1,0 +1,422 @@
+"""Tiled whole-scene inference, thresholds and the predict stage."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spectraseg.predict import (
+    DEFAULT_GRID,
+    DIHEDRAL,
+    PredictOptions,
+    _dihedral,
+    _dihedral_inverse,
+    _level,
+    class_histograms,
+    jaccard_curves,
+    predict_probs,
+    predict_run,
+    quantize,
+    reflect_index,
+    scene_paths,
+    threshold_masks,
+    tile_layout,
+    tune_details,
+    tune_thresholds,
+)
+
+torch.set_num_threads(1)
+
+
+class Constant(torch.nn.Module):
+    """Logits equal to a fixed value per class, whatever the input."""
+
+    def __init__(self, logits: list[float]):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        return self.logits.expand(n, -1, h, w).clone()
+
+
+def pixelwise(in_channels: int) -> torch.nn.Conv2d:
+    """A 1x1 convolution with known weights: logits are a fixed linear map of each pixel."""
+    conv = torch.nn.Conv2d(in_channels, 10, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(10 * in_channels, dtype=torch.float32).view(10, -1, 1, 1))
+        conv.weight.mul_(0.01).sub_(0.2)
+        conv.bias.copy_(torch.linspace(-1, 1, 10))
+    return conv
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_reflect_index_matches_numpy_pad() -> None:
+    for n in (1, 2, 3, 7):
+        for pad in (0, 1, 5, 20):
+            got = reflect_index(n, -pad, n + pad)
+            want = np.pad(np.arange(n), pad, mode="reflect") if n > 1 else np.zeros(n + 2 * pad)
+            np.testing.assert_array_equal(got, want)
+
+
+@given(
+    length=st.integers(1, 700),
+    tile=st.sampled_from([32, 64, 256]),
+    margin=st.integers(0, 8),
+    multiple=st.sampled_from([None, 1, 8, 16]),
+)
+def test_tile_centres_cover_every_pixel_once(
+    length: int, tile: int, margin: int, multiple: int | None
+) -> None:
+    step = tile - 2 * margin
+    layout = tile_layout(length, tile, margin, multiple)
+    covered = np.zeros(length, dtype=int)
+    for start, size in layout:
+        assert 0 <= start < length and size <= tile
+        if multiple:
+            assert size % multiple == 0
+        kept = min(step, size - 2 * margin, length - start)
+        assert kept > 0
+        covered[start : start + kept] += 1
+    assert (covered == 1).all()
+    assert len(layout) == -(-length // step)
+    assert all(size == tile for _, size in layout[:-1])
+
+
+def test_edge_tiles_shrink_to_what_is_left() -> None:
+    # 3392 = 15 * 224 + 32: the last column of tiles needs 32 + 2 * 16 = 64 pixels.
+    assert tile_layout(3392, 256, 16, 16)[-1] == (3360, 64)
+    assert tile_layout(3392, 256, 16)[-1] == (3360, 256)
+    assert tile_layout(3348, 1024, 16, 16)[-1] == (2976, 416)
+    assert tile_layout(448, 256, 16, 16) == [(0, 256), (224, 256)]
+
+
+@pytest.mark.parametrize("shape", [(4, 37, 53), (4, 300, 261), (4, 1, 1), (4, 64, 64)])
+def test_constant_model_stitches_exactly(shape: tuple[int, int, int]) -> None:
+    logits = [float(v) for v in np.linspace(-3, 3, 10)]
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    probs = predict_probs(Constant(logits), image, tile=64, margin=8, batch=3)
+    assert probs.shape == (10, *shape[1:]) and probs.dtype == np.float32
+    want = sigmoid(np.array(logits, dtype=np.float32))
+    # Every pixel, borders included, holds exactly the model's value: no seams, no gaps.
+    for c in range(10):
+        assert np.all(probs[c] == np.float32(torch.sigmoid(torch.tensor(logits[c])).item()))
+        assert probs[c, 0, 0] == pytest.approx(want[c], abs=1e-6)
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_constant_model_stitches_exactly_with_shrunken_edge_tiles(multiple) -> None:
+    image = np.zeros((2, 150, 203), np.float32)
+    probs = predict_probs(Constant([0.3] * 10), image, tile=64, margin=8, multiple=multiple)
+    assert np.all(probs == np.float32(torch.sigmoid(torch.tensor(0.3)).item()))
+
+
+def test_pixelwise_model_reproduces_known_function() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(3, 131, 97)).astype(np.float32)
+    conv = pixelwise(3)
+    w = conv.weight.detach().numpy()[:, :, 0, 0]
+    b = conv.bias.detach().numpy()
+    want = sigmoid(np.einsum("kc,chw->khw", w, image) + b[:, None, None])
+    for tta in (False, True):
+        got = predict_probs(conv, image, tile=48, margin=8, batch=5, tta=tta)
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_read_only_and_integer_inputs(tmp_path) -> None:
+    image = np.random.default_rng(7).normal(size=(2, 40, 30)).astype(np.float32)
+    np.save(tmp_path / "scene.npy", image)
+    ro = np.load(tmp_path / "scene.npy", mmap_mode="r")
+    conv = pixelwise(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = predict_probs(conv, ro, tile=16, margin=2)
+    np.testing.assert_array_equal(got, predict_probs(conv, image, tile=16, margin=2))
+    ints = (np.arange(2 * 40 * 30).reshape(2, 40, 30) % 7).astype(np.uint16)
+    np.testing.assert_allclose(
+        predict_probs(conv, ints, tile=16, margin=2),
+        predict_probs(conv, ints.astype(np.float32), tile=16, margin=2),
+    )
+
+
+def test_tiles_equal_whole_scene_inference_within_margin() -> None:
+    """With context >= the receptive field, tiling is invisible: same as one big forward."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 10, 3, padding=1)
+    )
+    image = np.random.default_rng(2).normal(size=(3, 90, 71)).astype(np.float32)
+    got = predict_probs(net, image, tile=32, margin=4, batch=4)
+    shrunk = predict_probs(net, image, tile=32, margin=4, batch=4, multiple=4, tta=False)
+    padded = np.pad(image, ((0, 0), (4, 4), (4, 4)), mode="reflect")
+    with torch.no_grad():
+        whole = torch.sigmoid(net(torch.from_numpy(padded)[None]))[0, :, 4:-4, 4:-4].numpy()
+    np.testing.assert_allclose(got, whole, atol=1e-6)
+    np.testing.assert_allclose(shrunk, whole, atol=1e-6)
+
+
+def test_dihedral_transforms_invert_and_are_distinct() -> None:
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    seen = set()
+    for k, t in DIHEDRAL:
+        y = _dihedral(x, k, t)
+        assert torch.equal(_dihedral_inverse(y, k, t), x)
+        seen.add(tuple(y[0, 0].flatten().tolist()))
+    assert len(seen) == 8
+
+
+def test_tta_is_identity_for_an_equivariant_model() -> None:
+    # A 3x3 kernel symmetric under the dihedral group commutes with all 8 transforms.
+    conv = torch.nn.Conv2d(2, 10, 3, padding=1)
+    with torch.no_grad():
+        k = torch.tensor([[0.1, 0.2, 0.1], [0.2, -0.5, 0.2], [0.1, 0.2, 0.1]])
+        conv.weight.copy_(k.expand(10, 2, 3, 3) * torch.linspace(0.5, 2, 10).view(10, 1, 1, 1))
+    image = np.random.default_rng(3).normal(size=(2, 70, 45)).astype(np.float32)
+    plain = predict_probs(conv, image, tile=32, margin=4)
+    tta = predict_probs(conv, image, tile=32, margin=4, tta=True)
+    np.testing.assert_allclose(tta, plain, atol=1e-6)
+
+
+def test_tta_averages_the_transformed_predictions() -> None:
+    """A position-dependent model: TTA output is the mean of the 8 inverse-mapped maps."""
+
+    class Ramp(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, _, h, w = x.shape
+            ramp = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w) / (h * w)
+            return (ramp + 0 * x[:, :1]).expand(n, 10, h, w)
+
+    image = np.zeros((1, 16, 16), dtype=np.float32)
+    got = predict_probs(Ramp(), image, tile=16, margin=0, tta=True)
+    ramp = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16) / 256
+    maps = [_dihedral_inverse(torch.sigmoid(ramp), k, t) for k, t in DIHEDRAL]
+    want = torch.stack(maps).mean(0)[0, 0].numpy()
+    np.testing.assert_allclose(got[0], want, atol=1e-6)
+
+
+def test_model_mode_is_restored_and_output_shape_checked() -> None:
+    conv = pixelwise(2)
+    conv.train()
+    predict_probs(conv, np.zeros((2, 10, 10), np.float32), tile=16, margin=2)
+    assert conv.training
+    bad = torch.nn.Conv2d(2, 3, 1)
+    with pytest.raises(ValueError, match="model returned shape"):
+        predict_probs(bad, np.zeros((2, 10, 10), np.float32), tile=16, margin=2)
+    with pytest.raises(ValueError, match="must exceed twice the margin"):
+        predict_probs(conv, np.zeros((2, 10, 10), np.float32), tile=16, margin=8)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    h=st.integers(1, 80),
+    w=st.integers(1, 80),
+    margin=st.integers(0, 6),
+    batch=st.integers(1, 5),
+)
+def test_pixelwise_model_any_size(h: int, w: int, margin: int, batch: int) -> None:
+    image = np.random.default_rng(h * 100 + w).normal(size=(2, h, w)).astype(np.float32)
+    conv = pixelwise(2)
+    got = predict_probs(conv, image, tile=16, margin=margin, batch=batch)
+    w_ = conv.weight.detach().numpy()[:, :, 0, 0]
+    want = sigmoid(np.einsum("kc,chw->khw", w_, image) + conv.bias.detach().numpy()[:, None, None])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def test_quantize_and_threshold_masks_agree_for_float_and_uint8() -> None:
+    rng = np.random.default_rng(4)
+    probs = rng.random((10, 20, 30)).astype(np.float32)
+    probs[0, 0, 0], probs[0, 0, 1] = 0.0, 1.0
+    levels = quantize(probs)
+    assert levels.dtype == np.uint8 and levels[0, 0, 0] == 0 and levels[0, 0, 1] == 255
+    assert np.abs(levels / 255.0 - probs).max() <= 0.5 / 255 + 1e-7
+    thr = {c: 0.05 * c for c in range(1, 11)}
+    np.testing.assert_array_equal(threshold_masks(probs, thr), threshold_masks(levels, thr))
+    # A level exactly at the threshold counts as positive.
+    exact = np.full((1, 1, 1), 102, np.uint8)  # 102 / 255 = 0.4
+    assert threshold_masks(exact, 0.4)[0, 0, 0] and not threshold_masks(exact, 0.41)[0, 0, 0]
+
+
+def test_tune_thresholds_finds_the_separating_threshold() -> None:
+    rng = np.random.default_rng(5)
+    scenes = [rng.random((10, 40, 50)).astype(np.float32) for _ in range(3)]
+    truths = []
+    for p in scenes:
+        t = np.zeros(p.shape, np.uint8)
+        t[0] = quantize(p[:1])[0] >= _level(0.3)  # perfectly separable at 0.3
+        t[1] = quantize(p[1:2])[0] >= _level(0.85)
+        t[2] = p[2] > 2  # never true: untunable
+        t[3] = rng.random(p[3].shape) < 0.5  # noise: best is to predict everything
+        truths.append(t)
+    details = tune_details(iter(scenes), iter(truths))
+    th = details["thresholds"]
+    assert th[1] == pytest.approx(0.3) and details["jaccard"][1] == pytest.approx(1.0)
+    assert th[2] == pytest.approx(0.85) and details["jaccard"][2] == pytest.approx(1.0)
+    assert th[3] == 0.5 and not details["tuned"][3]
+    assert th[4] == pytest.approx(0.05)
+    assert tune_thresholds(scenes, truths) == th
+
+
+def test_jaccard_curves_match_the_metric_on_masks() -> None:
+    from spectraseg.metrics import mask_counts
+
+    rng = np.random.default_rng(6)
+    probs = quantize(rng.random((10, 30, 30)))
+    truth = (rng.random((10, 30, 30)) < 0.3).astype(np.uint8)
+    pos, neg = class_histograms(probs, truth, weight=2.5)
+    curves = jaccard_curves(pos, neg, [0.2, 0.6])
+    for j, t in enumerate([0.2, 0.6]):
+        counts = mask_counts(threshold_masks(probs, t), truth)
+        want = counts[:, 0] / counts.sum(1)
+        np.testing.assert_allclose(curves[:, j], want)
+
+
+# --------------------------------------------------------------------------- the predict stage
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic dataset, its cache and a tiny trained run (about 3 s)."""
+    from spectraseg.config import Config
+    from spectraseg.fusion import align_dataset
+    from spectraseg.synth import synthesize
+    from spectraseg.train import train
+
+    base = tmp_path_factory.mktemp("predict")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        synthesize(base / "data", scenes=4, size=(192, 192), seed=0, regions=2, progress=False)
+        align_dataset(base / "data", base / "cache", progress=False)
+        cfg = Config().replace(
+            [
+                f"data.root={base / 'data'}",
+                f"data.cache={base / 'cache'}",
+                "data.val_fraction=0.5",
+                "model.width=4",
+                "model.depth=2",
+                "train.patch_size=32",
+                "train.batch_size=2",
+                "train.steps_per_epoch=2",
+                "train.epochs=1",
+                "train.threads=1",
+                "predict.tile=64",
+                "predict.margin=8",
+            ]
+        )
+        train(cfg, base / "run", progress=False)
+    return {"data": base / "data", "cache": base / "cache", "run": base / "run", "base": base}
+
+
+def _predict(trained, out: Path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return predict_run(trained["run"], trained["data"], out, progress=False, **kw)
+
+
+def test_predict_run_writes_every_output(trained) -> None:
+    from spectraseg.geometry import rasterize_classes
+    from spectraseg.io import read_grid_sizes, read_wkt_csv, read_wkt_rows
+
+    out = trained["base"] / "pred"
+    opts = PredictOptions(tolerance=0.0)
+    report = _predict(trained, out, workers=0, options=opts, thresholds="retune")
+    ids = sorted(s["image_id"] for s in report.scenes)
+    assert len(ids) == 4 and not report.failed
+    assert report.threshold_source == "tuned on 2 validation scene(s)"
+    doc = json.loads((trained["run"] / "thresholds.json").read_text())
+    assert doc["format"] == "spectraseg-thresholds" and len(doc["scenes"]) == 2
+    assert {int(k): v for k, v in doc["thresholds"].items()} == report.thresholds
+    assert set(doc["thresholds"].values()) <= {*DEFAULT_GRID, 0.5}
+    assert doc["tile"] == 64 and doc["margin"] == 8 and doc["tta"] is False
+
+    rows = read_wkt_rows(out / "predictions.csv")
+    assert [(i, c) for i, c, _ in rows] == [(i, c) for i in ids for c in range(1, 11)]
+    preds = read_wkt_csv(out / "predictions.csv")
+    grid = read_grid_sizes(trained["data"] / "grid_sizes.csv")
+    for i in ids:
+        paths = scene_paths(out, i)
+        levels = np.load(paths["probs"])
+        h, w = levels.shape[1:]
+        assert levels.dtype == np.uint8 and levels.shape[0] == 10 and 180 < h < 200 < w + 20
+        # Polygons are exactly the thresholded probabilities (no simplification here).
+        masks = threshold_masks(levels, report.thresholds)
+        back = rasterize_classes(preds[i], w, h, *grid[i])
+        np.testing.assert_array_equal(back, masks)
+        gj = json.loads(paths["geojson"].read_text())
+        assert gj["type"] == "FeatureCollection" and gj["image_id"] == i
+        assert "DSTL grid units" in gj["coordinates"] and len(gj["features"]) == 10
+        xmax, ymin = grid[i]
+        for feat in gj["features"]:
+            c = feat["properties"]["class"]
+            assert feat["properties"]["threshold"] == report.thresholds[c]
+            coords = np.array(
+                shapely.get_coordinates(shapely.from_geojson(json.dumps(feat["geometry"])))
+            )
+            if len(coords):
+                # The raster's far edge is one pixel past the extent (W' = W^2 / (W + 1)).
+                # (+ 1e-8: coordinates are rounded to 8 decimals)
+                assert coords[:, 0].min() >= 0 and coords[:, 0].max() <= xmax * (w + 1) / w + 1e-8
+                assert coords[:, 1].min() >= ymin * (h + 1) / h - 1e-8 and coords[:, 1].max() <= 0
+            assert feat["properties"]["area"] == pytest.approx(preds[i][c].area)
+    summary = json.loads((out / "predict.json").read_text())
+    assert summary["predictions"] == str(out / "predictions.csv") and len(summary["scenes"]) == 4
+
+    # A second run reuses RUN/thresholds.json.
+    again = _predict(trained, trained["base"] / "pred2", workers=0, image_ids=[ids[0]])
+    assert again.threshold_source == str(trained["run"] / "thresholds.json")
+    assert again.thresholds == report.thresholds
+
+
+def test_predict_cli_and_errors(trained, capsys) -> None:
+    from spectraseg.cli import main
+
+    out = trained["base"] / "pred_cli"
+    data, run = str(trained["data"]), str(trained["run"])
+    scene = sorted(p.stem for p in (trained["data"] / "three_band").glob("*.tif"))[0]
+    thr = ",".join(f"{c}=0.5" for c in range(1, 11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = ["predict", data, "--run", run, "--out", str(out), "--images", scene]
+        assert main([*args, "--workers", "0", "--thresholds", thr, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted 1 of 1 scene(s)" in printed and "thresholds: given" in printed
+    assert (out / "predictions.csv").is_file()
+
+    def error(extra: list[str], message: str) -> None:
+        assert main(["predict", data, "--run", run, "--out", str(out), *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+    error(["--images", "9999_9_9", "--workers", "0"], "image id 9999_9_9 has no product file")
+    error(["--workers", "2", "--scheduler", "tcp://x:1"], "either --workers or --scheduler")
+    error(["--thresholds", "1=0.5"], "must give all 10 classes")
+    error(["--tile", "62", "--workers", "0"], "multiple of the model's 2**depth")
+    error(["--min-area", "x=3"], "is not CLASS=VALUE")
+
+
+def test_predict_on_a_local_dask_cluster_matches_serial(trained) -> None:
+    serial = trained["base"] / "pred_serial"
+    dask = trained["base"] / "pred_dask"
+    thr = {c: 0.5 for c in range(1, 11)}
+    _predict(trained, serial, workers=0, thresholds=thr)
+    report = _predict(trained, dask, workers=2, thresholds=thr)
+    assert not report.failed
+    for s in report.scenes:
+        i = s["image_id"]
+        a = np.load(scene_paths(serial, i)["probs"])
+        b = np.load(scene_paths(dask, i)["probs"])
+        np.testing.assert_array_equal(a, b)
+    assert (serial / "predictions.csv").read_text() == (dask / "predictions.csv").read_text()

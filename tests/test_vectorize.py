@@ -1,0 +1,197 @@
+"""Masks -> valid MultiPolygons in grid coordinates, and back."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from shapely.geometry import MultiPolygon, Polygon, box
+
+from spectraseg.geometry import pixel_scale, rasterize, rasterize_classes
+from spectraseg.io import format_wkt, open_dataset
+from spectraseg.vectorize import (
+    DEFAULT_TOLERANCE,
+    disjoint_groups,
+    finalize,
+    mask_to_multipolygon,
+    masks_to_polygons,
+    round_coords,
+    trace,
+)
+
+XMAX, YMIN = 0.00918, -0.00904
+
+
+def reread(geom: MultiPolygon, decimals: int = 8) -> MultiPolygon:
+    """What a reader of the written WKT gets back."""
+    return shapely.from_wkt(format_wkt(geom, decimals))
+
+
+def roundtrip(mask: np.ndarray, **kw) -> np.ndarray:
+    h, w = mask.shape
+    return rasterize(mask_to_multipolygon(mask, XMAX, YMIN, **kw), w, h, XMAX, YMIN)
+
+
+def test_empty_mask_gives_empty_multipolygon() -> None:
+    got = mask_to_multipolygon(np.zeros((20, 30), bool), XMAX, YMIN)
+    assert got.is_empty and isinstance(got, MultiPolygon)
+    assert format_wkt(got) == "MULTIPOLYGON EMPTY"
+    out = masks_to_polygons(np.zeros((10, 5, 5), np.uint8), XMAX, YMIN)
+    assert sorted(out) == list(range(1, 11)) and all(g.is_empty for g in out.values())
+
+
+def test_single_pixel_is_its_square_in_grid_coordinates() -> None:
+    mask = np.zeros((10, 20), np.uint8)
+    mask[3, 7] = 1
+    got = mask_to_multipolygon(mask, XMAX, YMIN, tolerance=0)
+    sx, sy = pixel_scale(20, 10, XMAX, YMIN)
+    want = box(7 / sx, 4 / sy, 8 / sx, 3 / sy)
+    assert len(got.geoms) == 1
+    assert got.symmetric_difference(want).area < 1e-12 * want.area + 1e-16
+    assert got.area == pytest.approx(want.area, rel=1e-5)
+
+
+def test_holes_and_islands_are_kept() -> None:
+    mask = np.zeros((12, 12), np.uint8)
+    mask[1:11, 1:11] = 1
+    mask[3:9, 3:9] = 0  # a hole ...
+    mask[5:7, 5:7] = 1  # ... with an island in it
+    got = mask_to_multipolygon(mask, XMAX, YMIN, tolerance=0)
+    assert got.is_valid and len(got.geoms) == 2
+    ring = max(got.geoms, key=lambda p: p.area)
+    assert len(ring.interiors) == 1
+    np.testing.assert_array_equal(roundtrip(mask, tolerance=0), mask)
+
+
+def test_diagonal_neighbours_stay_valid() -> None:
+    # 4-connectivity: pixels touching at a corner are two parts meeting at one point.
+    mask = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.uint8)
+    got = mask_to_multipolygon(mask, XMAX, YMIN)
+    assert got.is_valid and len(got.geoms) == 5
+    assert reread(got).is_valid
+    np.testing.assert_array_equal(roundtrip(mask), mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 24), st.integers(1, 24)), elements=st.integers(0, 1))
+)
+def test_random_masks_round_trip_exactly_without_simplification(mask: np.ndarray) -> None:
+    got = mask_to_multipolygon(mask, XMAX, YMIN, tolerance=0)
+    assert got.is_valid and reread(got).is_valid
+    h, w = mask.shape
+    np.testing.assert_array_equal(rasterize(reread(got), w, h, XMAX, YMIN), mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(2, 32), st.integers(2, 32)), elements=st.integers(0, 1)),
+    st.sampled_from([0.5, 1.0, 2.0]),
+    st.sampled_from([3, 5, 8]),
+)
+def test_simplified_and_rounded_output_is_always_valid(
+    mask: np.ndarray, tolerance: float, decimals: int
+) -> None:
+    # Coarse decimals (3: ~1/30 of the grid) force rounding to collapse and cross parts.
+    got = mask_to_multipolygon(mask, XMAX, YMIN, tolerance=tolerance, decimals=decimals)
+    assert isinstance(got, MultiPolygon)
+    assert got.is_valid
+    back = reread(got, decimals)
+    assert back.is_valid
+    assert shapely.equals_exact(back, got, tolerance=0) or back.is_empty == got.is_empty
+
+
+def test_rounding_that_would_merge_parts_is_repaired() -> None:
+    # 0.02 apart: with one decimal both edges round to x = 1.1 and the parts share an edge.
+    parts = MultiPolygon([box(0, 0, 1.08, 1), box(1.12, 0, 2, 1)])
+    assert parts.is_valid and not round_coords(parts, 1).is_valid
+    got = finalize(parts, decimals=1)
+    assert got.is_valid and reread(got, 1).is_valid
+    assert got.area == pytest.approx(2.0)
+
+
+def test_rounding_that_would_put_a_hole_on_its_shell_is_repaired() -> None:
+    # The hole's edge at x = 0.93 and the shell's at x = 0.94 both round to 0.9: the hole
+    # would run along the shell.
+    shell = [(0, 0), (0.94, 0), (0.94, 1), (0, 1)]
+    hole = [(0.2, 0.2), (0.93, 0.3), (0.93, 0.7), (0.2, 0.8)]
+    poly = Polygon(shell, [hole])
+    assert poly.is_valid and not round_coords(poly, 1).is_valid
+    got = finalize(poly, decimals=1)
+    assert got.is_valid and reread(got, 1).is_valid
+    assert got.area == pytest.approx(round_coords(poly, 1).area)
+
+
+def test_rounding_into_a_bow_tie_keeps_both_lobes() -> None:
+    poly = Polygon([(6.5, 26.7), (9.8, 23.6), (5.5, 24.1), (13.5, 20.3)])
+    rounded = round_coords(poly, 0)
+    assert poly.is_valid and not rounded.is_valid  # (6 27, 10 24, 6 24, 14 20): crossed
+    got = finalize(poly, decimals=0)
+    assert got.is_valid and reread(got, 0).is_valid
+    # Both lobes survive as parts; buffer(0) keeps only one of them.
+    assert len(got.geoms) == 2
+    assert len(shapely.get_parts(rounded.buffer(0))) == 1
+    assert got.area > rounded.buffer(0).area
+
+
+def test_min_area_is_per_class_in_pixels() -> None:
+    masks = np.zeros((2, 20, 20), np.uint8)
+    masks[:, 1, 1] = 1  # one pixel
+    masks[:, 5:8, 5:8] = 1  # nine pixels
+    out = masks_to_polygons(masks, XMAX, YMIN, tolerance=0, min_area={1: 4})
+    assert len(out[1].geoms) == 1 and len(out[2].geoms) == 2
+    out = masks_to_polygons(masks, XMAX, YMIN, tolerance=0, min_area=10)
+    assert out[1].is_empty and out[2].is_empty
+
+
+def test_grouped_tracing_equals_one_pass_per_class() -> None:
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 40, 50)) < 0.3
+    masks[3] = masks[0] & masks[1]  # overlapping classes must land in different passes
+    masks[4] = 0
+    grouped, single = trace(masks, XMAX, YMIN), trace(masks, XMAX, YMIN, group=False)
+    assert sorted(grouped) == sorted(single) == [1, 2, 3, 4, 6]
+    for c in grouped:
+        a, b = shapely.multipolygons(grouped[c]), shapely.multipolygons(single[c])
+        assert a.symmetric_difference(b).area == pytest.approx(0, abs=1e-18)
+
+
+def test_disjoint_groups_is_a_minimum_colouring() -> None:
+    assert disjoint_groups([], set()) == []
+    assert disjoint_groups([0, 1, 2], set()) == [[0, 1, 2]]
+    assert len(disjoint_groups([0, 1, 2], {(0, 1), (1, 2), (0, 2)})) == 3
+    # A 6-cycle needs 2 colours, which greedy-by-degree colouring can miss.
+    cycle = {(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 5)}
+    groups = disjoint_groups(list(range(6)), cycle)
+    assert len(groups) == 2
+    for g in groups:
+        assert not any((i, j) in cycle for i in g for j in g)
+
+
+def test_real_labels_round_trip_at_default_tolerance(dstl_lite) -> None:
+    """mask -> polygons -> mask keeps IoU >= 0.98 per class on the 20 real scenes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = open_dataset(dstl_lite)
+        ids = ds.labelled_ids
+    inter = np.zeros(10)
+    union = np.zeros(10)
+    for image_id in ids:
+        ref = ds.scene(image_id).reference
+        xmax, ymin = ds.grid_sizes[image_id]
+        masks = rasterize_classes(ds.scene_labels(image_id), ref.width, ref.height, xmax, ymin)
+        polys = masks_to_polygons(masks, xmax, ymin, tolerance=DEFAULT_TOLERANCE)
+        assert all(g.is_valid for g in polys.values())
+        back = rasterize_classes(polys, ref.width, ref.height, xmax, ymin).astype(bool)
+        m = masks.astype(bool)
+        inter += (back & m).reshape(10, -1).sum(1)
+        union += (back | m).reshape(10, -1).sum(1)
+    present = union > 0
+    assert present.sum() >= 8
+    iou = inter[present] / union[present]
+    assert iou.min() >= 0.98, iou
