@@ -13,7 +13,7 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectraseg import fusion
+from spectraseg import fusion, parallel
 from spectraseg.cli import main
 from spectraseg.errors import ConfigError, DataError
 from spectraseg.fusion import (
@@ -414,7 +414,7 @@ def test_existing_dask_cluster_by_address(dataset, tmp_path, monkeypatch) -> Non
         )
     assert report.ok and [s.status for s in report.scenes] == ["aligned"]
     assert open_cache(tmp_path / "c").image_ids == ["6020_1_1"]
-    monkeypatch.setattr(fusion, "SCHEDULER_TIMEOUT", "1s")
+    monkeypatch.setattr(parallel, "SCHEDULER_TIMEOUT", "1s")
     with pytest.raises(ConfigError, match="cannot connect to the Dask scheduler"):
         align_dataset(
             root, tmp_path / "c", ["6010_0_0"], scheduler="tcp://127.0.0.1:9", progress=False

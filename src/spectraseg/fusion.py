@@ -26,16 +26,14 @@ stays bounded whatever the number of scenes.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io as _io
 import json
-import logging
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,7 +41,7 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from spectraseg.errors import ConfigError, DataError, SpectrasegError
+from spectraseg.errors import DataError, SpectrasegError
 from spectraseg.io import (
     PRODUCTS,
     Scene,
@@ -52,6 +50,7 @@ from spectraseg.io import (
     open_dataset,
     write_text_atomic,
 )
+from spectraseg.parallel import describe, open_runner
 from spectraseg.registration import (
     DEFAULT_CONFIG,
     METHODS,
@@ -80,7 +79,6 @@ CHANNELS: dict[str, tuple[str, ...]] = {
 ASPECT_TOLERANCE = 0.03
 """Largest relative difference between a product's x and y scale to the reference grid."""
 
-SCHEDULER_TIMEOUT = "20s"
 """How long to try to reach an existing Dask scheduler (``--scheduler``)."""
 
 Box = tuple[int, int, int, int]
@@ -665,101 +663,10 @@ class AlignReport:
         }
 
 
-class _Runner:
-    """Runs one task function over many scenes and yields results as they complete."""
-
-    threads: int | None = None
-
-    def run(
-        self, fn: Callable[..., Any], jobs: Sequence[tuple[str, tuple[Any, ...]]]
-    ) -> Iterator[tuple[str, Any, BaseException | None]]:
-        raise NotImplementedError
-
-
-class _SerialRunner(_Runner):
-    def run(self, fn, jobs):
-        for key, args in jobs:
-            try:
-                result = fn(*args, self.threads)
-            except Exception as exc:  # a bug in one scene must not stop the others
-                yield key, None, exc
-            else:
-                yield key, result, None
-
-
-class _DaskRunner(_Runner):
-    def __init__(self, client: Any, threads: int | None) -> None:
-        self.client = client
-        self.threads = threads
-
-    def run(self, fn, jobs):
-        from distributed import as_completed
-
-        futures = {
-            self.client.submit(
-                fn,
-                *args,
-                self.threads,
-                pure=False,
-                key=f"{fn.__name__}-{key}-{os.getpid()}-{time.monotonic_ns()}",
-            ): key
-            for key, args in jobs
-        }
-        for fut in as_completed(list(futures)):
-            key = futures[fut]
-            try:
-                yield key, fut.result(), None
-            except Exception as exc:
-                yield key, None, exc
-            finally:
-                fut.release()
-
-
-@contextlib.contextmanager
-def _runner(workers: int | None, scheduler: str | None) -> Iterator[_Runner]:
-    if workers is not None and scheduler is not None:
-        raise ConfigError("give either workers or a scheduler address, not both")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
-    if workers is None and scheduler is None:
-        yield _SerialRunner()
-        return
-    from distributed import Client, LocalCluster
-
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot connect to the Dask scheduler at {scheduler} ({exc})"
-            ) from None
-        with client:
-            yield _DaskRunner(client, threads=None)
-        return
-    assert workers is not None
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",  # any free port: never collide with another cluster
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield _DaskRunner(client, threads=threads)
-
-
 def _bar(total: int, desc: str, progress: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="scene", file=sys.stderr, disable=not progress)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def align_dataset(
@@ -821,15 +728,15 @@ def align_dataset(
 
     if todo:
         cache.mkdir(parents=True, exist_ok=True)
-        with _runner(workers, scheduler) as runner:
+        with open_runner(workers, scheduler) as runner:
             estimates: list[ProductEstimate] = []
             seconds: dict[str, float] = {}
             with _bar(len(todo), "align: shifts", progress) as bar:
-                jobs = [(i, (root, i, config)) for i in todo]
+                jobs = [(i, (root, i, config, runner.threads)) for i in todo]
                 for image_id, result, exc in runner.run(estimate_task, jobs):
                     bar.update()
                     if exc is not None or isinstance(result, str):
-                        reason = result if isinstance(result, str) else _describe(exc)
+                        reason = result if isinstance(result, str) else describe(exc)
                         status[image_id] = SceneStatus(image_id, "failed", reason)
                     else:
                         estimates.extend(result[0])
@@ -848,11 +755,11 @@ def align_dataset(
             for r in rows:
                 by_scene[r.image_id].append(r)
             with _bar(len(estimated), "align: fuse", progress) as bar:
-                jobs = [(i, (root, str(cache), i, by_scene[i])) for i in estimated]
+                jobs = [(i, (root, str(cache), i, by_scene[i], runner.threads)) for i in estimated]
                 for image_id, result, exc in runner.run(fuse_task, jobs):
                     bar.update()
                     if exc is not None or isinstance(result, str):
-                        reason = result if isinstance(result, str) else _describe(exc)
+                        reason = result if isinstance(result, str) else describe(exc)
                         status[image_id] = SceneStatus(image_id, "failed", reason)
                         continue
                     entry, fuse_seconds = result

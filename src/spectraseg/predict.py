@@ -23,12 +23,11 @@ The :func:`predict_run` pipeline (cache -> probabilities -> thresholds -> polygo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,10 @@ import torch
 from shapely.geometry import MultiPolygon
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
-from spectraseg.errors import ConfigError, DataError, SpectrasegError, SpectrasegWarning
+from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.geometry import EMPTY
 from spectraseg.io import atomic_output, check_image_id, write_text_atomic, write_wkt_csv
+from spectraseg.parallel import Job, Runner, describe, open_runner
 from spectraseg.vectorize import DEFAULT_DECIMALS, DEFAULT_TOLERANCE, masks_to_polygons
 
 # --------------------------------------------------------------------------- tiling
@@ -748,47 +748,6 @@ def validation_scenes(config: Any) -> list[str]:
 
 # --------------------------------------------------------------------------- running many scenes
 
-Job = tuple[str, tuple[Any, ...]]
-
-
-class _Runner:
-    """Runs a task function over scenes; yields ``(key, result, error)`` as they finish."""
-
-    def __init__(self, client: Any = None, threads: int | None = None) -> None:
-        self.client = client
-        self.threads = threads
-
-    @property
-    def kind(self) -> str:
-        return "serial" if self.client is None else "dask"
-
-    def run(
-        self, fn: Callable[..., Any], jobs: Sequence[Job]
-    ) -> Iterator[tuple[str, Any, BaseException | None]]:
-        if self.client is None:
-            for key, args in jobs:
-                try:
-                    yield key, fn(*args), None
-                except Exception as exc:  # one bad scene must not stop the others
-                    yield key, None, exc
-            return
-        from distributed import as_completed
-
-        futures = {
-            self.client.submit(
-                fn, *args, pure=False, key=f"{fn.__name__}-{key}-{time.time_ns()}"
-            ): key
-            for key, args in jobs
-        }
-        for fut in as_completed(list(futures)):
-            key = futures[fut]
-            try:
-                yield key, fut.result(), None
-            except Exception as exc:
-                yield key, None, exc
-            finally:
-                fut.release()
-
 
 def plan_workers(workers: int | None, scheduler: str | None, jobs: int) -> int:
     """Local worker processes to start: 0 runs in this process.
@@ -806,46 +765,6 @@ def plan_workers(workers: int | None, scheduler: str | None, jobs: int) -> int:
         n = min(jobs, os.cpu_count() or 1)
         return n if n > 1 else 0
     return workers
-
-
-@contextlib.contextmanager
-def _runner(workers: int, scheduler: str | None, threads: int | None) -> Iterator[_Runner]:
-    if scheduler is None and workers == 0:
-        yield _Runner(None, threads)
-        return
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise SpectrasegError(
-                f"cannot connect to the Dask scheduler at {scheduler} ({exc})"
-            ) from None
-        with client:
-            yield _Runner(client, threads)
-        return
-    per_worker = max(1, (os.cpu_count() or 1) // workers)
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield _Runner(client, per_worker)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SpectrasegError):
-        return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 @dataclass
@@ -887,7 +806,7 @@ def _config_thresholds(config: Any) -> dict[int, float]:
 
 
 def _tune_run(
-    runner: _Runner,
+    runner: Runner,
     run_dir: Path,
     config: Any,
     options: PredictOptions,
@@ -927,7 +846,7 @@ def _tune_run(
         for key, result, exc in runner.run(tune_scene_task, jobs):
             bar.update()
             if exc is not None:
-                raise DataError(f"cannot tune thresholds on {key}: {_describe(exc)}")
+                raise DataError(f"cannot tune thresholds on {key}: {describe(exc)}")
             p, n = result
             pos, neg = (p, n) if pos is None else (pos + p, neg + n)
     assert pos is not None and neg is not None
@@ -1108,7 +1027,7 @@ def predict_run(
         progress=progress,
     )
     status = {s.image_id: s for s in align.scenes}
-    with _runner(n_workers, scheduler, options.threads) as runner:
+    with open_runner(n_workers, scheduler) as runner:
         if tune_scenes:
             doc = _tune_run(runner, run, config, options, tune_scenes, progress)
             write_thresholds(run, doc)
@@ -1142,7 +1061,7 @@ def predict_run(
             for key, result, exc in runner.run(predict_scene_task, jobs):
                 bar.update()
                 if exc is not None:
-                    results[key] = {"image_id": key, "status": "failed", "reason": _describe(exc)}
+                    results[key] = {"image_id": key, "status": "failed", "reason": describe(exc)}
                 else:
                     results[key] = {**result, "status": "ok"}
     report.scenes = [results[i] for i in ids]
