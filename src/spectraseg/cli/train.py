@@ -1,0 +1,104 @@
+"""``spectraseg train``: train the U-Net into a run directory, or resume one.
+
+spectraseg train --config run.toml [--set train.lr=3e-4 ...] --out RUN
+spectraseg train --resume RUN [--set train.epochs=20 ...]
+spectraseg train --config run.toml --print-config
+torchrun --standalone --nproc-per-node=2 -m spectraseg train --config run.toml --out RUN
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the U-Net (or resume a run)",
+        description="Train the U-Net on a fused cache into a run directory (config, "
+        "statistics, checkpoints, metrics), or resume a stopped run exactly where it stopped. "
+        "Under torchrun every process trains on its own patches (DDP); rank 0 writes.",
+    )
+    p.add_argument("--config", metavar="TOML", help="config file (default: built-in defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.lr=3e-4 or data.val_scenes='[\"6010_1_2\"]' "
+        "(TOML value; repeatable)",
+    )
+    p.add_argument("--out", metavar="RUN", help="new run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (sets train.threads)")
+    p.add_argument(
+        "--print-config", action="store_true", help="print the resolved config (TOML) and exit"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _summary(result, rank: int) -> None:
+    from spectraseg import CLASS_NAMES
+
+    if rank != 0:
+        return
+    minutes = result.seconds / 60
+    print(
+        f"run {result.run_dir}: {result.steps} steps, {result.epochs} epoch(s), {minutes:.1f} min"
+    )
+    if result.best_score is None:
+        print("no validation scenes: best.pt is the final model")
+        return
+    print(f"best validation mean Jaccard {result.best_score:.4f} at step {result.best_step}")
+    best = next((r for r in result.history if r.get("step") == result.best_step), None)
+    if best and best.get("val_jaccard"):
+        for c, (j, empty) in enumerate(
+            zip(best["val_jaccard"], best["val_empty"], strict=True), start=1
+        ):
+            note = "  (no truth and no prediction)" if empty else ""
+            print(f"  {c:>2} {CLASS_NAMES[c]:<26} {j:.4f}{note}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from spectraseg.config import load_config, to_toml
+    from spectraseg.errors import ConfigError
+
+    overrides = list(args.overrides)
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume uses the run's own config.toml; change keys with --set")
+        if args.out:
+            raise ConfigError("--resume and --out exclude each other")
+        path = os.path.join(args.resume, "config.toml")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{args.resume} is not a run directory ({path} is missing)")
+        config = load_config(path, overrides)
+    else:
+        config = load_config(args.config, overrides)
+    if args.print_config:
+        sys.stdout.write(to_toml(config))
+        return 0
+    if not args.out and not args.resume:
+        raise ConfigError("give --out RUN for a new run or --resume RUN to continue one")
+
+    from spectraseg.train import train
+
+    rank = int(os.environ.get("RANK", "0"))
+    run_dir = args.resume or args.out
+    result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if result.interrupted:
+        if rank == 0:
+            print(
+                f"spectraseg train: interrupted at step {result.steps}; checkpoint saved; "
+                f"continue with: spectraseg train --resume {run_dir}",
+                file=sys.stderr,
+            )
+        return 130
+    _summary(result, rank)
+    return 0

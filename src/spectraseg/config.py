@@ -1,0 +1,544 @@
+"""One configuration: TOML into frozen dataclasses.
+
+A config file has the sections ``[data]``, ``[model]``, ``[loss]``, ``[train]`` and
+``[predict]``; every key is optional (defaults below, also in ``configs/default.toml``).
+Unknown sections or keys and values of the wrong type raise
+:class:`~spectraseg.errors.ConfigError` naming the dotted key (``train.lr``).
+
+Overrides are ``"section.key=value"`` strings whose value is a TOML scalar or array
+(``train.lr=3e-4``, ``data.val_scenes=["6010_1_2"]``, ``predict.tta=true``); a value that
+is not valid TOML is taken as a bare string (``data.root=/data/dstl``).
+
+Relative paths in ``data`` are resolved against the current directory when the config is
+loaded, so the resolved config saved in a run directory works from anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import textwrap
+import tomllib
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spectraseg import NUM_CLASSES
+from spectraseg.errors import ConfigError
+
+NORM_MODES: tuple[str, ...] = ("image", "region", "dataset")
+SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is split and normalised."""
+
+    root: str = ""
+    """DSTL-layout dataset root (labels, grid sizes)."""
+    cache: str = ""
+    """Fused cache directory written by ``spectraseg align``."""
+    stats: str = ""
+    """Normalisation statistics JSON; empty: computed over every cached scene."""
+    norm: str = "region"
+    """Statistics scope: ``image``, ``region`` (the seed's best) or ``dataset``."""
+    scenes: tuple[str, ...] = ()
+    """Labelled scenes to use (training + validation); empty: all labelled scenes."""
+    val_scenes: tuple[str, ...] = ()
+    """Held-out validation scenes; empty: whole regions chosen by ``val_fraction``."""
+    val_fraction: float = 0.2
+    """Share of scenes held out (by region) when ``val_scenes`` is empty; 0: no validation."""
+    indices: tuple[str, ...] = ()
+    """Derived spectral index channels appended to the input (e.g. ``["NDWI", "CCCI"]``)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net (:class:`spectraseg.model.UNet`)."""
+
+    width: int = 16
+    """Channels of the first level; level ``i`` has ``width * 2**i``."""
+    depth: int = 4
+    """Number of 2x downsamplings; patch and tile sizes must be multiples of ``2**depth``."""
+    norm: str = "batch"
+    """Normalisation layer: ``batch``, ``group`` or ``instance``."""
+    groups: int = 8
+    """GroupNorm groups."""
+    dropout: float = 0.0
+    """Dropout2d rate after the bottleneck."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss (:class:`spectraseg.losses.BCEJaccardLoss`)."""
+
+    bce: float = 1.0
+    """Weight of binary cross-entropy."""
+    jaccard: float = 1.0
+    """Weight of the soft Jaccard term."""
+    jaccard_mode: str = "present"
+    """``present`` (per class over the whole batch, classes absent from it left out),
+    ``batch`` (all classes) or ``sample`` (per patch); see :mod:`spectraseg.losses`."""
+    log_jaccard: bool = False
+    """Use ``-log J`` instead of ``1 - J``."""
+    smooth: float = 1.0
+    """Soft Jaccard smoothing (pixels)."""
+    pos_weight: tuple[float, ...] = ()
+    """Per-class BCE weight of positive pixels (10 values); empty: 1."""
+    class_weights: tuple[float, ...] = ()
+    """Per-class weight of both terms (10 values); empty: equal."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (:func:`spectraseg.train.train`)."""
+
+    batch_size: int = 4
+    """Patches per forward/backward pass (per process)."""
+    accumulate: int = 1
+    """Forward/backward passes, each on a fresh batch, per optimizer step."""
+    steps: int = 0
+    """Optimizer steps in all; 0: ``epochs * steps_per_epoch``."""
+    epochs: int = 20
+    """Epochs (each ends with validation and a checkpoint) when ``steps`` is 0."""
+    steps_per_epoch: int = 100
+    """Optimizer steps per epoch."""
+    minutes: float = 0.0
+    """Time budget for training (validation excluded); 0: none. Stops after the step that
+    crosses it; the cosine schedule then follows elapsed time as well as steps."""
+    lr: float = 3e-3
+    """Adam learning rate at the top of the schedule."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (0: plain Adam)."""
+    schedule: str = "cosine"
+    """``cosine`` (to ``min_lr_ratio * lr``) or ``constant``."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    min_lr_ratio: float = 0.01
+    """Final learning rate of the cosine schedule relative to ``lr``."""
+    seed: int = 0
+    """Seed of weights, patch sampling and augmentation."""
+    patch_size: int = 128
+    """Training patch side in pixels (multiple of ``2**model.depth``)."""
+    rare_share: float = 0.5
+    """Share of patches centred on a pixel of a rare class."""
+    augment: bool = True
+    """Random flips, transposes and 90-degree rotations."""
+    threads: int = 0
+    """``torch.set_num_threads`` on CPU; 0: torch's default."""
+    workers: int = 0
+    """DataLoader worker processes; 0: load in the training process."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    amp: bool = True
+    """Mixed precision (float16 autocast + GradScaler) on CUDA; ignored on CPU."""
+    channels_last: bool = True
+    """Channels-last memory format (about 1.5x faster on CPU)."""
+    deterministic: bool = True
+    """Deterministic algorithms (needed for exact resume; free on CPU)."""
+    checkpoint_every: int = 50
+    """Write ``checkpoints/latest.pt`` every this many steps (and at epoch ends); 0: epochs only."""
+    val_every: int = 1
+    """Validate every this many epochs (and at the end); 0: only at the end."""
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Whole-scene inference (:mod:`spectraseg.predict`), also used by validation."""
+
+    tile: int = 256
+    """Tile side in pixels (multiple of ``2**model.depth``)."""
+    margin: int = 16
+    """Context pixels cropped from each tile side (tiles overlap by twice this)."""
+    batch: int = 4
+    """Tiles per forward pass (also during validation)."""
+    tta: bool = False
+    """Average over the 8 flips / transposes / rotations."""
+    thresholds: tuple[float, ...] = (0.5,) * NUM_CLASSES
+    """Per-class probability thresholds (10 values)."""
+    min_area: tuple[float, ...] = ()
+    """Per-class minimum polygon area in pixels (10 values); empty: none."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; each section is a frozen dataclass."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def replace(self, overrides: Iterable[str] = ()) -> Config:
+        """A copy with ``"section.key=value"`` overrides applied (validated)."""
+        raw = to_dict(self)
+        for item in overrides:
+            key, value = parse_override(item)
+            _set_dotted(raw, key, value)
+        return from_dict(raw)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        t = self.train
+        return t.steps if t.steps > 0 else t.epochs * t.steps_per_epoch
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+    "predict": PredictConfig,
+}
+
+_PATH_KEYS = ("root", "cache", "stats")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` converted to the field type ``tp`` or ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(
+                f"config key {key!r} must be {_type_name(tp)}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(
+            f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config key {name!r} must be a table ([{name}]), got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key '{name}.{key}'; {name} keys are: {', '.join(sorted(known))}"
+            )
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a nested mapping (as read from TOML) into a :class:`Config`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a table of sections, got {type(raw).__name__}")
+    sections = {}
+    for name, values in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section {name!r}; sections are: {', '.join(SECTIONS)}"
+            )
+        sections[name] = _build_section(name, SECTIONS[name], values)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def _check(cond: bool, key: str, message: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key!r} {message}, got {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Range and consistency checks; raises ConfigError naming the first bad key."""
+    d, m, lo, t, p = config.data, config.model, config.loss, config.train, config.predict
+    _check(d.norm in NORM_MODES, "data.norm", f"must be one of {', '.join(NORM_MODES)}", d.norm)
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
+    _check(m.width >= 1, "model.width", "must be >= 1", m.width)
+    _check(1 <= m.depth <= 8, "model.depth", "must be in 1..8", m.depth)
+    _check(
+        m.norm in ("batch", "group", "instance"),
+        "model.norm",
+        "must be one of batch, group, instance",
+        m.norm,
+    )
+    _check(m.groups >= 1, "model.groups", "must be >= 1", m.groups)
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+    _check(lo.bce >= 0, "loss.bce", "must be >= 0", lo.bce)
+    _check(lo.jaccard >= 0, "loss.jaccard", "must be >= 0", lo.jaccard)
+    _check(lo.bce + lo.jaccard > 0, "loss.jaccard", "and loss.bce must not both be 0", lo.jaccard)
+    _check(
+        lo.jaccard_mode in ("batch", "present", "sample"),
+        "loss.jaccard_mode",
+        "must be one of batch, present, sample",
+        lo.jaccard_mode,
+    )
+    _check(lo.smooth >= 0, "loss.smooth", "must be >= 0", lo.smooth)
+    for key, vec in (("loss.pos_weight", lo.pos_weight), ("loss.class_weights", lo.class_weights)):
+        _check(
+            len(vec) in (0, NUM_CLASSES),
+            key,
+            f"must be empty or hold {NUM_CLASSES} values",
+            list(vec),
+        )
+        _check(all(v >= 0 for v in vec), key, "must hold values >= 0", list(vec))
+    if lo.class_weights:
+        _check(sum(lo.class_weights) > 0, "loss.class_weights", "must not all be 0", 0)
+    multiple = 2**m.depth
+    _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
+    _check(t.accumulate >= 1, "train.accumulate", "must be >= 1", t.accumulate)
+    _check(t.steps >= 0, "train.steps", "must be >= 0", t.steps)
+    _check(t.epochs >= 0, "train.epochs", "must be >= 0", t.epochs)
+    _check(t.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1", t.steps_per_epoch)
+    _check(config.total_steps >= 1, "train.steps", "or train.epochs must be >= 1", t.steps)
+    _check(t.minutes >= 0 and math.isfinite(t.minutes), "train.minutes", "must be >= 0", t.minutes)
+    _check(t.lr > 0 and math.isfinite(t.lr), "train.lr", "must be > 0", t.lr)
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    _check(
+        t.schedule in SCHEDULES,
+        "train.schedule",
+        f"must be one of {', '.join(SCHEDULES)}",
+        t.schedule,
+    )
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
+    _check(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
+    _check(
+        t.patch_size >= multiple and t.patch_size % multiple == 0,
+        "train.patch_size",
+        f"must be a positive multiple of 2**model.depth = {multiple}",
+        t.patch_size,
+    )
+    _check(0.0 <= t.rare_share <= 1.0, "train.rare_share", "must be in [0, 1]", t.rare_share)
+    _check(t.threads >= 0, "train.threads", "must be >= 0", t.threads)
+    _check(t.workers >= 0, "train.workers", "must be >= 0", t.workers)
+    _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}", t.device)
+    _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", t.checkpoint_every)
+    _check(t.val_every >= 0, "train.val_every", "must be >= 0", t.val_every)
+    _check(
+        p.tile >= multiple and p.tile % multiple == 0,
+        "predict.tile",
+        f"must be a positive multiple of 2**model.depth = {multiple}",
+        p.tile,
+    )
+    _check(
+        0 <= p.margin and 2 * p.margin < p.tile,
+        "predict.margin",
+        "must be >= 0 and less than half of predict.tile",
+        p.margin,
+    )
+    _check(p.batch >= 1, "predict.batch", "must be >= 1", p.batch)
+    _check(
+        len(p.thresholds) == NUM_CLASSES,
+        "predict.thresholds",
+        f"must hold {NUM_CLASSES} values",
+        list(p.thresholds),
+    )
+    _check(
+        all(0.0 <= v <= 1.0 for v in p.thresholds),
+        "predict.thresholds",
+        "must hold values in [0, 1]",
+        list(p.thresholds),
+    )
+    _check(
+        len(p.min_area) in (0, NUM_CLASSES),
+        "predict.min_area",
+        f"must be empty or hold {NUM_CLASSES} values",
+        list(p.min_area),
+    )
+    _check(all(v >= 0 for v in p.min_area), "predict.min_area", "must be >= 0", list(p.min_area))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"section.key=value"`` -> ``("section.key", value)``; value parsed as TOML if it can be."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or "." not in key or not all(key.split(".")):
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare string such as a path
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"config key {key!r} must be section.key")
+    section, name = parts
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config key {key!r}; sections are: {', '.join(SECTIONS)}")
+    known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    if name not in known:
+        raise ConfigError(
+            f"unknown config key {key!r}; {section} keys are: {', '.join(sorted(known))}"
+        )
+    raw.setdefault(section, {})[name] = value
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    data = config.data
+    changes = {}
+    for key in _PATH_KEYS:
+        value = getattr(data, key)
+        if value:
+            changes[key] = str((base / os.path.expanduser(value)).resolve())
+    if not changes:
+        return config
+    return dataclasses.replace(config, data=dataclasses.replace(data, **changes))
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    resolve_paths: bool = True,
+) -> Config:
+    """Read a TOML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises ConfigError when the file is missing or not valid TOML, or for any bad key or
+    value (naming it). Relative data paths become absolute (against the current directory).
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        try:
+            config = from_dict(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    else:
+        config = Config()
+    config = config.replace(overrides)
+    return _resolve_paths(config, Path.cwd()) if resolve_paths else config
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (tuples as lists) of a config; ``from_dict`` inverts it."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = getattr(config, name)
+        out[name] = {
+            f.name: list(v) if isinstance(v := getattr(section, f.name), tuple) else v
+            for f in dataclasses.fields(section)
+        }
+    return out
+
+
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_char(ch: str) -> str:
+    if ch in _TOML_ESCAPES:
+        return _TOML_ESCAPES[ch]
+    # TOML forbids raw control characters (U+0000..U+001F, U+007F) in basic strings.
+    if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        return f"\\u{ord(ch):04X}"
+    return ch
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(ch in text for ch in ".eE") else text + ".0"
+    if isinstance(value, str):
+        return '"' + "".join(_toml_char(ch) for ch in value) + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(config: Config, comments: bool = False) -> str:
+    """The config as TOML text, every key present (what a run directory stores).
+
+    With ``comments``, each key is preceded by its documentation as a ``#`` comment.
+    """
+    docs = field_docs() if comments else {}
+    lines: list[str] = []
+    for name, values in to_dict(config).items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            if doc := docs.get(f"{name}.{key}"):
+                lines.extend(textwrap.wrap(doc, 98, initial_indent="# ", subsequent_indent="# "))
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def field_docs() -> dict[str, str]:
+    """``{"section.key": first docstring line}`` for documentation and ``--help`` output."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    for name, cls in SECTIONS.items():
+        tree = ast.parse(inspect.getsource(cls))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[f"{name}.{node.target.id}"] = " ".join(nxt.value.value.split())
+    return docs
