@@ -420,3 +420,55 @@ def test_predict_on_a_local_dask_cluster_matches_serial(trained) -> None:
         b = np.load(scene_paths(dask, i)["probs"])
         np.testing.assert_array_equal(a, b)
     assert (serial / "predictions.csv").read_text() == (dask / "predictions.csv").read_text()
+
+
+def test_blend_levels_mixes_per_class() -> None:
+    from spectraseg.predict import blend_levels
+
+    unet = np.full((10, 2, 3), 200, np.uint8)
+    pixel = np.full((10, 2, 3), 100, np.uint8)
+    out = blend_levels(unet, pixel, {1: 1.0, 2: 0.0, 3: 0.25})
+    assert out.dtype == np.uint8
+    assert (out[0] == 200).all() and (out[1] == 100).all() and (out[2] == 125).all()
+    assert (out[3:] == 200).all()  # classes without a weight keep the U-Net
+
+
+def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) -> None:
+    """A run with a pixel model: tuning picks a U-Net weight and threshold per class from
+    the blend grid, and prediction writes the blended probabilities."""
+    import shutil
+
+    from spectraseg.fusion import open_cache
+    from spectraseg.pixelmodel import fit_run
+    from spectraseg.predict import BLEND_GRID, blend_levels, read_thresholds
+    from spectraseg.train import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    (run / "thresholds.json").unlink(missing_ok=True)
+    model, config, stats = load_model(run)
+    scenes = [i for i in open_cache(trained["cache"]).image_ids if i not in config.data.val_scenes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = config.replace(["pixel.samples=200", "pixel.max_iter=5"])
+        fit_run(run, cfg, scenes[:2], stats, progress=False)
+        report = predict_run(run, trained["data"], tmp_path / "pred", workers=0, progress=False)
+    doc = read_thresholds(run)
+    assert doc is not None and doc["pixel_model_mtime_ns"] is not None
+    assert set(doc["blend"]) == {str(c) for c in range(1, 11)}
+    assert all(v in BLEND_GRID for v in doc["blend"].values())
+    assert report.blend == {int(k): v for k, v in doc["blend"].items()}
+    # The blended choice is at least as good as the U-Net alone on the tuning scenes.
+    for c in range(1, 11):
+        assert doc["jaccard"][str(c)] >= doc["jaccard_unet"][str(c)] - 1e-12
+    # Written probabilities are the blend of the two models' levels.
+    from spectraseg.predict import PredictOptions, _scene_levels_of_run, resolve_options
+    from spectraseg.sampling import load_scene
+
+    image_id = report.scenes[0]["image_id"]
+    image = load_scene(trained["cache"], image_id, stats, config.data.indices)
+    opts = resolve_options(PredictOptions(), config)
+    unet, pixel = _scene_levels_of_run(str(run), model, image, opts)
+    assert pixel is not None
+    written = np.load(tmp_path / "pred" / "probs" / f"{image_id}.npy")
+    np.testing.assert_array_equal(written, blend_levels(unet, pixel, report.blend))

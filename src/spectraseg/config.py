@@ -1,7 +1,8 @@
 """One configuration: TOML into frozen dataclasses.
 
-A config file has the sections ``[data]``, ``[model]``, ``[loss]``, ``[train]`` and
-``[predict]``; every key is optional (defaults below, also in ``configs/default.toml``).
+A config file has the sections ``[data]``, ``[model]``, ``[loss]``, ``[train]``,
+``[predict]`` and ``[pixel]``; every key is optional (defaults below, also in
+``configs/default.toml``).
 Unknown sections or keys and values of the wrong type raise
 :class:`~spectraseg.errors.ConfigError` naming the dotted key (``train.lr``).
 
@@ -166,6 +167,18 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class PixelConfig:
+    """The per-pixel gradient-boosting partner of the U-Net (:mod:`spectraseg.pixelmodel`)."""
+
+    enabled: bool = False
+    """Fit it on the training scenes after the U-Net; predict then blends the two per class."""
+    samples: int = 20000
+    """Training pixels per scene and class (half positives where the class allows)."""
+    max_iter: int = 200
+    """Boosting iterations per class (early stopping may use fewer)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; each section is a frozen dataclass."""
 
@@ -174,6 +187,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    pixel: PixelConfig = field(default_factory=PixelConfig)
 
     def replace(self, overrides: Iterable[str] = ()) -> Config:
         """A copy with ``"section.key=value"`` overrides applied (validated)."""
@@ -196,6 +210,7 @@ SECTIONS: dict[str, type] = {
     "loss": LossConfig,
     "train": TrainConfig,
     "predict": PredictConfig,
+    "pixel": PixelConfig,
 }
 
 _PATH_KEYS = ("root", "cache", "stats")
@@ -280,6 +295,9 @@ def _check(cond: bool, key: str, message: str, value: Any) -> None:
 def validate(config: Config) -> None:
     """Range and consistency checks; raises ConfigError naming the first bad key."""
     d, m, lo, t, p = config.data, config.model, config.loss, config.train, config.predict
+    px = config.pixel
+    _check(px.samples >= 2, "pixel.samples", "must be >= 2", px.samples)
+    _check(px.max_iter >= 1, "pixel.max_iter", "must be >= 1", px.max_iter)
     _check(d.norm in NORM_MODES, "data.norm", f"must be one of {', '.join(NORM_MODES)}", d.norm)
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
     _check(m.width >= 1, "model.width", "must be >= 1", m.width)

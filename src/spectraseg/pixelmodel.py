@@ -12,9 +12,10 @@ and 15 x 15 local mean and standard deviation and its Sobel gradient magnitude.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -84,6 +85,10 @@ def sample_pixels(
     return np.concatenate([pick_pos, pick_neg])
 
 
+HALO = max(TEXTURE_WINDOWS) // 2 + 1
+"""Rows of context a block of features needs (the largest window's half, and Sobel's)."""
+
+
 @dataclass
 class PixelModel:
     """One HistGradientBoosting classifier per class (None where a class never occurs)."""
@@ -93,21 +98,32 @@ class PixelModel:
 
     def fit(
         self,
-        features: Sequence[np.ndarray],
-        masks: Sequence[np.ndarray],
+        scenes: Iterable[tuple[np.ndarray, np.ndarray]],
         per_scene: int = 20000,
         max_iter: int = 200,
         seed: int = 0,
     ) -> PixelModel:
-        """Train on scenes: ``features`` (F, H, W) float32 and ``masks`` (10, H, W) uint8."""
+        """Train on ``(image, masks)`` scenes: image (C, H, W) float32 normalised channels
+        (named :attr:`channels`), masks (10, H, W) uint8.
+
+        Scenes are consumed one at a time; only the sampled pixels are kept, so memory does
+        not grow with scene size.
+        """
         rng = np.random.default_rng(seed)
-        for cls in range(1, NUM_CLASSES + 1):
-            xs, ys = [], []
-            for feat, mask in zip(features, masks, strict=True):
-                idx = sample_pixels(mask, cls, per_scene, rng)
-                xs.append(feat.reshape(feat.shape[0], -1)[:, idx].T)
-                ys.append(mask[cls - 1].reshape(-1)[idx])
-            y = np.concatenate(ys)
+        xs: dict[int, list[np.ndarray]] = {c: [] for c in range(1, NUM_CLASSES + 1)}
+        ys: dict[int, list[np.ndarray]] = {c: [] for c in range(1, NUM_CLASSES + 1)}
+        for image, masks in scenes:
+            feat = pixel_features(image, self.channels)
+            flat = feat.reshape(feat.shape[0], -1)
+            for cls in xs:
+                idx = sample_pixels(masks, cls, per_scene, rng)
+                xs[cls].append(flat[:, idx].T.copy())
+                ys[cls].append(np.asarray(masks[cls - 1]).reshape(-1)[idx])
+            del feat, flat
+        for cls in xs:
+            if not ys[cls]:
+                raise ValueError("no scene to fit the pixel model on")
+            y = np.concatenate(ys[cls])
             if y.min() == y.max():
                 self.models[cls] = None
                 continue
@@ -120,24 +136,29 @@ class PixelModel:
                 validation_fraction=0.15,
                 random_state=int(rng.integers(2**31)),
             )
-            clf.fit(np.concatenate(xs), y)
+            clf.fit(np.concatenate(xs[cls]), y)
             self.models[cls] = clf
         return self
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (10, H, W) float32 for one scene's (F, H, W) features.
+    def predict_proba(self, image: np.ndarray, block_rows: int = 512) -> np.ndarray:
+        """Class probabilities (10, H, W) float32 of one normalised scene (C, H, W).
 
-        Classes never seen in training get probability 0. The positives were sampled at up
-        to half of each training set, so these are not calibrated frequencies: choose
-        thresholds on validation scenes.
+        Features are computed in blocks of rows (with :data:`HALO` rows of context), so
+        memory stays at a block's features whatever the scene size. Classes never seen in
+        training get 0. Positives were sampled at up to half of each training set, so these
+        are not calibrated frequencies: choose thresholds on validation scenes.
         """
-        f, h, w = features.shape
-        flat = features.reshape(f, -1).T
-        out = np.zeros((NUM_CLASSES, h * w), dtype=np.float32)
-        for cls, clf in self.models.items():
-            if clf is not None:
-                out[cls - 1] = clf.predict_proba(flat)[:, 1]
-        return out.reshape(NUM_CLASSES, h, w)
+        _, h, w = image.shape
+        out = np.zeros((NUM_CLASSES, h, w), dtype=np.float32)
+        for r0 in range(0, h, block_rows):
+            r1 = min(h, r0 + block_rows)
+            a0, a1 = max(0, r0 - HALO), min(h, r1 + HALO)
+            feat = pixel_features(image[:, a0:a1], self.channels)[:, r0 - a0 : r1 - a0]
+            flat = feat.reshape(feat.shape[0], -1).T
+            for cls, clf in self.models.items():
+                if clf is not None:
+                    out[cls - 1, r0:r1] = clf.predict_proba(flat)[:, 1].reshape(r1 - r0, w)
+        return out
 
     def save(self, path: str | Path) -> None:
         """Pickle the model atomically (sklearn estimators are not tensor checkpoints)."""
@@ -150,3 +171,48 @@ class PixelModel:
         with open(path, "rb") as f:
             state = pickle.load(f)
         return cls(channels=state["channels"], models=state["models"])
+
+
+PIXEL_MODEL_FILE = "pixelmodel.pkl"
+
+
+def scene_channels(cache: Any, image_id: str, indices: Sequence[str]) -> list[str]:
+    """Names of the channels :func:`spectraseg.sampling.load_scene` returns for a scene."""
+    return list(cache.channels(image_id)) + list(indices)
+
+
+def fit_run(
+    run_dir: str | Path,
+    config: Any,
+    image_ids: Sequence[str],
+    stats: Any,
+    progress: bool = True,
+) -> Path:
+    """Fit the pixel model of a run on its training scenes; write ``RUN/pixelmodel.pkl``.
+
+    Scenes are read from the run's cache (``data.cache``), normalised with the run's
+    statistics exactly as the U-Net sees them, with their cached label masks.
+    """
+    from tqdm import tqdm
+
+    from spectraseg.fusion import open_cache
+    from spectraseg.sampling import load_scene, mask_path
+
+    cache = open_cache(config.data.cache)
+    indices = list(config.data.indices)
+    channels = scene_channels(cache, image_ids[0], indices)
+
+    def scenes() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for image_id in tqdm(image_ids, desc="pixel model", unit="scene", disable=not progress):
+            image = load_scene(cache, image_id, stats, indices)
+            yield image, np.load(mask_path(cache, image_id), mmap_mode="r")
+
+    model = PixelModel(channels).fit(
+        scenes(),
+        per_scene=config.pixel.samples,
+        max_iter=config.pixel.max_iter,
+        seed=config.train.seed,
+    )
+    path = Path(run_dir) / PIXEL_MODEL_FILE
+    model.save(path)
+    return path

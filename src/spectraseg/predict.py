@@ -601,6 +601,63 @@ def cached_model(run_dir: str | os.PathLike[str], which: str, device: str) -> tu
     return _MODELS[key]
 
 
+_PIXEL: dict[tuple[str, int], Any] = {}
+
+BLEND_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Candidate U-Net weights of the per-class blend with the pixel model (1: U-Net alone)."""
+
+
+def pixel_model_file(run_dir: str | os.PathLike[str]) -> Path:
+    """``RUN/pixelmodel.pkl`` (present when the run was trained with ``pixel.enabled``)."""
+    from spectraseg.pixelmodel import PIXEL_MODEL_FILE
+
+    return Path(run_dir) / PIXEL_MODEL_FILE
+
+
+def cached_pixel_model(run_dir: str | os.PathLike[str]) -> Any:
+    """The run's pixel model loaded once per process, or None when the run has none."""
+    from spectraseg.pixelmodel import PixelModel
+
+    path = pixel_model_file(run_dir)
+    if not path.is_file():
+        return None
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _PIXEL:
+        _PIXEL.clear()
+        _PIXEL[key] = PixelModel.load(path)
+    return _PIXEL[key]
+
+
+def blend_levels(unet: np.ndarray, pixel: np.ndarray, weights: Mapping[int, float]) -> np.ndarray:
+    """Per-class convex blend of two uint8 ``(10, H, W)`` level maps.
+
+    Class ``c`` gets ``w_c * unet + (1 - w_c) * pixel`` (``weights[c]`` is the U-Net's
+    weight), rounded back to uint8 levels.
+    """
+    out = np.empty_like(unet)
+    for k in range(unet.shape[0]):
+        w = float(weights.get(k + 1, 1.0))
+        if w >= 1.0:
+            out[k] = unet[k]
+        elif w <= 0.0:
+            out[k] = pixel[k]
+        else:
+            mix = unet[k].astype(np.float32) * w + pixel[k].astype(np.float32) * (1.0 - w)
+            out[k] = np.rint(mix).astype(np.uint8)
+    return out
+
+
+def _scene_levels_of_run(
+    run_dir: str, model: Any, image: np.ndarray, opts: PredictOptions
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """U-Net levels of a scene and, when the run has a pixel model, its levels too."""
+    levels = scene_levels(model, image, opts)
+    pixel = cached_pixel_model(run_dir)
+    if pixel is None:
+        return levels, None
+    return levels, quantize(pixel.predict_proba(image))
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None and threads > 0:
         torch.set_num_threads(threads)
@@ -633,8 +690,12 @@ def predict_scene_task(
     thresholds: Mapping[int, float],
     min_area: Mapping[int, float],
     options: PredictOptions,
+    blend: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
     """Predict one cached scene and write its outputs (run by Dask workers or in-process).
+
+    ``blend`` (per-class U-Net weights) mixes in the run's pixel model, when it has one;
+    None uses the U-Net alone. The written probabilities are the blended ones.
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
     (per class, squared grid units) and ``parts`` (per class polygon count).
@@ -644,7 +705,12 @@ def predict_scene_task(
     model, config, stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
     image = _load_input(cache_dir, image_id, model, config, stats)
-    levels = scene_levels(model, image, opts)
+    if blend is not None:
+        levels, pixel = _scene_levels_of_run(run_dir, model, image, opts)
+        if pixel is not None:
+            levels = blend_levels(levels, pixel, blend)
+    else:
+        levels = scene_levels(model, image, opts)
     del image  # the float32 scene is the largest array: free it before vectorising
     polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
     write_scene_outputs(out_dir, image_id, levels, polygons, xmax, ymin, thresholds, opts.decimals)
@@ -661,19 +727,31 @@ def predict_scene_task(
 def tune_scene_task(
     run_dir: str, cache_dir: str, image_id: str, weight: float, options: PredictOptions
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probability histograms of a labelled cached scene (:func:`class_histograms`)."""
+    """Probability histograms of a labelled cached scene (:func:`class_histograms`), one
+    pair per U-Net weight of :data:`BLEND_GRID` when the run has a pixel model.
+
+    Returns ``(pos, neg)`` float64 ``(B, 10, 256)`` with ``B = len(BLEND_GRID)``, or
+    ``B = 1`` (the U-Net alone) without a pixel model.
+    """
     from spectraseg.sampling import mask_path
 
     _set_threads(options.threads)
     model, config, stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
     image = _load_input(cache_dir, image_id, model, config, stats)
-    levels = scene_levels(model, image, opts)
+    levels, pixel = _scene_levels_of_run(run_dir, model, image, opts)
     del image
     truth = np.load(mask_path(cache_dir, image_id), mmap_mode="r")
     if truth.shape != levels.shape:
         raise DataError(f"the label mask of {image_id} is {truth.shape}, expected {levels.shape}")
-    return class_histograms(levels, truth, weight)
+    if pixel is None:
+        pos, neg = class_histograms(levels, truth, weight)
+        return pos[None], neg[None]
+    pairs = [
+        class_histograms(blend_levels(levels, pixel, dict.fromkeys(range(1, 11), w)), truth, weight)
+        for w in BLEND_GRID
+    ]
+    return np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])
 
 
 # --------------------------------------------------------------------------- thresholds file
@@ -688,7 +766,10 @@ def read_thresholds(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     Keys: ``format``, ``version``, ``thresholds`` (``{"1": t, ...}``), ``jaccard`` (tuned
     per-class Jaccard), ``tuned`` (per class: had true pixels), ``mean_jaccard``,
     ``mean_jaccard_config`` (at the config's thresholds), ``grid``, ``scenes``,
-    ``checkpoint``, ``checkpoint_mtime_ns``, ``tta``, ``tile``, ``margin``.
+    ``checkpoint``, ``checkpoint_mtime_ns``, ``tta``, ``tile``, ``margin``; with a pixel
+    model in the run, ``blend`` (per class the U-Net's weight in the blend, chosen with the
+    threshold), ``jaccard_unet`` (the U-Net alone), ``thresholds_unet`` and
+    ``thresholds_pixel`` (each model alone) and ``pixel_model_mtime_ns``.
     """
     path = Path(run_dir) / THRESHOLDS_JSON
     if not path.is_file():
@@ -780,6 +861,8 @@ class PredictReport:
     threshold_source: str = ""
     min_area: dict[int, float] = field(default_factory=dict)
     tuning: dict[str, Any] | None = None
+    blend: dict[int, float] | None = None
+    """Per-class U-Net weight of the blend with the run's pixel model (None: U-Net alone)."""
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -793,6 +876,7 @@ class PredictReport:
             "predictions": str(self.predictions) if self.predictions else None,
             "thresholds": {str(k): v for k, v in self.thresholds.items()},
             "threshold_source": self.threshold_source,
+            "blend": {str(k): v for k, v in self.blend.items()} if self.blend else None,
             "min_area_px": {str(k): v for k, v in self.min_area.items()},
             "options": self.options,
             "seconds": self.seconds,
@@ -850,7 +934,24 @@ def _tune_run(
             p, n = result
             pos, neg = (p, n) if pos is None else (pos + p, neg + n)
     assert pos is not None and neg is not None
-    chosen = _choose(pos, neg, DEFAULT_GRID)
+    blend_grid = BLEND_GRID if pos.shape[0] > 1 else (1.0,)
+    per_weight = [_choose(pos[b], neg[b], DEFAULT_GRID) for b in range(len(blend_grid))]
+    # Per class, the weight whose best threshold scores highest; ties keep the U-Net.
+    best_b = {
+        c: max(
+            range(len(blend_grid)),
+            key=lambda b, c=c: (per_weight[b]["jaccard"][c], blend_grid[b]),
+        )
+        for c in range(1, NUM_CLASSES + 1)
+    }
+    chosen = {
+        key: {c: per_weight[best_b[c]][key][c] for c in range(1, NUM_CLASSES + 1)}
+        for key in ("thresholds", "jaccard", "tuned")
+    }
+    chosen["grid"] = per_weight[0]["grid"]
+    blend = {c: float(blend_grid[best_b[c]]) for c in range(1, NUM_CLASSES + 1)}
+    unet_only = per_weight[-1]["jaccard"]
+    pos, neg = pos[-1], neg[-1]  # the U-Net alone, for the config-threshold diagnostic
     cfg = _config_thresholds(config)
     at_config = [
         float(jaccard_curves(pos[k : k + 1], neg[k : k + 1], [cfg[k + 1]])[0, 0])
@@ -864,6 +965,15 @@ def _tune_run(
         "jaccard": {str(k): v for k, v in chosen["jaccard"].items()},
         "tuned": {str(k): v for k, v in chosen["tuned"].items()},
         "mean_jaccard": float(np.mean(list(chosen["jaccard"].values()))),
+        "blend": {str(k): v for k, v in blend.items()} if len(blend_grid) > 1 else None,
+        "jaccard_unet": {str(k): v for k, v in unet_only.items()},
+        "thresholds_unet": {str(k): v for k, v in per_weight[-1]["thresholds"].items()},
+        "thresholds_pixel": (
+            {str(k): v for k, v in per_weight[0]["thresholds"].items()}
+            if len(blend_grid) > 1
+            else None
+        ),
+        "pixel_model_mtime_ns": _mtime(pixel_model_file(run_dir)),
         "jaccard_config": {str(k + 1): v for k, v in enumerate(at_config)},
         "mean_jaccard_config": float(np.mean(at_config)),
         "grid": chosen["grid"],
@@ -877,10 +987,15 @@ def _tune_run(
     }
 
 
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
 def _doc_matches(doc: Mapping[str, Any], run_dir: Path, options: PredictOptions) -> bool:
     ckpt = _checkpoint_file(run_dir, options.checkpoint)
     return (
-        doc.get("checkpoint") == options.checkpoint
+        doc.get("pixel_model_mtime_ns") == _mtime(pixel_model_file(run_dir))
+        and doc.get("checkpoint") == options.checkpoint
         and ckpt.is_file()
         and doc.get("checkpoint_mtime_ns") == ckpt.stat().st_mtime_ns
         and bool(doc.get("tta")) == bool(options.tta)
@@ -1036,6 +1151,8 @@ def predict_run(
             report.tuning = doc
         from tqdm import tqdm
 
+        if report.tuning and report.tuning.get("blend"):
+            report.blend = {int(k): float(v) for k, v in report.tuning["blend"].items()}
         results: dict[str, dict[str, Any]] = {}
         jobs: list[Job] = []
         opts = replace(options, threads=runner.threads or options.threads)
@@ -1055,6 +1172,7 @@ def predict_run(
                 report.thresholds,
                 report.min_area,
                 opts,
+                report.blend,
             )
             jobs.append((i, args))
         with tqdm(total=len(jobs), desc="predict", unit="scene", disable=not progress) as bar:

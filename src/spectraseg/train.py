@@ -10,7 +10,10 @@ Run directory layout (``spectraseg train --out RUN``)::
                                  (the final one when there is no validation)
     RUN/metrics.csv              one row per epoch (and for a final partial epoch)
     RUN/metrics.json             the same rows plus the best epoch
-    RUN/thresholds.json          per-class thresholds (written later by ``spectraseg predict``)
+    RUN/pixelmodel.pkl           the per-pixel partner model (``pixel.enabled``), fitted on
+                                 the training scenes after the U-Net
+    RUN/thresholds.json          per-class thresholds and U-Net/pixel-model blend weights
+                                 (written later by ``spectraseg predict``)
 
 Checkpoints are written atomically and load with ``torch.load(weights_only=True)``: they
 hold tensors and Python primitives only (RNG states as uint8/int64 tensors). Keys:
@@ -926,6 +929,10 @@ def _train(
         # Without validation "best" is simply the last model.
         with atomic_output(best_path) as tmp:
             shutil.copyfile(latest_path, tmp)
+    if is_main and config.pixel.enabled and not interrupted:
+        from spectraseg.pixelmodel import fit_run
+
+        fit_run(run, config, list(data.train.image_ids), data.stats, progress=progress)
     return TrainResult(
         run_dir=run,
         steps=step,
