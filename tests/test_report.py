@@ -56,7 +56,15 @@ def make_report(tmp_path):
         },
     ]
     return write_report(
-        tmp_path, fake_evaluation(), history, shifts, [view], extra={"data": "synthetic"}
+        tmp_path,
+        fake_evaluation(),
+        history,
+        shifts,
+        [view],
+        extra={
+            "data": "synthetic",
+            "models": {"unet": fake_evaluation(), "pixel": fake_evaluation()},
+        },
     )
 
 
@@ -70,6 +78,7 @@ def test_report_files_and_json_schema(tmp_path) -> None:
     text = html_path.read_text()
     assert "Misc. manmade structures" in text and "0.05000" in text  # J/10 of class 10
     assert "<td>total</td><td>0.2750</td><td>0.27500</td>" in text
+    assert "U-Net, per-pixel model and blend" in text and "<td>pixel</td><td>0.2750</td>" in text
     assert "region_median (fallback)" in text and "class='fallback'" in text
     assert text.count("<tr") >= 11 + 2
 

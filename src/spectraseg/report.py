@@ -205,6 +205,22 @@ def _table_html(evaluation: Mapping[str, Any]) -> str:
     )
 
 
+def _models_html(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per-class Jaccard of alternative models (same scenes), one row per model."""
+    head = "".join(f"<th>{c}</th>" for c in range(1, NUM_CLASSES + 1))
+    rows = []
+    for name, ev in models.items():
+        cells = "".join(f"<td>{c['jaccard']:.3f}</td>" for c in ev["classes"])
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{ev['mean']:.4f}</td>{cells}</tr>")
+    return (
+        "<p>Raster metric on the test scenes; each model with its own per-class thresholds "
+        "tuned on the validation scenes (the blend also tunes each class's U-Net weight).</p>"
+        f"<table><thead><tr><th>model</th><th>mean</th>{head}</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
 def _shifts_html(shifts: Sequence[Mapping[str, Any]]) -> str:
     if not shifts:
         return "<p>No registration shifts recorded.</p>"
@@ -293,6 +309,10 @@ def write_report(
         f"<h2>Per-class Jaccard (mean {evaluation['mean']:.4f})</h2>",
         _table_html(evaluation),
         "<img src='jaccard.png' alt='per-class Jaccard bar chart'>",
+    ]
+    if extra and extra.get("models"):
+        parts += ["<h2>U-Net, per-pixel model and blend</h2>", _models_html(extra["models"])]
+    parts += [
         "<h2>Training</h2>",
         "<img src='curves.png' alt='training curves'>"
         if has_curves
