@@ -1,0 +1,118 @@
+"""The whole pipeline on a tiny synthetic dataset (seconds): every stage's output exists
+and has the right form. Accuracy is the demo's own business (see the README figures)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from spectraseg.cli import main
+from spectraseg.demo import DemoSettings, run_demo, split_three
+from spectraseg.errors import ConfigError
+from spectraseg.io import read_sample_order, read_wkt_rows
+
+TINY = (
+    "model.width=4",
+    "model.depth=2",
+    "train.patch_size=32",
+    "train.batch_size=2",
+    "train.steps_per_epoch=3",
+    "train.epochs=2",
+    "train.minutes=0",
+    "train.threads=1",
+    "predict.tile=64",
+    "predict.margin=8",
+)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    settings = DemoSettings(
+        out=out, scenes=6, size=(192, 192), regions=3, overrides=TINY, progress=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run_demo(settings)
+
+
+def test_every_stage_leaves_its_output(demo) -> None:
+    out = demo.out
+    for path in (
+        "data/train_wkt_v4.csv",
+        "cache/manifest.json",
+        "cache/shifts.csv",
+        "run/config.toml",
+        "run/stats.json",
+        "run/checkpoints/best.pt",
+        "run/thresholds.json",
+        "pred/predictions.csv",
+        "submission.csv",
+        "report/report.html",
+        "report/report.json",
+        "report/jaccard.png",
+        "demo.json",
+    ):
+        assert (out / path).is_file(), path
+    split = demo.split
+    assert json.loads((out / "demo.json").read_text())["split"] == split
+    assert sum(len(v) for v in split.values()) == 6
+    regions = {k: {i.split("_")[0] for i in v} for k, v in split.items()}
+    assert not (regions["train"] & regions["test"]) and not (
+        regions["validation"] & regions["test"]
+    )
+    for image_id in split["test"]:
+        assert (out / "report" / f"scene_{image_id}.png").is_file()
+
+
+def test_report_json_is_the_evaluate_schema(demo) -> None:
+    doc = json.loads((demo.out / "report" / "report.json").read_text())
+    assert [c["class"] for c in doc["classes"]] == list(range(1, 11))
+    for c in doc["classes"]:
+        assert {"class", "name", "jaccard", "tp", "fp", "fn"} <= set(c)
+        assert 0.0 <= c["jaccard"] <= 1.0
+    assert doc["mean"] == pytest.approx(sum(c["jaccard"] for c in doc["classes"]) / 10)
+    assert doc["images"] == demo.split["test"]
+
+
+def test_submission_follows_the_sample(demo) -> None:
+    sample = read_sample_order(demo.out / "data" / "sample_submission.csv")
+    rows = read_wkt_rows(demo.out / "submission.csv")
+    assert [(i, c) for i, c, _ in rows] == sample
+    test = set(demo.split["test"])
+    assert all(w == "MULTIPOLYGON EMPTY" for i, _, w in rows if i not in test)
+
+
+def test_run_is_usable_by_predict(demo, tmp_path, capsys) -> None:
+    image_id = demo.split["test"][0]
+    rc = main(
+        [
+            "predict",
+            str(demo.out / "data"),
+            "--run",
+            str(demo.out / "run"),
+            "--out",
+            str(tmp_path / "pred"),
+            "--images",
+            image_id,
+            "--workers",
+            "0",
+        ]
+    )
+    assert rc == 0
+    assert (tmp_path / "pred" / "predictions.csv").is_file()
+
+
+def test_split_needs_test_scenes() -> None:
+    ids = [f"{r}_0_{j}" for r in (6010, 6020, 6030) for j in range(2)]
+    train, val, test = split_three(ids, 0.34, 0.34, seed=0)
+    assert len(test) == 2 and len(val) == 2 and len(train) == 2
+    with pytest.raises(ConfigError, match="needs held-out test scenes"):
+        split_three(ids, 0.0, 0.3, seed=0)
+
+
+def test_cli_refuses_too_few_scenes(tmp_path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--scenes", "2"]) == 1
+    assert "--scenes 2 is too few" in capsys.readouterr().err
