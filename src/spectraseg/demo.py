@@ -38,6 +38,10 @@ SYNTH_DEFAULTS = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
 REAL_MINUTES = 22.0
 """Default training budget on real data (the whole demo stays within about 30 minutes)."""
 
+REAL_FOLDS = 4
+"""Cross-validation folds on real data: every scene is scored by a model that never saw its
+region, so the score covers all scenes (one small split is too noisy on 20 scenes)."""
+
 REAL_OVERRIDES: tuple[str, ...] = ("pixel.enabled=true",)
 """On real data the per-pixel model joins the U-Net (GUIDE section 8: on small data it is
 the stronger of the two for some classes); spectral indices are added from what the
@@ -68,6 +72,8 @@ class DemoSettings:
     val_fraction: float = 0.2
     test_scenes: tuple[str, ...] = ()
     val_scenes: tuple[str, ...] = ()
+    folds: int | None = None
+    """Cross-validation folds by region; None: 1 (one split) on synthetic data, 4 on real."""
     workers: int = 0
     overrides: tuple[str, ...] = ()
     progress: bool = True
@@ -137,8 +143,9 @@ def _stage(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     _log(f"{name} ...")
     t0 = time.perf_counter()
     out = fn()
-    timings[name] = round(time.perf_counter() - t0, 2)
-    _log(f"{name} done in {timings[name]:.1f} s")
+    took = time.perf_counter() - t0
+    timings[name] = round(timings.get(name, 0.0) + took, 2)  # summed over folds
+    _log(f"{name} done in {took:.1f} s")
     return out
 
 
@@ -201,59 +208,91 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         "masks",
         lambda: build_masks(open_cache(cache_dir), root, labelled, progress=settings.progress),
     )
-    test_arg = list(settings.test_scenes) or settings.test_fraction
-    val_arg = list(settings.val_scenes) or settings.val_fraction
-    train_ids, val_ids, test_ids = split_three(labelled, test_arg, val_arg, settings.seed)
-    _log(f"split: {len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test scenes")
-
     minutes = settings.minutes
     if minutes is None:
         minutes = float(SYNTH_DEFAULTS["minutes"]) if synthetic else REAL_MINUTES
+    folds = settings.folds or (1 if synthetic else REAL_FOLDS)
+    val_arg = list(settings.val_scenes) or settings.val_fraction
+    if folds > 1:
+        plans = cv_plans(labelled, folds, val_arg, settings.seed)
+    else:
+        test_arg = list(settings.test_scenes) or settings.test_fraction
+        plans = [split_three(labelled, test_arg, val_arg, settings.seed)]
     presets: list[str] = []
     if not synthetic:
         from spectraseg.indices import available_indices
 
-        names = available_indices(open_cache(cache_dir).channels(train_ids[0]))
+        names = available_indices(open_cache(cache_dir).channels(labelled[0]))
         presets = [*REAL_OVERRIDES, f"data.indices={json.dumps(names)}"]
-    config = build_config(settings, root, cache_dir, train_ids + val_ids, val_ids, minutes, presets)
-    run_dir = out / "run"
-    resume = (run_dir / "checkpoints" / "latest.pt").is_file()
-    if resume:
-        _log(f"resuming the run in {run_dir}")
-    result = _stage(
-        timings,
-        "train",
-        lambda: train(
-            None if resume else config, run_dir, resume=resume, progress=settings.progress
-        ),
-    )
-    if result.interrupted:
-        raise KeyboardInterrupt
 
-    pred_dir = out / "pred"
-    _stage(
-        timings,
-        "predict",
-        lambda: predict_run(
-            run_dir,
+    pred: dict[str, Any] = {}
+    pooled: dict[str, list[Any]] = {}
+    results = []
+    for k, (train_ids, val_ids, test_ids) in enumerate(plans):
+        base = out if len(plans) == 1 else out / "folds" / str(k + 1)
+        tag = "" if len(plans) == 1 else f" (fold {k + 1}/{len(plans)})"
+        _log(
+            f"split{tag}: {len(train_ids)} train, {len(val_ids)} validation, "
+            f"{len(test_ids)} test scenes"
+        )
+        config = build_config(
+            settings,
             root,
-            pred_dir,
-            image_ids=test_ids,
-            workers=settings.workers,
-            cache_dir=cache_dir,
-            options=PredictOptions(),
-            progress=settings.progress,
-        ),
-    )
-
-    truth = {i: ds.scene_labels(i) for i in test_ids}
-    pred = read_predictions(pred_dir / "predictions.csv")
+            cache_dir,
+            train_ids + val_ids,
+            val_ids,
+            minutes / len(plans),
+            presets,
+        )
+        run_dir, pred_dir = base / "run", base / "pred"
+        resume = (run_dir / "checkpoints" / "latest.pt").is_file()
+        if resume:
+            _log(f"resuming the run in {run_dir}")
+        result = _stage(
+            timings,
+            "train",
+            lambda config=config, run_dir=run_dir, resume=resume: train(
+                None if resume else config, run_dir, resume=resume, progress=settings.progress
+            ),
+        )
+        if result.interrupted:
+            raise KeyboardInterrupt
+        results.append(result)
+        _stage(
+            timings,
+            "predict",
+            lambda run_dir=run_dir, pred_dir=pred_dir, test_ids=test_ids: predict_run(
+                run_dir,
+                root,
+                pred_dir,
+                image_ids=test_ids,
+                workers=settings.workers,
+                cache_dir=cache_dir,
+                options=PredictOptions(),
+                progress=settings.progress,
+            ),
+        )
+        pred.update(read_predictions(pred_dir / "predictions.csv"))
+        comparison = _stage(
+            timings,
+            "compare",
+            lambda run_dir=run_dir, test_ids=test_ids: compare_models(
+                run_dir, cache_dir, test_ids, ds
+            ),
+        )
+        for name, ev in comparison.items():
+            pooled.setdefault(name, []).append(ev)
+    if len(plans) > 1:
+        # The first fold's run is the demo's run: `spectraseg predict --run OUT/run` works.
+        link = out / "run"
+        if not link.exists():
+            link.symlink_to(Path("folds") / "1" / "run", target_is_directory=True)
+    test_all = sorted(i for _, _, test_ids in plans for i in test_ids)
+    truth = {i: ds.scene_labels(i) for i in test_all}
     evaluation = _stage(
-        timings, "evaluate", lambda: evaluate_polygons(pred, truth, image_ids=test_ids)
+        timings, "evaluate", lambda: evaluate_polygons(pred, truth, image_ids=test_all)
     )
-    comparison = _stage(
-        timings, "compare", lambda: compare_models(run_dir, cache_dir, pred_dir, test_ids, ds)
-    )
+    models = {name: _concat(evs).to_dict() for name, evs in pooled.items()}
     submission = out / "submission.csv"
     if ds.sample_path is not None:
         _stage(timings, "submit", lambda: write_submission(pred, ds.sample_path, submission))
@@ -272,24 +311,37 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         for r in (read_shifts(shifts_path) if shifts_path.is_file() else [])
         if r.image_id in set(labelled)
     ]
-    history = json.loads((run_dir / "metrics.json").read_text()).get("epochs", [])
+    first_run = (out if len(plans) == 1 else out / "folds" / "1") / "run"
+    history = json.loads((first_run / "metrics.json").read_text()).get("epochs", [])
     timings["total"] = round(time.perf_counter() - t_start, 2)
     ev = evaluation.to_dict()
-    split = {"train": train_ids, "validation": val_ids, "test": test_ids}
+    if len(plans) == 1:
+        train_ids, val_ids, test_ids = plans[0]
+        split: dict[str, Any] = {"train": train_ids, "validation": val_ids, "test": test_ids}
+    else:
+        split = {
+            "test": test_all,
+            "folds": [{"train": a, "validation": b, "test": c} for a, b, c in plans],
+        }
     extra = {
         "data": "synthetic" if synthetic else str(root),
-        "test scenes": ", ".join(test_ids),
-        "training minutes": round(result.seconds / 60, 2),
-        "optimizer steps": result.steps,
+        "protocol": (
+            "one split by region"
+            if len(plans) == 1
+            else f"{len(plans)}-fold cross-validation by region, pooled over all scenes"
+        ),
+        "test scenes": ", ".join(test_all),
+        "training minutes": round(sum(r.seconds for r in results) / 60, 2),
+        "optimizer steps": sum(r.steps for r in results),
         "total seconds": timings["total"],
         "split": split,
         "timings": timings,
     }
-    if comparison:
-        extra["models"] = comparison
-        for name, doc in comparison.items():
+    if models:
+        extra["models"] = models
+        for name, doc in models.items():
             extra[f"{name} mean (raster)"] = round(doc["mean"], 4)
-    views = _scene_views(ds, cache, pred, test_ids, evaluation)
+    views = _scene_views(ds, cache, pred, test_all, evaluation)
     from spectraseg.report import write_report
 
     html = _stage(
@@ -309,16 +361,14 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         "evaluation": ev,
         "split": split,
         "timings": timings,
-        "models": comparison,
+        "models": models,
         "report": str(html),
     }
     write_text_atomic(out / "demo.json", json.dumps(summary, indent=2) + "\n")
     return DemoResult(out, ev, html, split, timings)
 
 
-def compare_models(
-    run_dir: Path, cache_dir: Path, pred_dir: Path, ids: Sequence[str], ds: Any
-) -> dict[str, dict[str, Any]]:
+def compare_models(run_dir: Path, cache_dir: Path, ids: Sequence[str], ds: Any) -> dict[str, Any]:
     """Raster scores on the test scenes of the U-Net alone, the pixel model alone and their
     blend, each with its own thresholds tuned on the validation scenes.
 
@@ -357,7 +407,59 @@ def compare_models(
             levels = blend_levels(unet, pixel, weights)
             preds[name][image_id] = threshold_masks(levels, {int(k): v for k, v in thr.items()})
     grid = {i: ds.grid_sizes[i] for i in ids}
-    return {name: evaluate_masks(preds[name], truth, grid).to_dict() for name in chosen}
+    return {name: evaluate_masks(preds[name], truth, grid) for name in chosen}
+
+
+def _concat(evaluations: Sequence[Any]) -> Any:
+    """One :class:`~spectraseg.metrics.Evaluation` over the images of several."""
+    from spectraseg.metrics import Evaluation
+
+    ids = tuple(i for ev in evaluations for i in ev.image_ids)
+    counts = np.concatenate([ev.counts for ev in evaluations])
+    return Evaluation(ids, counts, evaluations[0].method, evaluations[0].empty_score)
+
+
+def region_folds(ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    """Scenes in ``k`` folds of whole region groups, balanced by scene count.
+
+    Groups (:func:`spectraseg.sampling.split_group`, near-duplicate regions together) are
+    visited largest first, ties in a seeded order, each into the fold with fewest scenes.
+    """
+    import random
+
+    from spectraseg.sampling import split_group
+
+    groups: dict[str, list[str]] = {}
+    for i in sorted(ids):
+        groups.setdefault(split_group(i), []).append(i)
+    if len(groups) < k:
+        raise ConfigError(f"{k} folds need at least {k} region groups, the data has {len(groups)}")
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -len(groups[g]))
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for g in order:
+        min(folds, key=len).extend(groups[g])
+    return [sorted(f) for f in folds]
+
+
+def cv_plans(
+    ids: Sequence[str], k: int, val: Sequence[str] | float, seed: int
+) -> list[tuple[list[str], list[str], list[str]]]:
+    """``(train, val, test)`` per fold: each fold is the test set once; validation scenes
+    (whole regions) come from the other folds."""
+    from spectraseg.sampling import split_scenes
+
+    plans = []
+    for test_ids in region_folds(ids, k, seed):
+        rest = [i for i in ids if i not in set(test_ids)]
+        if isinstance(val, float):
+            share = min(0.5, val * len(ids) / max(len(rest), 1))
+            train_ids, val_ids = split_scenes(rest, share, seed=seed + 1)
+        else:
+            train_ids, val_ids = split_scenes(rest, [v for v in val if v in rest], seed=seed)
+        plans.append((train_ids, val_ids, test_ids))
+    return plans
 
 
 def _scene_views(ds: Any, cache: Any, pred: dict, ids: Sequence[str], evaluation: Any) -> list:

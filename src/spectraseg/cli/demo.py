@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--val-scenes", nargs="+", default=(), metavar="ID", help="explicit validation scenes"
     )
     p.add_argument(
+        "--folds",
+        type=int,
+        help="cross-validation folds by region, each scene scored once "
+        "(default: 1 on synthetic data, 4 on --data)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=0,
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from spectraseg.demo import DemoSettings, format_summary, run_demo
     from spectraseg.errors import ConfigError
 
+    if args.folds is not None and args.folds < 1:
+        raise ConfigError(f"--folds {args.folds} must be at least 1")
     if args.scenes < 3:
         raise ConfigError(f"--scenes {args.scenes} is too few: the demo needs at least 3")
     settings = DemoSettings(
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         test_scenes=tuple(args.test_scenes),
         val_scenes=tuple(args.val_scenes),
+        folds=args.folds,
         workers=args.workers,
         overrides=tuple(args.set),
         progress=not args.no_progress,
