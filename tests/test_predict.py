@@ -440,7 +440,7 @@ def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) 
 
     from spectraseg.fusion import open_cache
     from spectraseg.pixelmodel import fit_run
-    from spectraseg.predict import BLEND_GRID, blend_levels, read_thresholds
+    from spectraseg.predict import BLEND_GRID, PredictOptions, blend_levels, read_thresholds
     from spectraseg.train import load_model
 
     run = tmp_path / "run"
@@ -452,7 +452,14 @@ def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) 
         warnings.simplefilter("ignore")
         cfg = config.replace(["pixel.samples=200", "pixel.max_iter=5"])
         fit_run(run, cfg, scenes[:2], stats, progress=False)
-        report = predict_run(run, trained["data"], tmp_path / "pred", workers=0, progress=False)
+        report = predict_run(
+            run,
+            trained["data"],
+            tmp_path / "pred",
+            workers=0,
+            options=PredictOptions(sources=True),
+            progress=False,
+        )
     doc = read_thresholds(run)
     assert doc is not None and doc["pixel_model_mtime_ns"] is not None
     assert set(doc["blend"]) == {str(c) for c in range(1, 11)}
@@ -472,3 +479,6 @@ def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) 
     assert pixel is not None
     written = np.load(tmp_path / "pred" / "probs" / f"{image_id}.npy")
     np.testing.assert_array_equal(written, blend_levels(unet, pixel, report.blend))
+    sources = tmp_path / "pred" / "sources"
+    np.testing.assert_array_equal(np.load(sources / f"{image_id}.unet.npy"), unet)
+    np.testing.assert_array_equal(np.load(sources / f"{image_id}.pixel.npy"), pixel)

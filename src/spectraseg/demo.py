@@ -268,7 +268,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
                 image_ids=test_ids,
                 workers=settings.workers,
                 cache_dir=cache_dir,
-                options=PredictOptions(),
+                options=PredictOptions(sources=True),
                 progress=settings.progress,
             ),
         )
@@ -276,8 +276,8 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         comparison = _stage(
             timings,
             "compare",
-            lambda run_dir=run_dir, test_ids=test_ids: compare_models(
-                run_dir, cache_dir, test_ids, ds
+            lambda run_dir=run_dir, pred_dir=pred_dir, test_ids=test_ids: compare_models(
+                run_dir, pred_dir, cache_dir, test_ids, ds
             ),
         )
         for name, ev in comparison.items():
@@ -368,40 +368,32 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     return DemoResult(out, ev, html, split, timings)
 
 
-def compare_models(run_dir: Path, cache_dir: Path, ids: Sequence[str], ds: Any) -> dict[str, Any]:
+def compare_models(
+    run_dir: Path, pred_dir: Path, cache_dir: Path, ids: Sequence[str], ds: Any
+) -> dict[str, Any]:
     """Raster scores on the test scenes of the U-Net alone, the pixel model alone and their
     blend, each with its own thresholds tuned on the validation scenes.
 
+    Reads each model's levels written by predict (``PredictOptions(sources=True)``).
     Empty when the run has no pixel model (the U-Net is then the whole prediction).
     """
     from spectraseg.metrics import evaluate_masks
-    from spectraseg.predict import (
-        PredictOptions,
-        _scene_levels_of_run,
-        blend_levels,
-        cached_model,
-        read_thresholds,
-        resolve_options,
-        threshold_masks,
-    )
-    from spectraseg.sampling import load_scene, mask_path
+    from spectraseg.predict import blend_levels, read_thresholds, scene_paths, threshold_masks
+    from spectraseg.sampling import mask_path
 
     doc = read_thresholds(run_dir)
     if not doc or not doc.get("thresholds_pixel"):
         return {}
-    model, config, stats = cached_model(run_dir, "best", "cpu")
-    opts = resolve_options(PredictOptions(), config)
     chosen = {
-        "unet": ({c: 1.0 for c in range(1, 11)}, doc["thresholds_unet"]),
-        "pixel": ({c: 0.0 for c in range(1, 11)}, doc["thresholds_pixel"]),
+        "unet": (dict.fromkeys(range(1, 11), 1.0), doc["thresholds_unet"]),
+        "pixel": (dict.fromkeys(range(1, 11), 0.0), doc["thresholds_pixel"]),
         "blend": ({int(k): v for k, v in doc["blend"].items()}, doc["thresholds"]),
     }
     preds: dict[str, dict[str, np.ndarray]] = {k: {} for k in chosen}
     truth: dict[str, np.ndarray] = {}
     for image_id in ids:
-        image = load_scene(cache_dir, image_id, stats, config.data.indices)
-        unet, pixel = _scene_levels_of_run(str(run_dir), model, image, opts)
-        assert pixel is not None
+        paths = scene_paths(pred_dir, image_id)
+        unet, pixel = np.load(paths["unet"]), np.load(paths["pixel"])
         truth[image_id] = np.load(mask_path(cache_dir, image_id))
         for name, (weights, thr) in chosen.items():
             levels = blend_levels(unet, pixel, weights)

@@ -424,6 +424,9 @@ class PredictOptions:
     decimals: int = DEFAULT_DECIMALS
     threads: int | None = None
     """torch threads in each process that predicts (None: torch's default)."""
+    sources: bool = False
+    """With a blended pixel model, also write each model's own levels (``unet``, ``pixel``
+    in :func:`scene_paths`), e.g. to compare the two."""
 
 
 def resolve_options(options: PredictOptions, config: Any) -> PredictOptions:
@@ -497,12 +500,16 @@ def scene_paths(out_dir: str | os.PathLike[str], image_id: str) -> dict[str, Pat
 
     ``probs``: ``PRED/probs/{id}.npy``, uint8 ``(10, H, W)`` levels ``round(p * 255)`` on
     the scene's RGB grid; ``geojson``: ``PRED/polygons/{id}.geojson``; ``wkt``:
-    ``PRED/wkt/{id}.csv``, the scene's 10 rows of ``predictions.csv``.
+    ``PRED/wkt/{id}.csv``, the scene's 10 rows of ``predictions.csv``; ``unet`` and
+    ``pixel``: ``PRED/sources/{id}.{unet,pixel}.npy``, each model's own levels (only with
+    ``PredictOptions.sources`` and a blended pixel model).
     """
     out = Path(out_dir)
     check_image_id(image_id)
     return {
         "probs": out / "probs" / f"{image_id}.npy",
+        "unet": out / "sources" / f"{image_id}.unet.npy",
+        "pixel": out / "sources" / f"{image_id}.pixel.npy",
         "geojson": out / "polygons" / f"{image_id}.geojson",
         "wkt": out / "wkt" / f"{image_id}.csv",
     }
@@ -708,6 +715,11 @@ def predict_scene_task(
     if blend is not None:
         levels, pixel = _scene_levels_of_run(run_dir, model, image, opts)
         if pixel is not None:
+            if opts.sources:
+                paths = scene_paths(out_dir, image_id)
+                for name, arr in (("unet", levels), ("pixel", pixel)):
+                    with atomic_output(paths[name]) as tmp, open(tmp, "wb") as f:
+                        np.save(f, arr)
             levels = blend_levels(levels, pixel, blend)
     else:
         levels = scene_levels(model, image, opts)
