@@ -35,7 +35,7 @@ from spectraseg.io import write_text_atomic
 SYNTH_DEFAULTS = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
 """The embedded synthetic default: small enough for 10 minutes on 2 CPU cores."""
 
-REAL_MINUTES = 22.0
+REAL_MINUTES = 12.0
 """Default training budget on real data (the whole demo stays within about 30 minutes)."""
 
 REAL_FOLDS = 4
@@ -67,7 +67,7 @@ class DemoSettings:
     regions: int | None = None
     seed: int = 0
     minutes: float | None = None
-    """Training time budget; None: 5 (synthetic) or 25 (real data)."""
+    """Training time budget; None: 5 (synthetic) or 12 in all folds (real data)."""
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     test_scenes: tuple[str, ...] = ()
