@@ -2,28 +2,33 @@
 
 Run::
 
-    .venv/bin/python benchmarks/bench_predict.py [--threads 2] [--scenes 3] [--quick]
+    .venv/bin/python benchmarks/bench_predict.py [--threads 2] [--scenes 3] [--rounds 2]
+        [--configs 256x8 512x4 1024x1 1024x2] [--memory-tile TILE BATCH] [--quick]
+        [--skip memory inference vectorize]
 
-On a full-size DSTL scene (3348 x 3392 pixels, 20 channels) with 2 torch threads:
+On a full-size DSTL scene (3348 x 3392 pixels, 20 channels) with 2 torch threads (the
+process is pinned to that many cores):
 
 1. **Peak memory** of predicting one scene as ``spectraseg predict`` does (normalised
    float32 input, tiled inference, uint8 quantisation, thresholds, vectorisation) in a
-   fresh process (``VmHWM``), first, before this process holds any scene.
-2. **Inference** with :func:`spectraseg.predict.predict_probs` at tiles of 256, 512 and
-   1024 pixels (margin 16). Efficiency = effective throughput (scene pixels per second) /
-   pure model throughput (the best of 16 x 256^2, 8 x 256^2 and 1 x 1024^2 batches,
-   measured right before and after, as the machine may be shared), decomposed into
-   output/computed pixels (the overlap: each tile computes ``tile^2`` pixels and keeps its
-   centre), model time / wall time (the tiling machinery: gathering, reflect padding,
-   channels-last interleaving, sigmoid, stitching) and the model's speed at that tile
-   size relative to the pure figure.
+   fresh process (``VmHWM``), first, before this process holds any scene; at the
+   ``[predict]`` defaults unless ``--memory-tile`` says otherwise.
+2. **Inference** with :func:`spectraseg.predict.predict_probs` at several tile sizes and
+   batch sizes (margin 16). Efficiency = effective throughput / pure model throughput,
+   defined exactly in :data:`EFFICIENCY` (printed with the figures): scene pixels per
+   wall second of the call over the model's best pixels per second on the large batches
+   of :data:`PURE_BATCHES`, factored into output/computed pixels x model time/wall x model
+   speed in the call/pure.
 3. **Vectorisation** of the 10 class masks of real scenes (``../shared/data/dstl-lite``
    labels rasterised at full size; plus a prediction-like version with noisy boundaries
-   and speckles) with :func:`spectraseg.vectorize.masks_to_polygons` against a reference
-   conversion: OpenCV ``findContours`` (``RETR_CCOMP``) + ``approxPolyDP`` + ``buffer(0)``
-   when invalid, the way public DSTL kernels did it. Reported: time (best of 3), round-trip
-   IoU (mask -> polygons -> mask, per class over all scenes), vertices, and validity after
-   rounding to the 8 decimals written to WKT.
+   and speckles) with :func:`spectraseg.vectorize.masks_to_polygons` against the
+   reference conversion, OpenCV ``findContours`` (``RETR_CCOMP``) + ``approxPolyDP`` +
+   ``buffer(0)`` (:func:`reference_polygons`), well written (vectorised construction,
+   ``buffer(0)`` of the invalid polygons only) and in the classic form of the public DSTL
+   kernels (``buffer(0)`` of the whole MultiPolygon). Reported: time (best of 3,
+   interleaved; the classic form once), of which tracing by rasterio/GDAL, round-trip IoU
+   (mask -> polygons -> mask, per class over all scenes), vertices, and validity after
+   rounding to the 8 decimals written to WKT. Everything runs in one thread.
 
 The model is :class:`spectraseg.model.UNet` (width 16, depth 4: the default config).
 """
@@ -101,8 +106,26 @@ class Timed:
         return y
 
 
+PURE_BATCHES = ((16, 256), (8, 256), (1, 1024), (2, 1024))
+"""``(n, side)``: the large channels-last batches whose best throughput is the model's pure
+speed (every tile shape and batch the configurations below feed at full size is among them)."""
+
+EFFICIENCY = (
+    "efficiency = effective throughput / pure model throughput, where effective = scene "
+    "pixels / wall seconds of one predict_probs call on the whole scene, and pure = the "
+    "model's best throughput over forward passes of channels-last batches "
+    + ", ".join(f"{n}x{s}^2" for n, s in PURE_BATCHES)
+    + " (best of 2 passes each, averaged between right before and right after the call); it "
+    "factors exactly into output/computed pixels (the overlap and the shrunk last tiles) x "
+    "model time/wall (the tiling machinery: reading tiles, reflect padding, channels-last "
+    "interleaving, stitching, sigmoid) x model speed in the call/pure (tile shapes and "
+    "batch sizes). The machine may be shared: each configuration runs ROUNDS times, "
+    "interleaved, and the best round is reported with the median."
+)
+
+
 def pure_throughput(model, reps: int = 2) -> float:
-    """Best model throughput (pixels/s) over large batches: 16 and 8 x 256^2, 1 x 1024^2.
+    """Best model throughput (pixels/s) over :data:`PURE_BATCHES`.
 
     The best of ``reps`` runs of each, channels-last input like :func:`predict_probs`.
     """
@@ -110,7 +133,7 @@ def pure_throughput(model, reps: int = 2) -> float:
 
     best = 0.0
     with torch.inference_mode():
-        for side, n in ((256, 16), (256, 8), (1024, 1)):
+        for n, side in PURE_BATCHES:
             x = torch.randn(n, C, side, side).contiguous(memory_format=torch.channels_last)
             model(x)
             t = min(_time(lambda x=x: model(x)) for _ in range(reps))
@@ -118,37 +141,44 @@ def pure_throughput(model, reps: int = 2) -> float:
     return best
 
 
-def bench_inference(threads: int, quick: bool) -> None:
+def bench_inference(threads: int, quick: bool, configs: list[tuple[int, int]], rounds: int) -> None:
     import torch
 
     from spectraseg.predict import predict_probs, tile_layout
 
     torch.set_num_threads(threads)
     model, name = build_model()
-    log(f"model: {name}, torch threads {threads}")
     image = smooth_scene() if not quick else smooth_scene()[:, :1024, :1024]
     h, w = image.shape[1:]
-    for tile, margin, batch in ((256, 16, 8), (512, 16, 2), (1024, 16, 1)):
+    margin = 16
+    log(
+        f"tiled inference of a {h}x{w}x{C} scene, model {name}, torch threads {threads}, "
+        f"margin {margin} px; {EFFICIENCY.replace('ROUNDS', str(rounds))}"
+    )
+    runs: dict[tuple[int, int], list[tuple[float, ...]]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for tile, batch in configs:
+            before = pure_throughput(model)
+            timed = Timed(model)
+            t0 = time.perf_counter()
+            probs = predict_probs(timed, image, tile=tile, margin=margin, batch=batch)
+            wall = time.perf_counter() - t0
+            assert probs.shape == (10, h, w)
+            del probs
+            pure = (before + pure_throughput(model)) / 2
+            runs[(tile, batch)].append((h * w / wall / pure, wall, pure, timed.seconds))
+    for (tile, batch), found in runs.items():
         ys, xs = tile_layout(h, tile, margin, 16), tile_layout(w, tile, margin, 16)
         computed = sum(s for _, s in ys) * sum(s for _, s in xs)
-        # The machine may be shared: measure the reference right before and after.
-        before = pure_throughput(model)
-        load = os.getloadavg()[0]
-        timed = Timed(model)
-        t0 = time.perf_counter()
-        probs = predict_probs(timed, image, tile=tile, margin=margin, batch=batch)
-        wall = time.perf_counter() - t0
-        assert probs.shape == (10, h, w)
-        del probs
-        pure = (before + pure_throughput(model)) / 2
+        eff, wall, pure, model_s = max(found)
         log(
-            f"tiled inference {h}x{w}x{C}, tile {tile}, margin {margin}, batch {batch}: "
-            f"{len(ys) * len(xs)} tiles in {wall:.1f} s, {h * w / wall / 1e6:.3f} Mpx/s vs pure "
-            f"{pure / 1e6:.3f} Mpx/s (before {before / 1e6:.3f}); efficiency "
-            f"{h * w / wall / pure:.2f} = output/computed pixels {h * w / computed:.3f} x "
-            f"model time/wall {timed.seconds / wall:.3f} x model speed vs pure "
-            f"{computed / timed.seconds / pure:.3f} (load average {load:.1f})"
+            f"  tile {tile}, batch {batch}: {len(ys) * len(xs)} tiles in {wall:.1f} s, "
+            f"{h * w / wall / 1e6:.3f} Mpx/s vs pure {pure / 1e6:.3f} Mpx/s; efficiency "
+            f"{eff:.3f} = output/computed pixels {h * w / computed:.3f} x model time/wall "
+            f"{model_s / wall:.3f} x model speed vs pure {computed / model_s / pure:.3f} "
+            f"(median of {len(found)} rounds {np.median([f[0] for f in found]):.3f})"
         )
+    log(f"  (load average {os.getloadavg()[0]:.1f})")
 
 
 def _time(fn) -> float:
@@ -401,12 +431,36 @@ def bench_vectorize(n_scenes: int, reps: int = 3) -> None:
             )
 
 
+def _config(text: str) -> tuple[int, int]:
+    tile, _, batch = text.partition("x")
+    return int(tile), int(batch)
+
+
 def main() -> int:
+    from spectraseg.config import PredictConfig
+
+    default = (PredictConfig().tile, PredictConfig().batch)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scenes", type=int, default=3, help="real scenes for vectorisation")
     p.add_argument("--quick", action="store_true", help="1024 x 1024 inference only")
-    p.add_argument("--memory-tile", type=int, nargs=2, default=(256, 8), metavar=("TILE", "BATCH"))
+    p.add_argument(
+        "--memory-tile",
+        type=int,
+        nargs=2,
+        default=default,
+        metavar=("TILE", "BATCH"),
+        help="configuration of the memory measurement (default: the [predict] defaults)",
+    )
+    p.add_argument(
+        "--configs",
+        type=_config,
+        nargs="+",
+        default=[(256, 8), (512, 4), (1024, 1), (1024, 2)],
+        metavar="TILExBATCH",
+        help="inference configurations (default: 256x8 512x4 1024x1 1024x2)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of inference")
     p.add_argument("--skip", nargs="*", default=[], choices=("inference", "memory", "vectorize"))
     args = p.parse_args()
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > args.threads:
@@ -415,7 +469,7 @@ def main() -> int:
     if "memory" not in args.skip and not args.quick:
         bench_memory(args.threads, *args.memory_tile)
     if "inference" not in args.skip:
-        bench_inference(args.threads, args.quick)
+        bench_inference(args.threads, args.quick, args.configs, args.rounds)
     if "vectorize" not in args.skip:
         bench_vectorize(args.scenes)
     return 0

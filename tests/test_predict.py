@@ -19,6 +19,7 @@ from spectraseg.predict import (
     PredictOptions,
     _dihedral,
     _dihedral_inverse,
+    _fill_tile,
     _level,
     class_histograms,
     jaccard_curves,
@@ -482,3 +483,29 @@ def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) 
     sources = tmp_path / "pred" / "sources"
     np.testing.assert_array_equal(np.load(sources / f"{image_id}.unet.npy"), unet)
     np.testing.assert_array_equal(np.load(sources / f"{image_id}.pixel.npy"), pixel)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    tile=st.integers(9, 24),
+    margin=st.integers(0, 4),
+    channels_last=st.booleans(),
+)
+def test_filled_tiles_equal_reflect_padded_slices(
+    h: int, w: int, tile: int, margin: int, channels_last: bool
+) -> None:
+    """Every tile, border tiles included, is the slice of the reflect-padded scene."""
+    image = np.random.default_rng(h * 41 + w).normal(size=(3, h, w)).astype(np.float32)
+    ys, xs = tile_layout(h, tile, margin), tile_layout(w, tile, margin)
+    reach_y = max(y + s for y, s in ys) - margin
+    reach_x = max(x + s for x, s in xs) - margin
+    ry, rx = reflect_index(h, -margin, reach_y), reflect_index(w, -margin, reach_x)
+    for y, th in ys:
+        for x, tw in xs:
+            want = image[:, ry[y : y + th][:, None], rx[x : x + tw][None, :]]
+            dst = np.full((th, tw, 3) if channels_last else (3, th, tw), np.nan, np.float32)
+            _fill_tile(image, dst, y, x, margin, ry, rx, channels_last)
+            got = dst.transpose(2, 0, 1) if channels_last else dst
+            np.testing.assert_array_equal(got, want)

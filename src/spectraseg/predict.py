@@ -108,6 +108,69 @@ def _gather_tile(
     return np.asarray(sub, dtype=np.float32)
 
 
+def _mirror(a: np.ndarray, axis: int, before: int, after: int) -> None:
+    """Fill the first ``before`` and last ``after`` entries of ``a`` along ``axis``, in place,
+    by mirroring the entries between them at their edges (``numpy.pad`` "reflect" mode:
+    the edge itself is not repeated). Needs ``max(before, after) < a.shape[axis] - before
+    - after``, i.e. a single reflection."""
+
+    def at(index: slice) -> tuple[slice, ...]:
+        return (slice(None),) * axis + (index,)
+
+    n = a.shape[axis]
+    if before:
+        a[at(slice(0, before))] = a[at(slice(2 * before, before, -1))]
+    if after:
+        end = n - after  # first padded entry; the last real one is end - 1
+        stop = end - 2 - after
+        a[at(slice(end, n))] = a[at(slice(end - 2, stop if stop >= 0 else None, -1))]
+
+
+def _fill_tile(
+    image: np.ndarray,
+    dst: np.ndarray,
+    y: int,
+    x: int,
+    margin: int,
+    ry: np.ndarray,
+    rx: np.ndarray,
+    channels_last: bool,
+) -> None:
+    """Write the tile whose kept centre starts at scene pixel ``(y, x)`` into ``dst``.
+
+    The tile starts ``margin`` pixels before: at scene position ``(y - margin, x - margin)``,
+    which may lie outside the scene (mirrored at its edges). ``dst`` is float32
+    ``(th, tw, C)`` when ``channels_last`` (interleaved by OpenCV, 7x faster than a strided
+    copy), else ``(C, th, tw)``. The part of the tile inside the scene is copied once,
+    straight from the scene; what lies beyond an edge is then mirrored inside ``dst`` (one
+    reflection), so border tiles cost no more than inner ones (gathering them through index
+    maps cost 3-5x more). Tiles that need several reflections (a scene shorter than the
+    tile's reach past its edge) are gathered through the reflect maps ``ry``/``rx``.
+    """
+    _, h, w = image.shape
+    th, tw = dst.shape[:2] if channels_last else dst.shape[1:]
+    top, left = y - margin, x - margin
+    y0, y1 = max(top, 0), min(top + th, h)
+    x0, x1 = max(left, 0), min(left + tw, w)
+    pt, pb, pl, pr = y0 - top, top + th - y1, x0 - left, left + tw - x1
+    if max(pt, pb) >= y1 - y0 or max(pl, pr) >= x1 - x0:
+        tile = _gather_tile(image, ry, rx, y, x, th, tw)
+        if channels_last:
+            cv2.merge(list(tile), dst=dst)
+        else:
+            dst[...] = tile
+        return
+    inner = np.asarray(image[:, y0:y1, x0:x1], dtype=np.float32)
+    if channels_last:
+        cv2.merge(list(inner), dst=dst[pt : th - pb, pl : tw - pr])
+        _mirror(dst, 0, pt, pb)
+        _mirror(dst, 1, pl, pr)
+    else:
+        dst[:, pt : th - pb, pl : tw - pr] = inner
+        _mirror(dst, 1, pt, pb)
+        _mirror(dst, 2, pl, pr)
+
+
 # The 8 symmetries of the square as (number of quarter turns, transpose first). Each maps a
 # (N, C, S, S) batch; inverses undo the rotation, then the transpose.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, t) for t in (False, True) for k in range(4))
@@ -199,6 +262,8 @@ def predict_probs(
         for x, tw in xs:
             by_shape.setdefault((th, tw), []).append((y, x))
     transforms = DIHEDRAL if tta else DIHEDRAL[:1]
+    # On CPU without TTA, logits go straight to the output and the sigmoid runs there.
+    fused = len(transforms) == 1 and dev.type == "cpu"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
@@ -218,11 +283,7 @@ def predict_probs(
                 dst = buf.permute(0, 2, 3, 1).numpy() if channels_last else buf.numpy()
                 for group in _batches(positions, batch):
                     for i, (y, x) in enumerate(group):
-                        tile_chw = _gather_tile(image, ry, rx, y, x, th, tw)
-                        if channels_last:
-                            cv2.merge(list(tile_chw), dst=dst[i])
-                        else:
-                            dst[i] = tile_chw
+                        _fill_tile(image, dst[i], y, x, margin, ry, rx, channels_last)
                     x_in = buf[: len(group)].to(dev)
                     kh, kw = min(step, th - 2 * margin), min(step, tw - 2 * margin)
                     acc: torch.Tensor | None = None
@@ -234,21 +295,29 @@ def predict_probs(
                                 f"{tuple(x_in.shape)}; expected {(len(group), num_classes)} "
                                 "and the input's height and width"
                             )
-                        # Only the kept centre goes through the sigmoid (not in place: a
-                        # model may return a view, e.g. an expanded tensor).
+                        # Only the kept centre is used (never modified in place: a model
+                        # may return a view, e.g. an expanded tensor).
                         centre = logits[:, :, margin : margin + kh, margin : margin + kw]
+                        if fused:
+                            break
                         p = torch.sigmoid(centre.float())
                         acc = p if acc is None else acc.add_(p)
-                    assert acc is not None
-                    if len(transforms) > 1:
-                        acc.div_(len(transforms))
-                    # numpy copies from the channels-last result 3x faster than torch's copy_.
-                    res = acc.cpu().numpy()
+                    if fused:
+                        res = centre.numpy()  # logits; the sigmoid runs once at the end
+                    else:
+                        assert acc is not None
+                        res = acc.div_(len(transforms)).cpu().numpy()
                     for (y, x), pr in zip(group, res, strict=True):
                         hh, ww = min(kh, h - y), min(kw, w - x)
+                        # numpy's transposing copy from channels-last memory: 3x faster
+                        # than torch's copy_ (20x for small tiles).
                         out[:, y : y + hh, x : x + ww] = pr[:, :hh, :ww]
                     if bar is not None:
                         bar.update(len(group))
+        if fused:
+            # One vectorised pass over the whole output: 3x faster than a sigmoid per
+            # batch into a new tensor (and no parallel-region start-up per tile).
+            torch.from_numpy(out).sigmoid_()
     finally:
         model.train(was_training)
         if bar is not None:
