@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +11,7 @@ from hypothesis.extra.numpy import arrays
 from spectraseg.errors import ConfigError, SpectrasegWarning
 from spectraseg.indices import (
     available_indices,
+    band_ratio_indices,
     compute_indices,
     normalized_difference,
     resolve_indices,
@@ -84,6 +87,23 @@ def test_availability_without_m():
     assert available_indices(ALL) == ["NDWI", "NDVI", "NDRE", "CCCI", "EVI", "NBR2"]
     with pytest.raises(ConfigError, match=r"'NDVI' needs channel\(s\) M7, M5.*M product"):
         resolve_indices(["NDVI"], LITE)
+
+
+def test_band_ratios_stay_within_each_product():
+    lite = band_ratio_indices(LITE)
+    assert lite == ["ND:R:G", "ND:G:B", "ND:R:B", *(f"ND:A{i}:A{i + 1}" for i in range(1, 8))]
+    full = band_ratio_indices(ALL)
+    assert len(full) == 3 + 7 + 7 and "ND:M7:M8" in full and "ND:P:R" not in full
+    assert band_ratio_indices(["R", "G", "A1"]) == []
+    # They resolve without a mixed-product warning and equal the band formula.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plans = resolve_indices(lite, LITE)
+    assert len(plans) == 10
+    x = stack(LITE, R=[30, 0], G=[10, 0], A7=[300, 5], A8=[100, 5])
+    out = compute_indices(x, LITE, lite)
+    np.testing.assert_array_equal(out[0, 0], [0.5, 0.0])  # (30 - 10) / 40; 0/0 -> 0
+    np.testing.assert_array_equal(out[-1, 0], [0.5, 0.0])  # (300 - 100) / 400
 
 
 def test_unknown_and_repeated_names():

@@ -434,11 +434,14 @@ def test_blend_levels_mixes_per_class() -> None:
     assert (out[3:] == 200).all()  # classes without a weight keep the U-Net
 
 
-def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) -> None:
-    """A run with a pixel model: tuning picks a U-Net weight and threshold per class from
-    the blend grid, and prediction writes the blended probabilities."""
+@pytest.mark.parametrize("mode", ["tuned", "average"])
+def test_pixel_model_is_blended_per_class(trained, tmp_path, mode: str) -> None:
+    """A run with a pixel model: tuning picks a U-Net weight per class from the blend grid
+    (``tuned``) or weighs both equally (``average``), with a threshold per class, and
+    prediction writes the blended probabilities."""
     import shutil
 
+    from spectraseg.config import load_config, to_toml
     from spectraseg.fusion import open_cache
     from spectraseg.pixelmodel import fit_run
     from spectraseg.predict import BLEND_GRID, PredictOptions, blend_levels, read_thresholds
@@ -447,6 +450,8 @@ def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) 
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
     (run / "thresholds.json").unlink(missing_ok=True)
+    config = load_config(run / "config.toml").replace([f"pixel.blend={mode}"])
+    (run / "config.toml").write_text(to_toml(config), encoding="utf-8")
     model, config, stats = load_model(run)
     scenes = [i for i in open_cache(trained["cache"]).image_ids if i not in config.data.val_scenes]
     with warnings.catch_warnings():
@@ -466,9 +471,12 @@ def test_pixel_model_is_blended_per_class_with_tuned_weights(trained, tmp_path) 
     assert set(doc["blend"]) == {str(c) for c in range(1, 11)}
     assert all(v in BLEND_GRID for v in doc["blend"].values())
     assert report.blend == {int(k): v for k, v in doc["blend"].items()}
-    # The blended choice is at least as good as the U-Net alone on the tuning scenes.
-    for c in range(1, 11):
-        assert doc["jaccard"][str(c)] >= doc["jaccard_unet"][str(c)] - 1e-12
+    if mode == "tuned":
+        # The blended choice is at least as good as the U-Net alone on the tuning scenes.
+        for c in range(1, 11):
+            assert doc["jaccard"][str(c)] >= doc["jaccard_unet"][str(c)] - 1e-12
+    else:
+        assert set(doc["blend"].values()) == {0.5}
     # Written probabilities are the blend of the two models' levels.
     from spectraseg.predict import PredictOptions, _scene_levels_of_run, resolve_options
     from spectraseg.sampling import load_scene

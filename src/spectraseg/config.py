@@ -166,6 +166,10 @@ class PredictConfig:
     """Per-class minimum polygon area in pixels (10 values); empty: none."""
 
 
+BLEND_MODES = ("average", "tuned")
+"""Values of ``pixel.blend``."""
+
+
 @dataclass(frozen=True)
 class PixelConfig:
     """The per-pixel gradient-boosting partner of the U-Net (:mod:`spectraseg.pixelmodel`)."""
@@ -176,6 +180,10 @@ class PixelConfig:
     """Training pixels per scene and class (half positives where the class allows)."""
     max_iter: int = 200
     """Boosting iterations per class (early stopping may use fewer)."""
+    blend: str = "average"
+    """How predict mixes it with the U-Net: ``average`` (equal weights for every class) or
+    ``tuned`` (per class the U-Net weight of 0, 0.25, ..., 1 that scores best on the
+    validation scenes; noisy when they are few). Thresholds are tuned on validation either way."""
 
 
 @dataclass(frozen=True)
@@ -298,6 +306,12 @@ def validate(config: Config) -> None:
     px = config.pixel
     _check(px.samples >= 2, "pixel.samples", "must be >= 2", px.samples)
     _check(px.max_iter >= 1, "pixel.max_iter", "must be >= 1", px.max_iter)
+    _check(
+        px.blend in BLEND_MODES,
+        "pixel.blend",
+        f"must be one of {', '.join(BLEND_MODES)}",
+        px.blend,
+    )
     _check(d.norm in NORM_MODES, "data.norm", f"must be one of {', '.join(NORM_MODES)}", d.norm)
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
     _check(m.width >= 1, "model.width", "must be >= 1", m.width)

@@ -45,7 +45,8 @@ region, so the score covers all scenes (one small split is too noisy on 20 scene
 REAL_OVERRIDES: tuple[str, ...] = ("pixel.enabled=true",)
 """On real data the per-pixel model joins the U-Net (GUIDE section 8: on small data it is
 the stronger of the two for some classes); spectral indices are added from what the
-products allow (:func:`spectraseg.indices.available_indices`)."""
+products allow (:func:`spectraseg.indices.available_indices`), with the normalised
+differences of neighbouring bands (:func:`spectraseg.indices.band_ratio_indices`)."""
 
 # Training settings of the demo on top of configs/default.toml; users add --set overrides.
 DEMO_OVERRIDES: tuple[str, ...] = (
@@ -220,9 +221,10 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         plans = [split_three(labelled, test_arg, val_arg, settings.seed)]
     presets: list[str] = []
     if not synthetic:
-        from spectraseg.indices import available_indices
+        from spectraseg.indices import available_indices, band_ratio_indices
 
-        names = available_indices(open_cache(cache_dir).channels(labelled[0]))
+        channels = open_cache(cache_dir).channels(labelled[0])
+        names = available_indices(channels) + band_ratio_indices(channels)
         presets = [*REAL_OVERRIDES, f"data.indices={json.dumps(names)}"]
 
     pred: dict[str, Any] = {}

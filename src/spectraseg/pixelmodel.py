@@ -52,6 +52,16 @@ def pixel_features(image: np.ndarray, channels: Sequence[str]) -> np.ndarray:
         raise ValueError(f"image {image.shape} does not match {len(channels)} channel names")
     visible = [i for i, c in enumerate(channels) if c in GREY_CHANNELS]
     grey = image[visible].mean(axis=0) if visible else image.mean(axis=0)
+    extra = grey_texture(grey)
+    return np.concatenate([image.astype(np.float32, copy=False), extra], axis=0)
+
+
+def grey_texture(grey: np.ndarray) -> np.ndarray:
+    """Texture of a grey image (H, W): float32 (2 * len(TEXTURE_WINDOWS) + 1, H, W).
+
+    Per window size k, the k x k local mean and standard deviation, then the 3 x 3 Sobel
+    gradient magnitude; edges reflected.
+    """
     grey = np.ascontiguousarray(grey, dtype=np.float32)
     extra = []
     for k in TEXTURE_WINDOWS:
@@ -61,7 +71,7 @@ def pixel_features(image: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT)
     extra.append(np.sqrt(gx * gx + gy * gy))
-    return np.concatenate([image.astype(np.float32, copy=False), np.stack(extra)], axis=0)
+    return np.stack(extra)
 
 
 def sample_pixels(

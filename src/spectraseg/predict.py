@@ -1017,14 +1017,18 @@ def _tune_run(
     assert pos is not None and neg is not None
     blend_grid = BLEND_GRID if pos.shape[0] > 1 else (1.0,)
     per_weight = [_choose(pos[b], neg[b], DEFAULT_GRID) for b in range(len(blend_grid))]
-    # Per class, the weight whose best threshold scores highest; ties keep the U-Net.
-    best_b = {
-        c: max(
-            range(len(blend_grid)),
-            key=lambda b, c=c: (per_weight[b]["jaccard"][c], blend_grid[b]),
-        )
-        for c in range(1, NUM_CLASSES + 1)
-    }
+    if len(blend_grid) > 1 and config.pixel.blend == "average":
+        # Equal weights: a plain model average, robust where validation scenes are few.
+        best_b = dict.fromkeys(range(1, NUM_CLASSES + 1), blend_grid.index(0.5))
+    else:
+        # Per class, the weight whose best threshold scores highest; ties keep the U-Net.
+        best_b = {
+            c: max(
+                range(len(blend_grid)),
+                key=lambda b, c=c: (per_weight[b]["jaccard"][c], blend_grid[b]),
+            )
+            for c in range(1, NUM_CLASSES + 1)
+        }
     chosen = {
         key: {c: per_weight[best_b[c]][key][c] for c in range(1, NUM_CLASSES + 1)}
         for key in ("thresholds", "jaccard", "tuned")
