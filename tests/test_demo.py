@@ -138,3 +138,22 @@ def test_region_folds_partition_whole_groups() -> None:
         assert val and not set(val) & set(test)
     with pytest.raises(ConfigError, match="5 folds need at least 5 region groups"):
         region_folds(ids[:7], 5, seed=0)
+
+
+def test_fold_means_score_absent_classes_both_ways() -> None:
+    import numpy as np
+
+    from spectraseg.demo import fold_means
+    from spectraseg.metrics import Evaluation
+
+    counts = np.zeros((3, 10, 3))
+    counts[0, 0] = (1.0, 1.0, 0.0)  # scene a, class 1: J = 1/2
+    counts[1, 0] = (3.0, 0.0, 1.0)  # scene b, class 1: J = 3/4
+    counts[2, 1] = (1.0, 0.0, 0.0)  # scene c, class 2: J = 1
+    ev = Evaluation(("a", "b", "c"), counts, "raster")
+    got = fold_means(ev, [["a", "b"], ["c"]])
+    # Fold 1: class 1 pooled 4 / 6, classes 2-10 absent. Fold 2: class 2 only.
+    assert got["absent 0"] == [round(4 / 6 / 10, 4), 0.1]
+    assert got["absent 1"] == [round((4 / 6 + 9) / 10, 4), 1.0]
+    assert got["mean, absent 0"] == round((4 / 60 + 0.1) / 2, 4)
+    assert got["mean, absent 1"] == round(((4 / 6 + 9) / 10 + 1.0) / 2, 4)
