@@ -261,6 +261,7 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
         t[1] = quantize(p[1:2])[0] >= _level(0.85)
         t[2] = p[2] > 2  # never true: untunable
         t[3] = rng.random(p[3].shape) < 0.5  # noise: best is to predict everything
+        t[4] = quantize(p[4:5])[0] < _level(0.02)  # true only below every threshold
         truths.append(t)
     details = tune_details(iter(scenes), iter(truths))
     th = details["thresholds"]
@@ -268,6 +269,9 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
     assert th[2] == pytest.approx(0.85) and details["jaccard"][2] == pytest.approx(1.0)
     assert th[3] == 0.5 and not details["tuned"][3]
     assert th[4] == pytest.approx(0.05)
+    # No threshold finds a true pixel: the highest one, fewest false positives.
+    assert details["jaccard"][5] == 0.0 and details["tuned"][5]
+    assert th[5] == pytest.approx(DEFAULT_GRID[-1])
     assert tune_thresholds(scenes, truths) == th
 
 

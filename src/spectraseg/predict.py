@@ -432,8 +432,9 @@ def tune_thresholds(
         weights: per scene pixel area (squared grid units); default 1 (pixel counts).
 
     Returns:
-        ``{class: threshold}`` for classes 1..10. Ties go to the lowest threshold; a class
-        with no true pixel in any scene cannot be tuned and gets 0.5.
+        ``{class: threshold}`` for classes 1..10. Ties go to the lowest threshold, except
+        that a class no threshold gets right (Jaccard 0 at every threshold) gets the highest;
+        a class with no true pixel in any scene cannot be tuned and gets 0.5.
     """
     return tune_details(probs_list, truth_masks_list, grid, weights)["thresholds"]
 
@@ -461,6 +462,9 @@ def _choose(pos: np.ndarray, neg: np.ndarray, grid: Sequence[float]) -> dict[str
     curves = jaccard_curves(pos, neg, grid)
     tuned = pos.sum(1) > 0
     best = curves.argmax(1)  # first maximum: the lowest threshold among ties
+    # A class that no threshold gets right (Jaccard 0 everywhere): the highest threshold,
+    # the fewest false positives, not the lowest, which would paint the most.
+    best[curves.max(1) <= 0.0] = len(grid) - 1
     thresholds = {k + 1: (float(grid[best[k]]) if tuned[k] else 0.5) for k in range(pos.shape[0])}
     jac = {k + 1: float(curves[k, best[k]]) if tuned[k] else 0.0 for k in range(pos.shape[0])}
     return {
