@@ -69,16 +69,13 @@ def fit_class(feats, masks, train, cls, per_scene, rng):
     """One classifier for class ``cls`` (0-based), or None when the class never occurs."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    from spectraseg.pixelmodel import sample_pixels
+
     xs, ys = [], []
     for i in train:
-        y = masks[i][cls].reshape(-1).astype(bool)
-        pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-        n_pos = min(len(pos), per_scene // 2)
-        idx = np.concatenate(
-            [rng.choice(pos, n_pos, replace=False), rng.choice(neg, per_scene - n_pos, False)]
-        )
+        idx = sample_pixels(masks[i], cls + 1, per_scene, rng)
         xs.append(feats[i].reshape(feats[i].shape[0], -1)[:, idx].T)
-        ys.append(y[idx])
+        ys.append(masks[i][cls].reshape(-1)[idx].astype(bool))
     y = np.concatenate(ys)
     if y.min() == y.max():
         return None

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -417,8 +417,6 @@ def fold_means(evaluation: Any, folds: Sequence[Sequence[str]]) -> dict[str, Any
     cross-validation reports quote, and with 1 for absent classes they run much higher on
     small data (waterway in one scene of 20 is absent from three folds of four).
     """
-    from dataclasses import replace
-
     out: dict[str, Any] = {}
     for label, empty in (("absent 0", 0.0), ("absent 1", 1.0)):
         means = [replace(evaluation.subset(f), empty_score=empty).mean for f in folds]
