@@ -26,7 +26,7 @@ process is pinned to that many cores):
    ``buffer(0)`` (:func:`reference_polygons`), well written (vectorised construction,
    ``buffer(0)`` of the invalid polygons only) and in the classic form of the public DSTL
    kernels (``buffer(0)`` of the whole MultiPolygon). Reported: time (best of 3,
-   interleaved; the classic form once), of which tracing by rasterio/GDAL, round-trip IoU
+   interleaved; the classic form once), of which tracing (OpenCV + outlines), round-trip IoU
    (mask -> polygons -> mask, per class over all scenes), vertices, and validity after
    rounding to the 8 decimals written to WKT. Everything runs in one thread.
 
@@ -418,7 +418,7 @@ def bench_vectorize(n_scenes: int, reps: int = 3) -> None:
         present = union[0] > 0
         iou = np.where(present, inter / np.maximum(union, 1), np.nan)
         log(
-            f"  {kind}: ours {t['ours']:.2f} s (of which tracing by rasterio/GDAL "
+            f"  {kind}: ours {t['ours']:.2f} s (of which tracing "
             f"{t['tracing']:.2f} s), reference {t['reference']:.2f} s, classic "
             f"{t['classic']:.2f} s; speed-up vs reference {t['reference'] / t['ours']:.2f}x, "
             f"vs classic {t['classic'] / t['ours']:.2f}x (load average {os.getloadavg()[0]:.1f})"

@@ -10,18 +10,19 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from shapely.geometry import MultiPolygon, Polygon, box
+from rasterio import features
+from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from spectraseg.geometry import pixel_scale, rasterize, rasterize_classes
 from spectraseg.io import format_wkt, open_dataset
 from spectraseg.vectorize import (
     DEFAULT_TOLERANCE,
-    disjoint_groups,
     finalize,
     mask_to_multipolygon,
     masks_to_polygons,
     round_coords,
-    trace,
+    split_loops,
+    trace_mask,
 )
 
 XMAX, YMIN = 0.00918, -0.00904
@@ -149,28 +150,36 @@ def test_min_area_is_per_class_in_pixels() -> None:
     assert out[1].is_empty and out[2].is_empty
 
 
-def test_grouped_tracing_equals_one_pass_per_class() -> None:
-    rng = np.random.default_rng(0)
-    masks = rng.random((6, 40, 50)) < 0.3
-    masks[3] = masks[0] & masks[1]  # overlapping classes must land in different passes
-    masks[4] = 0
-    grouped, single = trace(masks, XMAX, YMIN), trace(masks, XMAX, YMIN, group=False)
-    assert sorted(grouped) == sorted(single) == [1, 2, 3, 4, 6]
-    for c in grouped:
-        a, b = shapely.multipolygons(grouped[c]), shapely.multipolygons(single[c])
-        assert a.symmetric_difference(b).area == pytest.approx(0, abs=1e-18)
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 16), st.integers(1, 16)), elements=st.integers(0, 1))
+)
+def test_tracing_gives_gdal_4_connected_polygons(mask: np.ndarray) -> None:
+    """OpenCV chains turned into pixel-edge rings give exactly GDAL polygonize's regions:
+    same parts (pinches split), same areas, valid, no difference in area."""
+    got = trace_mask(mask).polygons()
+    ref = np.array(
+        [shape(g) for g, _ in features.shapes(mask, mask=mask, connectivity=4)], dtype=object
+    )
+    assert len(got) == len(ref)
+    assert shapely.is_valid(got).all()
+    np.testing.assert_array_equal(np.sort(shapely.area(got)), np.sort(shapely.area(ref)))
+    assert shapely.get_num_interior_rings(got).sum() == shapely.get_num_interior_rings(ref).sum()
+    if len(got):
+        diff = shapely.symmetric_difference(shapely.multipolygons(got), shapely.multipolygons(ref))
+        assert diff.area == 0
+    assert shapely.area(got).sum() == mask.sum()
 
 
-def test_disjoint_groups_is_a_minimum_colouring() -> None:
-    assert disjoint_groups([], set()) == []
-    assert disjoint_groups([0, 1, 2], set()) == [[0, 1, 2]]
-    assert len(disjoint_groups([0, 1, 2], {(0, 1), (1, 2), (0, 2)})) == 3
-    # A 6-cycle needs 2 colours, which greedy-by-degree colouring can miss.
-    cycle = {(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 5)}
-    groups = disjoint_groups(list(range(6)), cycle)
-    assert len(groups) == 2
-    for g in groups:
-        assert not any((i, j) in cycle for i in g for j in g)
+def test_pinched_regions_are_split_where_they_touch() -> None:
+    # One 8-connected region (a ring closed through a corner, and a diagonal chain).
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1, 1:4] = mask[1:4, 1] = mask[3, 1:3] = mask[2:4, 3] = 1
+    mask[4, 4] = mask[5, 5] = mask[6, 6] = 1
+    mask[3, 3] = 0
+    got = trace_mask(mask).polygons()
+    assert shapely.is_valid(got).all()
+    assert sorted(shapely.area(got)) == [1, 1, 1, 7]
 
 
 def test_real_labels_round_trip_at_default_tolerance(dstl_lite) -> None:
@@ -195,3 +204,31 @@ def test_real_labels_round_trip_at_default_tolerance(dstl_lite) -> None:
     assert present.sum() >= 8
     iou = inter[present] / union[present]
     assert iou.min() >= 0.98, iou
+
+
+def test_split_loops_cuts_a_ring_at_its_repeated_vertices() -> None:
+    # A figure eight through (1, 1), then a third loop hanging off (2, 2).
+    ring = np.array(
+        [
+            [0, 0],
+            [1, 0],
+            [1, 1],
+            [2, 1],
+            [2, 2],
+            [3, 2],
+            [3, 3],
+            [2, 3],
+            [2, 2],
+            [1, 2],
+            [1, 1],
+            [0, 1],
+            [0, 0],
+        ],
+        dtype=float,
+    )
+    loops = split_loops(ring)
+    assert [len(loop) for loop in loops] == [5, 5, 5]
+    assert all(np.array_equal(loop[0], loop[-1]) for loop in loops)
+    assert sorted(abs(Polygon(loop).area) for loop in loops) == [1, 1, 1]
+    simple = np.array([[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]], dtype=float)
+    assert len(split_loops(simple)) == 1 and split_loops(simple)[0] is simple

@@ -3,11 +3,14 @@
 A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normalised grid
 (x in [0, Xmax], y in [Ymin, 0]; see :mod:`spectraseg.geometry`):
 
-1. ``rasterio.features.shapes`` (GDAL polygonize) traces every 4-connected region along
-   pixel edges, holes included, in pixel coordinates (vertices on integer pixel corners).
-   4-connectivity matters: 8-connected regions touching at a corner would give
-   self-touching rings. Rasterising the result again (pixel centres) gives back the mask
-   exactly, because every edge lies half a pixel away from the nearest centre.
+1. Every 4-connected region is traced along pixel edges, holes included, in pixel
+   coordinates (vertices on integer pixel corners): OpenCV's ``findContours`` follows the
+   borders pixel by pixel, and :func:`crack_rings` turns each chain of border pixels into
+   the outline round them with array operations (:func:`trace_mask`). The result is GDAL
+   polygonize's (``rasterio.features.shapes``, connectivity 4; a property test checks the
+   two agree): 4-connectivity matters, since regions touching only at a corner would
+   otherwise give self-touching rings. Rasterising the result again (pixel centres) gives
+   back the mask exactly, because every edge lies half a pixel away from the nearest centre.
 2. The vertices go through the affine map of :func:`spectraseg.geometry.pixel_transform`
    (numpy), and every ring is simplified on its own (Douglas-Peucker with a tolerance in
    pixels times the pixel's length, one vectorised shapely call over all rings of a class);
@@ -27,38 +30,21 @@ A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normal
    :func:`spectraseg.io.format_wkt` writes (``round(x * 10**d) / 10**d`` is the double that
    parsing the written decimal gives back), so the file reads back valid.
 
-Where the time goes (full 3348 x 3392 scene, 10 classes; ``benchmarks/bench_predict.py``):
-GDAL dominates. Its polygonize scans every pixel it is given (about 7.5 ns per pixel, 0.085 s
-for a full scene, whatever the mask holds), costs 140 us per call, and each polygon and
-vertex it returns is turned into Python objects by rasterio (it does not release the GIL, so
-threads do not help). Hence:
-
-- Classes that never overlap are traced together in one raster (values 1..10; regions of
-  different values are traced separately, so the result is the same as one call per class;
-  the fewest such groups come from an exact colouring of the overlap graph).
-- Each group is traced only inside boxes holding its pixels: empty bands of rows or columns
-  that save more scanning than a call costs are cut out, recursively (no 4-connected region
-  crosses an empty row or column, so the result is the same).
-- Python's cyclic garbage collector is paused while rasterio builds the GeoJSON-like rings:
-  with millions of live tuples each collection rescanned them all (2.8 s of 10.6 s on the
-  benchmark's prediction-like masks).
-
-Even so, tracing is most of the time (80% on real labels, 70% on prediction-like masks):
-OpenCV's ``findContours`` traces the same masks 14-20x faster, through pixel centres
-(which loses thin and small objects: see the benchmark's round-trip IoU).
+Where the time goes (``benchmarks/bench_predict.py``, three full 3348 x 3392 scenes, 10
+classes each, prediction-like masks): tracing 1.3 s, of which OpenCV's scan 0.6 s, the
+outlines from the chains 0.6 s; validity of the simplified MultiPolygons 1.2 s;
+simplification and the rest 0.8 s. Tracing with GDAL instead took 5.0 s (its polygonize
+scans every pixel at 7.5 ns, costs 140 us per call, and rasterio turns every vertex into
+Python objects).
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from itertools import chain
+from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 import shapely
-from affine import Affine
-from rasterio import features
 from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
@@ -75,10 +61,6 @@ centres and loses up to 40% IoU on small objects (structures, vehicles) at that 
 
 DEFAULT_DECIMALS = 8
 """Decimals of grid coordinates written to WKT (1e-8 grid units ~ 1/270 of an RGB pixel)."""
-
-CALL_PIXELS = 20_000
-"""One GDAL polygonize call costs about as much as scanning this many pixels (140 us at
-7.5 ns per pixel): an empty band is cut out of a traced box only when it is larger."""
 
 
 class Ragged:
@@ -102,6 +84,14 @@ class Ragged:
     def __len__(self) -> int:
         return len(self.poly_offsets) - 1
 
+    @classmethod
+    def of(cls, polygons: np.ndarray) -> Ragged:
+        """The flat layout of an object array ``(P,)`` of Polygons (``P`` may be 0)."""
+        if len(polygons) == 0:
+            return cls(np.empty((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64))
+        _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(polygons)
+        return cls(coords, ring_offsets.astype(np.int64), poly_offsets.astype(np.int64))
+
     def polygons(self) -> np.ndarray:
         """Object array ``(P,)`` of shapely Polygons, built in one call."""
         if len(self) == 0:
@@ -111,182 +101,257 @@ class Ragged:
         )
 
 
-def _ragged(geoms: list[dict]) -> Ragged:
-    """GeoJSON-like polygon dicts (as ``rasterio.features.shapes`` yields them) -> Ragged.
-
-    All coordinates go into one array through one ``numpy.fromiter`` over the chained
-    tuples: no Python loop per vertex beyond the iteration itself.
-    """
-    rings = [ring for g in geoms for ring in g["coordinates"]]
-    ring_len = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
-    per_poly = np.fromiter((len(g["coordinates"]) for g in geoms), np.int64, count=len(geoms))
-    coords = np.fromiter(
-        chain.from_iterable(chain.from_iterable(rings)), dtype=np.float64, count=2 * ring_len.sum()
-    ).reshape(-1, 2)
-    return Ragged(coords, _offsets(ring_len), _offsets(per_poly))
-
-
 def _offsets(counts: np.ndarray) -> np.ndarray:
     out = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=out[1:])
     return out
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (it rescans every live tuple at each collection)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+# OpenCV follows every border (outer borders and holes alike) with the background on the
+# right-hand side of the direction of travel (image coordinates, y down). Moving from a
+# border pixel p to its 8-neighbour q in direction d, the pixel-edge outline leaves p at
+# corner _EXIT[d] and enters q at corner _ENTRY[d], which is the same point. Corners of a
+# pixel are numbered counter-clockwise on screen, the way the outline goes round it.
+_CORNERS = np.array([[0, 0], [0, 1], [1, 1], [1, 0]], dtype=np.int32)
+"""``(dx, dy)`` of corner 0 (top-left), 1 (bottom-left), 2 (bottom-right), 3 (top-right)."""
+# Indexed by (dx + 1) * 3 + (dy + 1) of the move; index 4 (no move) is unused.
+_EXIT = np.array([0, 0, 1, 3, -1, 1, 3, 2, 2], dtype=np.int64)
+_ENTRY = np.array([2, 3, 3, 2, -1, 0, 1, 1, 0], dtype=np.int64)
 
 
-def _overlaps(masks: np.ndarray, classes: list[int]) -> set[tuple[int, int]]:
-    """Pairs ``(i, j)``, ``i < j``, of channels whose masks share a pixel."""
-    packed = {k: np.packbits(masks[k], axis=None) for k in classes}
-    return {
-        (i, j)
-        for n, i in enumerate(classes)
-        for j in classes[n + 1 :]
-        if np.bitwise_and(packed[i], packed[j]).any()
-    }
+def _cyclic(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the previous and next item of every item of consecutive cycles of
+    ``counts`` items each (the first item's previous is its cycle's last)."""
+    first = _offsets(counts)
+    start, stop = first[:-1], first[1:]
+    idx = np.arange(first[-1])
+    prev, nxt = idx - 1, idx + 1
+    prev[start] = stop - 1
+    nxt[stop - 1] = start
+    return prev, nxt
 
 
-def disjoint_groups(classes: list[int], overlaps: set[tuple[int, int]]) -> list[list[int]]:
-    """Fewest groups of ``classes`` with no overlapping pair inside a group.
+def _move_codes(d: np.ndarray) -> np.ndarray:
+    return (d[:, 0].astype(np.int64) + 1) * 3 + (d[:, 1] + 1)
 
-    Exact graph colouring by backtracking: at most 10 classes, so this is instantaneous, and
-    every group saved is one scan of the raster saved.
+
+def crack_rings(
+    contours: Sequence[np.ndarray], mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV border chains (``CHAIN_APPROX_NONE``) -> closed pixel-edge rings.
+
+    A border chain lists the centres of a region's border pixels; the outline that
+    rasterises back to exactly the region runs along pixel edges, through their corners.
+    At each border pixel the outline goes counter-clockwise round the pixel, from the
+    corner where it came in (set by the move from the previous pixel) to the corner where it
+    leaves (set by the move to the next one): one to four corners per pixel, all found with
+    array operations. A chain of one pixel is that pixel's square.
+
+    Args:
+        contours: ``(n_i, 1, 2)`` int32 ``(x, y)`` chains from ``cv2.findContours`` with
+            ``CHAIN_APPROX_NONE``, in OpenCV's order of travel.
+        mask: the ``(H, W)`` uint8 raster they were traced on (to find pinches).
+
+    Returns:
+        ``(coords, ring_offsets, pinched)``: ``(N, 2)`` float64 pixel-corner vertices
+        ``(col, row)``, ring after ring, each ring closed; ``(R + 1,)`` int64 offsets; and
+        ``(R,)`` bool, rings that pass through a pinch (two pixels of the region meeting
+        only at a corner, which OpenCV's 8-connected borders go through but 4-connected
+        regions do not), so the ring touches itself or another ring there.
     """
-    if not classes:
-        return []
-    adjacent = {k: set() for k in classes}
-    for i, j in overlaps:
-        adjacent[i].add(j)
-        adjacent[j].add(i)
-    order = sorted(classes, key=lambda k: -len(adjacent[k]))
-
-    def colour(n_colours: int) -> list[int] | None:
-        assign: dict[int, int] = {}
-
-        def place(pos: int) -> bool:
-            if pos == len(order):
-                return True
-            k = order[pos]
-            used = {assign[j] for j in adjacent[k] if j in assign}
-            # Colours beyond the first unused one are symmetric: try up to one new colour.
-            for col in range(min(n_colours, max(assign.values(), default=-1) + 2)):
-                if col not in used:
-                    assign[k] = col
-                    if place(pos + 1):
-                        return True
-                    del assign[k]
-            return False
-
-        return [assign[k] for k in classes] if place(0) else None
-
-    for n_colours in range(1, len(classes) + 1):
-        cols = colour(n_colours)
-        if cols is not None:
-            return [
-                [k for k, c in zip(classes, cols, strict=True) if c == g] for g in range(n_colours)
-            ]
-    raise AssertionError("unreachable: one colour per class always works")
+    n = np.fromiter(map(len, contours), dtype=np.int64, count=len(contours))
+    pts = np.concatenate(contours).reshape(-1, 2)
+    start = _offsets(n)[:-1]
+    prev, nxt = _cyclic(n)
+    step_out = pts[nxt] - pts
+    code_in, code_out = _move_codes(pts - pts[prev]), _move_codes(step_out)
+    entry, leave = _ENTRY[code_in], _EXIT[code_out]
+    k = (leave - entry) % 4
+    # Coming in and leaving by the same corner: going round the whole pixel (the tip of a
+    # one-pixel-wide spur). A lone pixel (no move) is its square too.
+    k[k == 0] = 4
+    lone = code_in == 4
+    entry[lone], k[lone] = 3, 4
+    of_pixel = np.repeat(np.arange(len(pts)), k)
+    within = np.arange(len(of_pixel)) - np.repeat(_offsets(k)[:-1], k)
+    corners = pts[of_pixel] + _CORNERS[(entry[of_pixel] + 1 + within) % 4]
+    # Keep the corners where the outline turns (GDAL's vertices): steps are unit and
+    # axis-aligned, so a corner is straight when it is left the way it was reached.
+    per_ring = np.add.reduceat(k, start)
+    before, after = _cyclic(per_ring)
+    turns = np.any(corners - corners[before] != corners[after] - corners, axis=1)
+    coords = corners[turns].astype(np.float64)
+    per_ring = np.add.reduceat(turns.astype(np.int64), _offsets(per_ring)[:-1])
+    ring_first = _offsets(per_ring)
+    coords = np.insert(coords, ring_first[1:], coords[ring_first[:-1]], axis=0)  # close
+    # A diagonal move with both pixels beside it outside the region is a pinch.
+    diag = np.flatnonzero((step_out[:, 0] != 0) & (step_out[:, 1] != 0))
+    x, y = pts[diag, 0], pts[diag, 1]
+    pinch = (mask[y, x + step_out[diag, 0]] == 0) & (mask[y + step_out[diag, 1], x] == 0)
+    pinched = np.zeros(len(n), dtype=bool)
+    pinched[np.searchsorted(start, diag[pinch], side="right") - 1] = True
+    return coords, _offsets(per_ring + 1), pinched
 
 
-def _runs(occupied: np.ndarray, min_gap: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` of the runs of True in a 1-D bool array, bridging gaps (runs of
-    False) shorter than ``min_gap``."""
-    idx = np.flatnonzero(occupied)
-    if idx.size == 0:
-        return []
-    cut = np.flatnonzero(np.diff(idx) > min_gap)  # a gap of g False values: diff = g + 1
-    starts = [int(idx[0]), *(idx[cut + 1] + 0).tolist()]
-    stops = [*(idx[cut] + 1).tolist(), int(idx[-1]) + 1]
-    return list(zip(starts, stops, strict=True))
+def trace_mask(mask: np.ndarray) -> Ragged:
+    """One ``(H, W)`` mask -> its 4-connected regions as polygons with holes, pixel edges.
 
+    The result is GDAL polygonize's with 4-connectivity: regions of the mask are
+    4-connected, so the background between them is 8-connected (two region pixels meeting
+    only at a corner belong to different regions unless joined elsewhere). OpenCV's
+    ``findContours`` has it the other way round (8-connected foreground, 4-connected holes),
+    so it traces the inverted mask, framed by one pixel of background: every background
+    component is an outer border, every region of the mask a hole in one (``RETR_TREE``
+    keeps the nesting: a region's holes are the background components inside it).
+    :func:`crack_rings` turns the chains into pixel-edge rings. The one ring that can touch
+    itself, a region closing round background through a corner (a "C" whose tips meet), is
+    cut there into its shell and hole.
 
-def trace_boxes(
-    values: np.ndarray, call_pixels: int = CALL_PIXELS
-) -> list[tuple[int, int, int, int]]:
-    """Boxes ``(row0, row1, col0, col1)`` that hold every nonzero pixel of ``values``.
+    Args:
+        mask: ``(H, W)`` bool or uint8 {0, 1}.
 
-    Recursive XY cut: a box is trimmed to its nonzero rows and split at every band of empty
-    rows whose area (rows x box width) exceeds ``call_pixels``, then the same along columns,
-    alternating until neither axis changes. The boxes are disjoint, and no 4-connected
-    region of nonzero pixels crosses a cut, so tracing each box gives the same polygons as
-    tracing the whole raster. ``values``: ``(H, W)`` with at least one nonzero pixel.
+    Returns:
+        The polygons, vertices ``(col, row)`` on pixel corners (integers as float64), the
+        raster's top-left corner at ``(0, 0)``; valid, and rasterising back to the mask.
     """
-    h, w = values.shape
-    out: list[tuple[int, int, int, int]] = []
-    # (box, axis to cut next, whether the other axis changed nothing last time)
-    todo: list[tuple[int, int, int, int, int, bool]] = [(0, h, 0, w, 0, False)]
-    while todo:
-        r0, r1, c0, c1, axis, stalled = todo.pop()
-        win = values[r0:r1, c0:c1]
-        extent = (c1 - c0) if axis == 0 else (r1 - r0)
-        runs = _runs(win.any(axis=1 - axis), -(-call_pixels // extent))
-        unchanged = len(runs) == 1 and runs[0] == (0, (r1 - r0) if axis == 0 else (c1 - c0))
-        if unchanged and stalled:
-            out.append((r0, r1, c0, c1))
-            continue
-        for a, b in runs:
-            box = (r0 + a, r0 + b, c0, c1) if axis == 0 else (r0, r1, c0 + a, c0 + b)
-            todo.append((*box, 1 - axis, unchanged))
-    return out
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    # Only the box round the region pixels is traced (less to invert, frame and scan).
+    x0, y0, bw, bh = cv2.boundingRect(m)
+    if bw == 0:
+        return Ragged.of(np.empty(0, dtype=object))
+    box = m[y0 : y0 + bh, x0 : x0 + bw]
+    inverted = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    contours, hierarchy = cv2.findContours(inverted, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
+    parent = hierarchy[0][:, 3]
+    depth = np.zeros(len(parent), dtype=np.int64)
+    up = parent.copy()
+    while (up >= 0).any():  # as many rounds as regions are nested deep
+        depth += up >= 0
+        up = np.where(up >= 0, parent[np.maximum(up, 0)], -1)
+    # Depth 0 is the frame; odd depths are regions (shells), even ones their holes.
+    shell = depth % 2 == 1
+    owner = np.where(shell, np.arange(len(parent)), parent)
+    order = np.flatnonzero(depth > 0)
+    if len(order) == 0:
+        return Ragged.of(np.empty(0, dtype=object))
+    order = order[np.lexsort((~shell[order], owner[order]))]  # each shell, then its holes
+    coords, ring_offsets, pinched = crack_rings([contours[i] for i in order], inverted)
+    coords += (x0 - 1.0, y0 - 1.0)  # the box's place, less the frame
+    rank = np.unique(owner[order], return_inverse=True)[1]
+    rag = Ragged(coords, ring_offsets, _offsets(np.bincount(rank)))
+    return _split_touching(rag, pinched) if pinched.any() else rag
 
 
-def trace_pixels(
-    masks: np.ndarray, group: bool = True, call_pixels: int = CALL_PIXELS
-) -> dict[int, Ragged]:
+def split_loops(ring: np.ndarray) -> list[np.ndarray]:
+    """Cut a closed ring that passes through some of its vertices twice into simple loops.
+
+    The loops of a ring that never crosses itself are nested intervals of its vertex
+    sequence, from one visit of a repeated vertex to the next; each vertex belongs to the
+    innermost interval that holds it, and removing an inner loop leaves its enclosing loop
+    continuous (both visits are the same point).
+
+    Args:
+        ring: ``(n + 1, 2)`` coordinates, closed (last == first), vertices on a grid
+            (compared exactly).
+
+    Returns:
+        The loops, each closed, the one through the ring's first vertex first; ``[ring]``
+        when no vertex repeats.
+    """
+    pts = ring[:-1]
+    _, inverse, counts = np.unique(_point_keys(pts), return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    if len(repeated) == 0:
+        return [ring]
+    # Consecutive visits of one point bound a loop: sort the visits by point, then position.
+    visits = repeated[np.lexsort((repeated, inverse[repeated]))]
+    same = inverse[visits[1:]] == inverse[visits[:-1]]
+    starts, stops = visits[:-1][same], visits[1:][same]
+    label = np.zeros(len(pts), dtype=np.int64)
+    for n in np.argsort(starts - stops):  # longest first, so inner loops paint last
+        label[starts[n] : stops[n]] = n + 1
+    loops = []
+    for n in range(len(starts) + 1):
+        loop = pts[label == n]
+        loops.append(np.concatenate([loop, loop[:1]]))
+    return loops
+
+
+def _point_keys(pts: np.ndarray) -> np.ndarray:
+    """One int64 per point of integer-valued ``(n, 2)`` coordinates (equal iff equal)."""
+    ints = pts.astype(np.int64)
+    low = ints.min(axis=0) if len(ints) else np.zeros(2, np.int64)
+    span = int(ints[:, 1].max() - low[1]) + 1 if len(ints) else 1
+    return (ints[:, 0] - low[0]) * span + (ints[:, 1] - low[1])
+
+
+def _shoelace(ring: np.ndarray) -> float:
+    """Signed area of a closed ring ``(n + 1, 2)``."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def _split_touching(rag: Ragged, suspect: np.ndarray) -> Ragged:
+    """Cut the rings that touch themselves at a pinch into simple rings meeting at points.
+
+    ``suspect``: ``(R,)`` bool, rings through a pinch. Rings that pass a pinch twice are
+    cut there (:func:`split_loops`). A shell can only close round background that way (a
+    "C" whose tips meet): its largest loop, which encloses the others, stays the shell and
+    the others become holes. A hole can only be background lobes meeting at corners: each
+    loop becomes a hole.
+    """
+    offsets = rag.ring_offsets
+    poly_of_ring = np.repeat(np.arange(len(rag)), np.diff(rag.poly_offsets))
+    new_rings: list[np.ndarray] = []
+    new_per_poly: list[int] = []
+    # Rings with a repeated vertex: one sort of (ring, point) keys over all suspects.
+    cand = np.flatnonzero(suspect)
+    lengths = np.diff(offsets)[cand] - 1  # without the closing vertex
+    sel = np.repeat(offsets[cand] - _offsets(lengths)[:-1], lengths) + np.arange(lengths.sum())
+    point = _point_keys(rag.coords[sel])
+    span = int(point.max()) + 1
+    keys = np.sort(np.repeat(np.arange(len(cand)), lengths) * span + point)
+    affected = cand[np.unique(keys[1:][keys[1:] == keys[:-1]] // span)]
+    if len(affected) == 0:
+        return rag
+    split = set(affected.tolist())
+    touched = np.unique(poly_of_ring[affected])
+    for p in touched.tolist():
+        rings = []
+        first = int(rag.poly_offsets[p])
+        for r in range(first, int(rag.poly_offsets[p + 1])):
+            ring = rag.coords[offsets[r] : offsets[r + 1]]
+            loops = split_loops(ring) if r in split else [ring]
+            if r == first and len(loops) > 1:
+                outer = int(np.argmax([abs(_shoelace(loop)) for loop in loops]))
+                loops.insert(0, loops.pop(outer))
+            rings.extend(loops)
+        new_rings.extend(rings)
+        new_per_poly.append(len(rings))
+    keep_poly = np.ones(len(rag), dtype=bool)
+    keep_poly[touched] = False
+    keep_ring = keep_poly[poly_of_ring]
+    ring_len = np.diff(offsets)
+    coords = np.concatenate([rag.coords[np.repeat(keep_ring, ring_len)], *new_rings])
+    lengths = np.concatenate([ring_len[keep_ring], [len(x) for x in new_rings]])
+    per_poly = np.concatenate([np.diff(rag.poly_offsets)[keep_poly], new_per_poly])
+    return Ragged(coords, _offsets(lengths.astype(np.int64)), _offsets(per_poly.astype(np.int64)))
+
+
+def trace_pixels(masks: np.ndarray) -> dict[int, Ragged]:
     """Trace masks into raw polygons in pixel coordinates (pixel-edge outlines).
 
     Args:
         masks: ``(K, H, W)`` bool or {0, 1} integers; channel ``k`` is class ``k + 1``.
-        group: trace non-overlapping classes in one GDAL pass (same result, faster).
-        call_pixels: see :func:`trace_boxes` (same result whatever the value).
 
     Returns:
-        ``{class (1-based): Ragged}`` for every class with at least one pixel; vertices are
-        ``(col, row)`` pixel corners (integers as float64), the raster's top-left corner is
-        ``(0, 0)``.
+        ``{class (1-based): Ragged}`` for every class with at least one pixel (see
+        :func:`trace_mask`).
     """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
-    k_, h, w = masks.shape
     masks = masks.astype(bool, copy=False)
-    present = [k for k in range(k_) if masks[k].any()]
-    if group:
-        groups = disjoint_groups(present, _overlaps(masks, present))
-    else:
-        groups = [[k] for k in present]
-    found: dict[int, list[dict]] = {k + 1: [] for k in present}
-    with _gc_paused():
-        for grp in groups:
-            if len(grp) == 1:
-                values = masks[grp[0]].view(np.uint8)  # {0, 1}: value 1 is the class
-            else:
-                values = np.zeros((h, w), dtype=np.uint8)
-                for k in grp:
-                    # Disjoint masks: each pixel gets its class value (or stays 0).
-                    values[masks[k]] = k + 1
-            for r0, r1, c0, c1 in trace_boxes(values, call_pixels):
-                window = values[r0:r1, c0:c1]
-                shapes = features.shapes(
-                    window, mask=window, connectivity=4, transform=Affine.translation(c0, r0)
-                )
-                if len(grp) == 1:
-                    found[grp[0] + 1].extend(geom for geom, _ in shapes)
-                else:
-                    for geom, value in shapes:
-                        found[int(value)].append(geom)  # the value is the class
-        out = {c: _ragged(g) for c, g in found.items()}
-        # Free the tuples before the collector resumes, or its first pass scans them all.
-        del found
-    return out
+    return {k + 1: trace_mask(masks[k]) for k in range(masks.shape[0]) if masks[k].any()}
 
 
 def _to_grid(coords: np.ndarray, width: int, height: int, xmax: float, ymin: float) -> np.ndarray:
@@ -295,13 +360,12 @@ def _to_grid(coords: np.ndarray, width: int, height: int, xmax: float, ymin: flo
     return coords * np.array([1.0 / sx, 1.0 / sy])
 
 
-def trace(masks: np.ndarray, xmax: float, ymin: float, group: bool = True) -> dict[int, np.ndarray]:
+def trace(masks: np.ndarray, xmax: float, ymin: float) -> dict[int, np.ndarray]:
     """Trace masks into raw polygons in grid coordinates (pixel-edge outlines).
 
     Args:
         masks: ``(K, H, W)`` bool or {0, 1} integers; channel ``k`` is class ``k + 1``.
         xmax, ymin: the scene's grid extent (``grid_sizes.csv``).
-        group: trace non-overlapping classes in one GDAL pass (same result, faster).
 
     Returns:
         ``{class (1-based): object array of Polygons in grid coordinates}`` for every class
@@ -309,7 +373,7 @@ def trace(masks: np.ndarray, xmax: float, ymin: float, group: bool = True) -> di
     """
     _, h, w = masks.shape
     out = {}
-    for c, rag in trace_pixels(masks, group).items():
+    for c, rag in trace_pixels(masks).items():
         rag.coords = _to_grid(rag.coords, w, h, xmax, ymin)
         out[c] = rag.polygons()
     return out
