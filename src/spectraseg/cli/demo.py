@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        help="training minutes (default 5 on synthetic data, 12 over all folds on --data)",
+        help="training minutes (default 5 on synthetic data, 20 over all folds on --data)",
     )
     p.add_argument(
         "--test-fraction",
