@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from spectraseg import __version__
 from spectraseg.errors import SpectrasegError
+from spectraseg.runtime import tune_memory
 
 VERBS: tuple[str, ...] = (
     "synth",
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``spectraseg`` and ``python -m spectraseg``; returns the exit status."""
+    tune_memory()  # before any verb imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
