@@ -12,7 +12,9 @@ from spectraseg.runtime import tune_memory
 
 
 def test_huge_pages_are_asked_for_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    # Recorded first, so the variable is restored (or removed) after the test.
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "unset")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
     assert tune_memory()["huge_pages"] is True
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")

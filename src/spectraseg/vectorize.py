@@ -85,12 +85,9 @@ class Ragged:
         return len(self.poly_offsets) - 1
 
     @classmethod
-    def of(cls, polygons: np.ndarray) -> Ragged:
-        """The flat layout of an object array ``(P,)`` of Polygons (``P`` may be 0)."""
-        if len(polygons) == 0:
-            return cls(np.empty((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64))
-        _, coords, (ring_offsets, poly_offsets) = shapely.to_ragged_array(polygons)
-        return cls(coords, ring_offsets.astype(np.int64), poly_offsets.astype(np.int64))
+    def empty(cls) -> Ragged:
+        """No polygons."""
+        return cls(np.empty((0, 2)), np.zeros(1, np.int64), np.zeros(1, np.int64))
 
     def polygons(self) -> np.ndarray:
         """Object array ``(P,)`` of shapely Polygons, built in one call."""
@@ -203,9 +200,9 @@ def trace_mask(mask: np.ndarray) -> Ragged:
     so it traces the inverted mask, framed by one pixel of background: every background
     component is an outer border, every region of the mask a hole in one (``RETR_TREE``
     keeps the nesting: a region's holes are the background components inside it).
-    :func:`crack_rings` turns the chains into pixel-edge rings. The one ring that can touch
-    itself, a region closing round background through a corner (a "C" whose tips meet), is
-    cut there into its shell and hole.
+    :func:`crack_rings` turns the chains into pixel-edge rings. Rings that still touch
+    themselves at a corner (a region closing round background there, a hole of background
+    lobes meeting there) are cut into simple rings (:func:`_split_touching`).
 
     Args:
         mask: ``(H, W)`` bool or uint8 {0, 1}.
@@ -218,7 +215,7 @@ def trace_mask(mask: np.ndarray) -> Ragged:
     # Only the box round the region pixels is traced (less to invert, frame and scan).
     x0, y0, bw, bh = cv2.boundingRect(m)
     if bw == 0:
-        return Ragged.of(np.empty(0, dtype=object))
+        return Ragged.empty()
     box = m[y0 : y0 + bh, x0 : x0 + bw]
     inverted = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
     contours, hierarchy = cv2.findContours(inverted, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
@@ -233,7 +230,7 @@ def trace_mask(mask: np.ndarray) -> Ragged:
     owner = np.where(shell, np.arange(len(parent)), parent)
     order = np.flatnonzero(depth > 0)
     if len(order) == 0:
-        return Ragged.of(np.empty(0, dtype=object))
+        return Ragged.empty()
     order = order[np.lexsort((~shell[order], owner[order]))]  # each shell, then its holes
     coords, ring_offsets, pinched = crack_rings([contours[i] for i in order], inverted)
     coords += (x0 - 1.0, y0 - 1.0)  # the box's place, less the frame
@@ -301,9 +298,6 @@ def _split_touching(rag: Ragged, suspect: np.ndarray) -> Ragged:
     loop becomes a hole.
     """
     offsets = rag.ring_offsets
-    poly_of_ring = np.repeat(np.arange(len(rag)), np.diff(rag.poly_offsets))
-    new_rings: list[np.ndarray] = []
-    new_per_poly: list[int] = []
     # Rings with a repeated vertex: one sort of (ring, point) keys over all suspects.
     cand = np.flatnonzero(suspect)
     lengths = np.diff(offsets)[cand] - 1  # without the closing vertex
@@ -315,7 +309,10 @@ def _split_touching(rag: Ragged, suspect: np.ndarray) -> Ragged:
     if len(affected) == 0:
         return rag
     split = set(affected.tolist())
+    poly_of_ring = np.repeat(np.arange(len(rag)), np.diff(rag.poly_offsets))
     touched = np.unique(poly_of_ring[affected])
+    new_rings: list[np.ndarray] = []
+    new_per_poly: list[int] = []
     for p in touched.tolist():
         rings = []
         first = int(rag.poly_offsets[p])
@@ -358,25 +355,6 @@ def _to_grid(coords: np.ndarray, width: int, height: int, xmax: float, ymin: flo
     """Pixel ``(col, row)`` -> grid ``(x, y)``, the arithmetic of ``pixel_transform``."""
     sx, sy = pixel_scale(width, height, xmax, ymin)
     return coords * np.array([1.0 / sx, 1.0 / sy])
-
-
-def trace(masks: np.ndarray, xmax: float, ymin: float) -> dict[int, np.ndarray]:
-    """Trace masks into raw polygons in grid coordinates (pixel-edge outlines).
-
-    Args:
-        masks: ``(K, H, W)`` bool or {0, 1} integers; channel ``k`` is class ``k + 1``.
-        xmax, ymin: the scene's grid extent (``grid_sizes.csv``).
-
-    Returns:
-        ``{class (1-based): object array of Polygons in grid coordinates}`` for every class
-        with at least one pixel.
-    """
-    _, h, w = masks.shape
-    out = {}
-    for c, rag in trace_pixels(masks).items():
-        rag.coords = _to_grid(rag.coords, w, h, xmax, ymin)
-        out[c] = rag.polygons()
-    return out
 
 
 def simplify_rings(rag: Ragged, tolerance: float) -> Ragged:
