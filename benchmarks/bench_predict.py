@@ -3,7 +3,7 @@
 Run::
 
     .venv/bin/python benchmarks/bench_predict.py [--threads 2] [--scenes 3] [--rounds 2]
-        [--configs 480x1 256x4 256x8 512x1 1024x1] [--memory-tile TILE BATCH] [--quick]
+        [--configs 480x1 736x1 896x1 1024x1 256x8] [--memory-tile TILE BATCH] [--quick]
         [--skip memory inference vectorize]
 
 On a full-size DSTL scene (3348 x 3392 pixels, 20 channels) with 2 torch threads (the
@@ -50,7 +50,7 @@ import numpy as np
 from spectraseg.runtime import tune_memory
 
 # As the ``spectraseg`` command does before torch starts (spectraseg.runtime); to measure
-# without, set THP_MEM_ALLOC_ENABLE=0 MALLOC_TRIM_THRESHOLD_=131072.
+# without, set SPECTRASEG_TUNE_MEMORY=0.
 tune_memory()
 
 H, W, C = 3348, 3392, 20
@@ -115,9 +115,10 @@ class Timed:
 PURE_BATCHES = ((2, 256), (4, 256), (8, 256), (16, 256), (1, 480), (1, 512), (1, 1024), (2, 1024))
 """``(n, side)``: the channels-last batches whose best throughput is the model's pure speed
 (every tile shape and batch the default configurations feed at full size is among them).
-Small batches are included: on CPU they are the fastest (2 x 256^2 runs 1.2x faster than
-8 x 256^2 with huge pages, 2x without), because the allocator reuses their memory, while
-every activation over 32 MiB is mapped afresh, and its pages faulted in, on every call."""
+Small batches are included: without :func:`spectraseg.runtime.tune_memory` they are the
+fastest on CPU (2 x 256^2 runs 2x faster than 8 x 256^2), because glibc reuses their memory
+while it maps every activation over 32 MiB afresh, and faults its pages in, on every call;
+with it, all run at about the same speed."""
 
 EFFICIENCY = (
     "efficiency = effective throughput / pure model throughput, where effective = scene "
@@ -465,9 +466,9 @@ def main() -> int:
         "--configs",
         type=_config,
         nargs="+",
-        default=[default, (256, 4), (256, 8), (512, 1), (1024, 1)],
+        default=[default, (736, 1), (896, 1), (1024, 1), (256, 8)],
         metavar="TILExBATCH",
-        help="inference configurations (default: the [predict] defaults, 256x4 256x8 512x1 1024x1)",
+        help="inference configurations (default: the [predict] defaults, 736x1 896x1 1024x1 256x8)",
     )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of inference")
     p.add_argument("--skip", nargs="*", default=[], choices=("inference", "memory", "vectorize"))

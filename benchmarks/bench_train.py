@@ -10,6 +10,8 @@
 2. Peak resident memory (``ru_maxrss``) of a fresh process running steps with
    ``train.accumulate=1`` and ``train.accumulate=16``: accumulation adds gradients in place,
    so the peak must stay within 10% (the batch of one forward/backward is the unit of memory).
+
+Both run with the memory settings of the ``spectraseg`` command (:mod:`spectraseg.runtime`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import subprocess
 import sys
 import time
 import warnings
+
+from spectraseg.runtime import tune_memory
+
+# As the ``spectraseg`` command does before torch starts (spectraseg.runtime); to measure
+# without, set SPECTRASEG_TUNE_MEMORY=0.
+tune_memory()
 
 
 def _batches(n: int, channels: int, size: int, seed: int = 0):

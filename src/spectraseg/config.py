@@ -154,9 +154,11 @@ class PredictConfig:
 
     tile: int = 480
     """Tile side in pixels (multiple of ``2**model.depth``). Larger tiles waste less on the
-    overlap; on CPU, keep tile^2 x batch x 2 x model.width x 4 bytes (the largest activation)
-    under 32 MiB so the allocator reuses memory instead of faulting in fresh pages on every
-    forward pass (``benchmarks/bench_predict.py``: 480 x 1 is 1.5x faster than 256 x 4)."""
+    overlap but hold more memory: for a full 3348 x 3392 scene on 2 CPU cores
+    (``benchmarks/bench_predict.py``) 480 x 1 peaks at 1.9 GB, 1024 x 1 at 2.5 GB and is
+    about 5% faster. Run outside the ``spectraseg`` command, call
+    :func:`spectraseg.runtime.tune_memory` first or large tiles and batches run up to 2x
+    slower on CPU."""
     margin: int = 16
     """Context pixels cropped from each tile side (tiles overlap by twice this)."""
     batch: int = 1

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from spectraseg.errors import ConfigError, SpectrasegError
+from spectraseg.runtime import tune_memory
 
 SCHEDULER_TIMEOUT = "20s"
 
@@ -106,6 +107,8 @@ def open_runner(workers: int | None, scheduler: str | None) -> Iterator[Runner]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        # Worker processes are fresh interpreters: glibc's settings are not inherited.
+        client.run(tune_memory)
         yield Runner(client, max(1, (os.cpu_count() or 1) // workers))
 
 

@@ -255,9 +255,7 @@ def predict_probs(
     rx = reflect_index(w, -margin, max(x + s for x, s in xs) - margin)
     dev = torch.device(device) if device is not None else _model_device(model)
 
-    # Allocated by torch: with THP_MEM_ALLOC_ENABLE (set by the CLI) its pages are huge, so
-    # writing the output faults in 512x fewer pages than a numpy allocation.
-    out = torch.empty((num_classes, h, w), dtype=torch.float32).numpy()
+    out = np.empty((num_classes, h, w), dtype=np.float32)
     # Tiles of one shape are batched together (at most 4 shapes: full and edge sizes).
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for y, th in ys:

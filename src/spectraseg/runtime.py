@@ -1,20 +1,24 @@
 """Process-wide memory settings that make CPU inference and training faster.
 
-A forward pass allocates its activations afresh. glibc maps every block over its mmap
-threshold (32 MiB at most) straight from the kernel and gives it back on free, and it trims
-the heap when its top grows past a threshold, so a large batch faults in fresh, zeroed
-pages on every call: on 2 cores this halved the U-Net's speed on 8 x 256^2 batches and took
-a fifth of whole-scene prediction (``benchmarks/bench_predict.py``). :func:`tune_memory`
-(called by the ``spectraseg`` command before torch starts):
+A forward pass allocates its activations afresh. By default glibc maps every large block
+(over a threshold that it adapts up to 32 MiB) straight from the kernel and gives it back on
+free, and it trims the top of its heap past 128 KiB, so a large tile or batch faults in
+fresh, zeroed pages on every call: on 2 cores that halved the U-Net's speed on 8 x 256^2
+batches and made one 1536^2 tile 15% slower than 480^2 tiles
+(``benchmarks/bench_predict.py``). :func:`tune_memory` (called by the ``spectraseg``
+command before torch starts, and on the workers of the local Dask cluster it starts) has
+glibc serve every block from its heap (``M_MMAP_MAX`` 0) and keep up to 1 GiB free at the
+top of it (``M_TRIM_THRESHOLD``): freed blocks of any size are reused without faults, and
+tiles and batches of any size then run at the model's full speed per pixel (measured by
+the same benchmark: 8 x 256^2 1.7 -> 3.8 Mpx/s; 1536^2 3.4 -> 4.0 Mpx/s).
 
-- sets ``THP_MEM_ALLOC_ENABLE=1`` (read by torch at its first CPU allocation): buffers of
-  2 MB and more get transparent huge pages, 512x fewer faults for the blocks still mapped;
-- on glibc, raises the mmap threshold to its 32 MiB maximum and the trim threshold to 1 GiB,
-  so freed blocks below 32 MiB stay in the heap and are reused without faults.
-
-Either is skipped where the user set it (``THP_MEM_ALLOC_ENABLE``, ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_``). Peak memory does not change; memory freed after the peak stays
-with the process until it exits.
+The cost is memory held after it is freed: the process keeps what it freed below the top of
+the heap for reuse, so a peak that fragments the heap stays resident (``benchmarks/bench_train.py``:
+default training peaks at 1.19 GB instead of 1.03 GB, one batch of 64 patches at 2.76 GB
+instead of 2.31 GB; whole-scene prediction is unchanged at 1.9 GB). Skipped with
+``SPECTRASEG_TUNE_MEMORY=0`` (glibc's defaults), where the user set any of
+``MALLOC_MMAP_MAX_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``, and on
+systems without glibc.
 """
 
 from __future__ import annotations
@@ -24,29 +28,24 @@ import os
 import sys
 
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20
-"""glibc's largest mmap threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``)."""
+M_MMAP_MAX = -4
 TRIM_THRESHOLD = 1 << 30
+USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+SWITCH = "SPECTRASEG_TUNE_MEMORY"
+"""Environment variable; ``0`` turns :func:`tune_memory` off."""
 
 
-def tune_memory() -> dict[str, bool]:
-    """Apply the settings above to this process; returns which ones took effect.
+def tune_memory() -> bool:
+    """Apply the settings above to this process; returns whether they took effect.
 
-    Call before torch allocates anything (the huge-page setting is read once).
+    Safe to call at any time and more than once; it only changes later allocations.
     """
-    done = {"huge_pages": False, "malloc": False}
-    if "THP_MEM_ALLOC_ENABLE" not in os.environ:
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
-        done["huge_pages"] = True
-    user_set = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)
-    if sys.platform.startswith("linux") and not user_set:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            done["malloc"] = bool(
-                libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-            )
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-            pass
-    return done
+    if os.environ.get(SWITCH, "1") == "0" or any(k in os.environ for k in USER_SETTINGS):
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
