@@ -232,6 +232,44 @@ def test_index_channels_and_channel_selection(coord_cache):
         np.testing.assert_array_equal(img[2:], want_idx)
 
 
+def test_photometric_gains_act_on_physical_values(coord_cache):
+    root, scenes, _ = coord_cache
+    stats = compute_stats(root, mode="image", progress=False)
+    kw = dict(size=16, length=400, augment=False, indices=["NBR2", "ND:A1:A2"])
+    plain = PatchDataset(root, sorted(scenes), stats, **kw)
+    ds = PatchDataset(root, sorted(scenes), stats, photometric=0.2, **kw)
+    assert plain.plan(3).gains is None
+    logs = []
+    for i in range(400):
+        plan = ds.plan(i)
+        assert plan.gains is not None and len(plan.gains) == len(CHANNELS)
+        logs.append(np.log(plan.gains))
+        p0 = plain.plan(i)  # same window and symmetry: the gains are drawn last
+        assert (p0.scene, p0.row0, p0.col0, p0.transform) == (
+            plan.scene,
+            plan.row0,
+            plan.col0,
+            plan.transform,
+        )
+        if i < 6:
+            image_id = ds.image_ids[plan.scene]
+            phys = read_window(scenes[image_id], plan.row0, plan.col0, 16).astype(np.float32)
+            phys *= np.asarray(plan.gains, np.float32)[:, None, None]
+            mean, std = lookup(stats, image_id)
+            img = ds[i]["image"].numpy()
+            np.testing.assert_allclose(img[:7], normalize(phys, mean, std), rtol=1e-5, atol=1e-5)
+            want_idx = compute_indices(phys, CHANNELS, ["NBR2", "ND:A1:A2"])
+            np.testing.assert_allclose(img[7:], want_idx, rtol=1e-5, atol=1e-6)
+    logs = np.array(logs)
+    # Log-gains: mean 0, std 0.2 per band, correlation 0.5 between bands (half shared).
+    assert np.abs(logs.mean(axis=0)).max() < 0.04
+    np.testing.assert_allclose(logs.std(axis=0), 0.2, rtol=0.15)
+    corr = np.corrcoef(logs.T)[np.triu_indices(len(CHANNELS), 1)]
+    assert 0.35 < corr.mean() < 0.65
+    # Deterministic per (seed, rank, epoch, index).
+    assert ds.plan(5) == PatchDataset(root, sorted(scenes), stats, photometric=0.2, **kw).plan(5)
+
+
 def test_load_scene_matches_patches(coord_cache):
     root, scenes, _ = coord_cache
     stats = compute_stats(root, mode="region", progress=False)
@@ -257,6 +295,8 @@ def test_bad_settings_raise_config_errors(coord_cache):
     ids = sorted(scenes)
     with pytest.raises(ConfigError, match=r"rare-class share 1\.5"):
         PatchDataset(root, ids, identity_stats(), rare_share=1.5)
+    with pytest.raises(ConfigError, match=r"photometric augmentation 1\.5"):
+        PatchDataset(root, ids, identity_stats(), photometric=1.5)
     with pytest.raises(ConfigError, match="rare class 11"):
         PatchDataset(root, ids, identity_stats(), rare_classes=(2, 11))
     with pytest.raises(ConfigError, match="training scene 6999_0_0 is not in the cache"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import itertools
 import json
 import os
 import signal
@@ -119,6 +120,10 @@ def tiny_config(**train: object) -> Config:
 
 def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / f"{which}.pt")["model"]
+
+
+def train_history(run: Path) -> list[dict]:
+    return json.loads((run / "metrics.json").read_text())["epochs"]
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -336,6 +341,53 @@ def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path: Path) -> None:
     assert_same_weights(weights(tmp_path / "full"), weights(run))
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
     assert [r["val_mean"] for r in resumed.history] == [r["val_mean"] for r in full.history]
+
+
+def test_weight_average_follows_the_ema_recurrence(tmp_path: Path) -> None:
+    decay = 0.6
+    config = tiny_config(ema=decay, checkpoint_every=1)
+    run = tmp_path / "run"
+    seen: list[tuple[dict, dict, int]] = []
+
+    def record(step: int, info: dict) -> None:
+        ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
+        assert ckpt["step"] == step
+        seen.append((ckpt["model"], ckpt["ema"], ckpt["ema_count"]))
+
+    result = train(config, run, progress=False, data=toy_data(config), callback=record)
+    assert [count for _, _, count in seen] == [1, 2, 3, 4, 5, 6]
+    floats = [k for k, v in seen[0][0].items() if v.is_floating_point()]
+    assert any("running_mean" in k for k in floats)  # BatchNorm statistics are averaged too
+    assert_same_weights({k: seen[0][0][k] for k in floats}, {k: seen[0][1][k] for k in floats})
+    for (_, prev, _), (raw, avg, _) in itertools.pairwise(seen):
+        for k in floats:
+            torch.testing.assert_close(avg[k], decay * prev[k] + (1 - decay) * raw[k])
+    assert not torch.equal(seen[-1][0][floats[0]], seen[-1][1][floats[0]])
+    # The average is the run's model: what load_model gives and what training returns.
+    model, _, _ = load_model(run, "latest")
+    assert_same_weights(model.state_dict(), seen[-1][1])
+    assert_same_weights(result.model.state_dict(), seen[-1][1])
+    # best.pt holds the average of its step, chosen by validating the average.
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert_same_weights(best["ema"], seen[best["step"] - 1][1])
+
+
+def test_resume_with_weight_averaging_is_exact(tmp_path: Path) -> None:
+    config = tiny_config(ema=0.9, checkpoint_every=0)
+    full = train(config, tmp_path / "full", progress=False, data=toy_data(config))
+
+    def interrupt(step: int, info: dict) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "stopped"
+    assert train(config, run, progress=False, data=toy_data(config), callback=interrupt).steps == 3
+    train(None, run, resume=True, progress=False, data=toy_data(config))
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert a["ema_count"] == b["ema_count"] == 6
+    assert_same_weights(a["ema"], b["ema"])
+    assert [r["val_mean"] for r in train_history(run)] == [r["val_mean"] for r in full.history]
 
 
 def test_time_budget_stops_and_validates(tmp_path: Path) -> None:

@@ -114,6 +114,10 @@ class TrainConfig:
     crosses it; the cosine schedule then follows elapsed time as well as steps."""
     lr: float = 3e-3
     """Adam learning rate at the top of the schedule."""
+    ema: float = 0.0
+    """Decay per optimizer step of an exponential moving average of the weights and
+    BatchNorm statistics; validation, ``best.pt`` and prediction then use the average (about
+    the last ``1 / (1 - ema)`` steps). 0: none."""
     weight_decay: float = 0.0
     """AdamW weight decay (0: plain Adam)."""
     schedule: str = "cosine"
@@ -130,6 +134,9 @@ class TrainConfig:
     """Share of patches centred on a pixel of a rare class."""
     augment: bool = True
     """Random flips, transposes and 90-degree rotations."""
+    photometric: float = 0.0
+    """Random per-band gains: standard deviation of their log, half shared by all bands, half
+    per band (another acquisition's brightness and colour cast); 0: none."""
     threads: int = 0
     """``torch.set_num_threads`` on CPU; 0: torch's default."""
     workers: int = 0
@@ -350,6 +357,7 @@ def validate(config: Config) -> None:
     if lo.class_weights:
         _check(sum(lo.class_weights) > 0, "loss.class_weights", "must not all be 0", 0)
     multiple = 2**m.depth
+    _check(0.0 <= t.ema < 1.0, "train.ema", "must be in [0, 1)", t.ema)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(t.accumulate >= 1, "train.accumulate", "must be >= 1", t.accumulate)
     _check(t.steps >= 0, "train.steps", "must be >= 0", t.steps)
@@ -375,6 +383,7 @@ def validate(config: Config) -> None:
         t.patch_size,
     )
     _check(0.0 <= t.rare_share <= 1.0, "train.rare_share", "must be in [0, 1]", t.rare_share)
+    _check(0.0 <= t.photometric <= 1.0, "train.photometric", "must be in [0, 1]", t.photometric)
     _check(t.threads >= 0, "train.threads", "must be >= 0", t.threads)
     _check(t.workers >= 0, "train.workers", "must be >= 0", t.workers)
     _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}", t.device)

@@ -302,6 +302,9 @@ class PatchPlan:
     """The rare class the window was placed on (1-based), None for a uniform window."""
     pixel: tuple[int, int] | None
     """``(row, col)`` of that class's pixel on the scene grid, None for a uniform window."""
+    gains: tuple[float, ...] | None = None
+    """Photometric gain of each cache channel (physical values are multiplied by it before
+    normalisation and indices), None for none."""
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -320,6 +323,9 @@ class PatchDataset(torch.utils.data.Dataset):
         rare_share: share of patches placed on a rare-class pixel, in [0, 1].
         jitter: how far (share of S) the rare pixel may lie from the window centre, [0, 0.5).
         augment: apply a random one of the 8 symmetries of the square.
+        photometric: standard deviation of the log of a random gain applied to each band's
+            physical values (half shared by all bands, half per band: brightness and colour
+            cast of another acquisition); 0: none. Indices see the same gains.
         indices: spectral index channels to append (:mod:`spectraseg.indices`).
         channels: cache channels to use, in this order; None uses all.
         data_root: dataset root to rasterise missing masks from; None requires the masks.
@@ -344,6 +350,7 @@ class PatchDataset(torch.utils.data.Dataset):
         rare_share: float = 0.5,
         jitter: float = 0.25,
         augment: bool = True,
+        photometric: float = 0.0,
         indices: Sequence[str] = (),
         channels: Sequence[str] | None = None,
         data_root: str | os.PathLike[str] | None = None,
@@ -357,6 +364,8 @@ class PatchDataset(torch.utils.data.Dataset):
             raise ConfigError(f"rare-class share {rare_share} must be in [0, 1]")
         if not 0.0 <= jitter < 0.5:
             raise ConfigError(f"rare-pixel jitter {jitter} must be in [0, 0.5)")
+        if not 0.0 <= photometric <= 1.0:
+            raise ConfigError(f"photometric augmentation {photometric} must be in [0, 1]")
         for c in rare_classes:
             if not 1 <= int(c) <= NUM_CLASSES:
                 raise ConfigError(f"rare class {c} is not in 1..{NUM_CLASSES}")
@@ -376,6 +385,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.rare_share = float(rare_share)
         self.jitter = float(jitter)
         self.augment = bool(augment)
+        self.photometric = float(photometric)
         self.scale, self.offset = scale_offset(opened)
 
         known = set(opened.image_ids)
@@ -531,7 +541,12 @@ class PatchDataset(torch.utils.data.Dataset):
             row0 = int(rng.integers(h)) - half
             col0 = int(rng.integers(w)) - half
         transform = int(rng.integers(8)) if self.augment else 0
-        return PatchPlan(s, row0, col0, transform, cls, pixel)
+        gains = None
+        if self.photometric > 0:
+            z = rng.standard_normal(len(self.cache_channels) + 1)
+            log_gain = self.photometric * (z[0] + z[1:]) / np.sqrt(2.0)
+            gains = tuple(float(g) for g in np.exp(log_gain))
+        return PatchPlan(s, row0, col0, transform, cls, pixel, gains)
 
     def sample(self, plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
         """The (image float32 (C, S, S), mask uint8 (10, S, S)) arrays of a plan."""
@@ -539,18 +554,22 @@ class PatchDataset(torch.utils.data.Dataset):
         raw = read_window(img, plan.row0, plan.col0, self.size)
         lab = read_window(mask, plan.row0, plan.col0, self.size)
         out = np.empty((self.in_channels, self.size, self.size), dtype=np.float32)
+        scale, offset = self.scale, self.offset
+        if plan.gains is not None:
+            # Gains act on physical values: convert first, then normalise those.
+            gains = np.asarray(plan.gains, dtype=np.float32)[:, None, None]
+            raw = (raw * np.float32(scale) + np.float32(offset)) * gains
+            scale, offset = 1.0, 0.0
         normalize(
             raw[self._select],
             self._mean[plan.scene],
             self._std[plan.scene],
-            self.scale,
-            self.offset,
+            scale,
+            offset,
             out=out[: len(self._select)],
         )
         if self._plans:
-            phys = (
-                raw if (self.scale, self.offset) == (1.0, 0.0) else raw * self.scale + self.offset
-            )
+            phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
             out[len(self._select) :] = compute_plans(phys, self._plans)
         if plan.transform:
             out = dihedral(out, plan.transform)

@@ -20,7 +20,9 @@ hold tensors and Python primitives only (RNG states as uint8/int64 tensors). Key
 ``format``, ``version``, ``step``, ``epoch``, ``model``, ``optimizer``, ``scaler``,
 ``in_channels``, ``config`` (the TOML text), ``rng`` (one entry per rank), ``elapsed``
 (training seconds so far), ``best`` (score, step, epoch), ``epoch_acc`` (sums of the current
-epoch) and ``history`` (the metric rows so far).
+epoch) and ``history`` (the metric rows so far); with ``train.ema``, also ``ema`` (the
+averaged weights and BatchNorm statistics, what :func:`load_model` returns) and
+``ema_count`` (steps averaged).
 
 **Accumulation** (the seed's scheme): zero the gradients, run ``train.accumulate``
 forward/backward passes, each on a freshly sampled batch of ``train.batch_size`` with its
@@ -77,6 +79,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
@@ -141,7 +144,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     """The metric rows (as in ``metrics.json``)."""
     model: nn.Module | None = None
-    """The trained model with its final weights (not the best), unwrapped from DDP."""
+    """The trained model with its final weights (not the best; with ``train.ema`` the final
+    average), unwrapped from DDP."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -300,7 +304,8 @@ def load_model(
     ckpt = load_checkpoint(path)
     config = _config_of_checkpoint(ckpt, str(path))
     model = build_model(config, int(ckpt["in_channels"]))
-    model.load_state_dict(ckpt["model"])
+    # With weight averaging the average is the run's model; the raw weights are for resuming.
+    model.load_state_dict(ckpt["ema"] if "ema" in ckpt else ckpt["model"])
     model.eval()
     dev = torch.device(device) if device is not None else torch.device("cpu")
     model.to(dev)
@@ -742,6 +747,15 @@ def _train(
     optimizer = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     amp = bool(t.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda") if amp else None
+    ema: AveragedModel | None = None
+    if t.ema > 0:
+        # A copy of the model (same device and memory format) whose parameters and buffers
+        # follow the EMA of the trained ones; the first update copies them.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+        if ckpt is not None and "ema" in ckpt:
+            ema.module.load_state_dict(ckpt["ema"])
+            ema.n_averaged.fill_(int(ckpt["ema_count"]))
+    averaged: nn.Module = ema.module if ema is not None else model
     loss_fn = build_loss(config.loss).to(device)
 
     total = config.total_steps
@@ -796,6 +810,11 @@ def _train(
                 "best": best,
                 "epoch_acc": acc,
                 "history": history,
+                **(
+                    {"ema": ema.module.state_dict(), "ema_count": int(ema.n_averaged)}
+                    if ema is not None
+                    else {}
+                ),
             },
         )
 
@@ -817,7 +836,7 @@ def _train(
         due = final or (t.val_every > 0 and epoch % t.val_every == 0)
         improved = False
         if validating and due:
-            row.update(validate(model, data, config, device, progress=progress))
+            row.update(validate(averaged, data, config, device, progress=progress))
             score = row["val_mean"]
             if best["score"] is None or score > best["score"]:
                 best = {"score": score, "step": step, "epoch": epoch}
@@ -871,6 +890,8 @@ def _train(
             )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            if ema is not None:
+                ema.update_parameters(model)
             dt = time.perf_counter() - t0
             step += 1
             acc["loss"] += s.loss
@@ -923,7 +944,7 @@ def _train(
     if world > 1:
         # DDP keeps parameters in step but each rank's last forward updated its own
         # BatchNorm statistics: adopt rank 0's (the ones its checkpoints hold).
-        for buf in model.buffers():
+        for buf in (*model.buffers(), *averaged.buffers()):
             dist.broadcast(buf, src=0)
     if is_main and not validating and latest_path.is_file():
         # Without validation "best" is simply the last model.
@@ -942,7 +963,7 @@ def _train(
         interrupted=interrupted,
         seconds=elapsed,
         history=history,
-        model=model,
+        model=averaged,
     )
 
 
@@ -1045,6 +1066,7 @@ def prepare_data(
         rank=rank,
         rare_share=t.rare_share,
         augment=t.augment,
+        photometric=t.photometric,
         indices=d.indices,
         progress=progress and rank == 0,
     )
