@@ -944,7 +944,8 @@ def _train(
     if world > 1:
         # DDP keeps parameters in step but each rank's last forward updated its own
         # BatchNorm statistics: adopt rank 0's (the ones its checkpoints hold).
-        for buf in (*model.buffers(), *averaged.buffers()):
+        modules = (model,) if averaged is model else (model, averaged)
+        for buf in (b for m in modules for b in m.buffers()):
             dist.broadcast(buf, src=0)
     if is_main and not validating and latest_path.is_file():
         # Without validation "best" is simply the last model.
