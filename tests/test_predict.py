@@ -23,6 +23,7 @@ from spectraseg.predict import (
     _level,
     class_histograms,
     jaccard_curves,
+    plan_workers,
     predict_probs,
     predict_run,
     quantize,
@@ -35,6 +36,9 @@ from spectraseg.predict import (
 )
 
 torch.set_num_threads(1)
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 
 
 class Constant(torch.nn.Module):
@@ -133,6 +137,40 @@ def test_pixelwise_model_reproduces_known_function() -> None:
     for tta in (False, True):
         got = predict_probs(conv, image, tile=48, margin=8, batch=5, tta=tta)
         np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_amp_is_ignored_on_cpu() -> None:
+    image = np.random.default_rng(3).normal(size=(3, 70, 50)).astype(np.float32)
+    conv = pixelwise(3)
+    np.testing.assert_array_equal(
+        predict_probs(conv, image, tile=32, margin=4, device="cpu", amp=True),
+        predict_probs(conv, image, tile=32, margin=4, device="cpu"),
+    )
+
+
+@needs_cuda
+@pytest.mark.parametrize("tta", [False, True])
+def test_cuda_matches_cpu(tta: bool) -> None:
+    """The same network on the GPU (float32, and float16 autocast) as on the CPU."""
+    from spectraseg.model import UNet
+
+    torch.manual_seed(0)
+    net = UNet(5, 10, width=8, depth=2).eval()
+    image = np.random.default_rng(4).normal(size=(5, 150, 130)).astype(np.float32)
+    want = predict_probs(net, image, tile=64, margin=8, batch=3, tta=tta, device="cpu")
+    got = predict_probs(net.cuda(), image, tile=64, margin=8, batch=3, tta=tta)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    half = predict_probs(net, image, tile=64, margin=8, batch=3, tta=tta, amp=True)
+    np.testing.assert_allclose(half, want, atol=5e-3)
+    assert not np.array_equal(half, got)  # autocast did run in float16
+
+
+def test_workers_default_to_this_process_on_cuda() -> None:
+    assert plan_workers(None, None, 5, gpu=True) == 0
+    assert plan_workers(3, None, 5, gpu=True) == 3
+    assert plan_workers(None, None, 1) == 0
+    assert plan_workers(None, "tcp://x:1", 5, gpu=True) == 0
 
 
 def test_read_only_and_integer_inputs(tmp_path) -> None:
@@ -410,6 +448,11 @@ def test_predict_cli_and_errors(trained, capsys) -> None:
     error(["--thresholds", "1=0.5"], "must give all 10 classes")
     error(["--tile", "62", "--workers", "0"], "multiple of the model's 2**depth")
     error(["--min-area", "x=3"], "is not CLASS=VALUE")
+    error(["--device", "tpu", "--workers", "0"], "--device must be auto, cpu, cuda or cuda:K")
+    if not CUDA:
+        error(
+            ["--device", "cuda", "--workers", "0"], "--device is 'cuda' but CUDA is not available"
+        )
 
 
 def test_predict_on_a_local_dask_cluster_matches_serial(trained) -> None:
@@ -425,6 +468,21 @@ def test_predict_on_a_local_dask_cluster_matches_serial(trained) -> None:
         b = np.load(scene_paths(dask, i)["probs"])
         np.testing.assert_array_equal(a, b)
     assert (serial / "predictions.csv").read_text() == (dask / "predictions.csv").read_text()
+
+
+@needs_cuda
+def test_predict_run_on_cuda_matches_cpu(trained) -> None:
+    thr = {c: 0.5 for c in range(1, 11)}
+    cpu = _predict(trained, trained["base"] / "pred_cpu", thresholds=thr,
+                   options=PredictOptions(device="cpu"))  # fmt: skip
+    gpu = _predict(trained, trained["base"] / "pred_gpu", thresholds=thr)
+    assert gpu.options["device"] == "cuda:0" and cpu.options["device"] == "cpu"
+    assert not gpu.failed and len(gpu.scenes) == 4
+    for s in gpu.scenes:
+        a = np.load(scene_paths(trained["base"] / "pred_cpu", s["image_id"])["probs"])
+        b = np.load(scene_paths(trained["base"] / "pred_gpu", s["image_id"])["probs"])
+        # uint8 levels: float16 autocast moves a few by one level at most.
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
 
 
 def test_blend_levels_mixes_per_class() -> None:

@@ -65,3 +65,34 @@ def test_tuning_is_left_to_the_user_when_asked(monkeypatch: pytest.MonkeyPatch) 
     assert _probe("tune", MALLOC_TRIM_THRESHOLD_="131072") == ["True", "False"]
     monkeypatch.setenv("SPECTRASEG_TUNE_MEMORY", "0")
     assert tune_memory() is False
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_resolve_device_names_and_errors() -> None:
+    import torch
+
+    from spectraseg.errors import ConfigError
+    from spectraseg.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == (torch.device("cuda", 0) if _cuda() else torch.device("cpu"))
+    for bad in ("tpu", "cpu:0", "cuda:x", "cuda:", "CUDA"):
+        message = rf"--device must be auto, cpu, cuda or cuda:K, got '{bad}'"
+        with pytest.raises(ConfigError, match=message):
+            resolve_device(bad, what="--device")
+    if _cuda():
+        n = torch.cuda.device_count()
+        assert resolve_device("cuda") == torch.device("cuda", 0)
+        assert resolve_device("cuda", local_rank=n + 1) == torch.device("cuda", (n + 1) % n)
+        assert resolve_device("cuda:0") == torch.device("cuda", 0)
+        with pytest.raises(ConfigError, match=rf"only {n} CUDA device"):
+            resolve_device(f"cuda:{n}")
+    else:
+        for name in ("cuda", "cuda:0"):
+            with pytest.raises(ConfigError, match=f"train.device is '{name}' but CUDA is not"):
+                resolve_device(name)

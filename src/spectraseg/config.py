@@ -30,10 +30,10 @@ from typing import Any
 
 from spectraseg import NUM_CLASSES
 from spectraseg.errors import ConfigError
+from spectraseg.runtime import DEVICES
 
 NORM_MODES: tuple[str, ...] = ("image", "region", "dataset")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

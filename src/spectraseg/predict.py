@@ -43,6 +43,7 @@ from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.geometry import EMPTY
 from spectraseg.io import atomic_output, check_image_id, write_text_atomic, write_wkt_csv
 from spectraseg.parallel import Job, Runner, describe, open_runner
+from spectraseg.runtime import resolve_device
 from spectraseg.vectorize import DEFAULT_DECIMALS, DEFAULT_TOLERANCE, masks_to_polygons
 
 # --------------------------------------------------------------------------- tiling
@@ -213,6 +214,7 @@ def predict_probs(
     progress: bool = False,
     channels_last: bool = True,
     multiple: int | None = None,
+    amp: bool = False,
 ) -> np.ndarray:
     """Class probabilities of a whole scene by tiled inference.
 
@@ -235,6 +237,8 @@ def predict_probs(
             convolutions then run about 2x faster, and the model needs no conversion).
         multiple: the model's input size divisor; default ``model.multiple`` if it has one.
             When known, the last row and column of tiles shrink to what the scene needs.
+        amp: on CUDA, run the model under float16 autocast (as training does with
+            ``train.amp``); the sigmoid and the blending stay float32. Ignored on CPU.
 
     Returns:
         float32 ``(num_classes, H, W)``: sigmoid of the logits, in [0, 1].
@@ -265,6 +269,7 @@ def predict_probs(
     # On CPU without TTA, logits go straight to the output and the sigmoid runs there.
     fused = len(transforms) == 1 and dev.type == "cpu"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=amp and dev.type == "cuda")
     was_training = model.training
     model.eval()
     bar = None
@@ -273,7 +278,7 @@ def predict_probs(
 
         bar = tqdm(total=len(ys) * len(xs), desc="tiles", unit="tile", leave=False)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             for (th, tw), positions in by_shape.items():
                 # One input buffer per tile shape, reused: a fresh allocation this large
                 # is mmap-ed and page-faulted anew on every batch (~15 ms per 40 MB).
@@ -492,7 +497,11 @@ class PredictOptions:
     margin: int | None = None
     batch: int | None = None
     tta: bool | None = None
-    device: str = "cpu"
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:K``; resolved where the
+    scene is predicted (on a Dask worker, that worker's devices)."""
+    amp: bool | None = None
+    """float16 autocast on CUDA (None: the run's ``train.amp``); ignored on CPU."""
     tolerance: float = DEFAULT_TOLERANCE
     decimals: int = DEFAULT_DECIMALS
     threads: int | None = None
@@ -502,8 +511,10 @@ class PredictOptions:
     in :func:`scene_paths`), e.g. to compare the two."""
 
 
-def resolve_options(options: PredictOptions, config: Any) -> PredictOptions:
-    """Fill the ``None`` fields of ``options`` from ``config.predict``."""
+def resolve_options(options: PredictOptions, config: Any, here: bool = True) -> PredictOptions:
+    """Fill the ``None`` fields of ``options`` from ``config.predict`` (``amp`` from
+    ``config.train``) and, with ``here``, resolve ``device`` on this machine (ConfigError
+    for ``cuda`` without CUDA)."""
     p = config.predict
     return replace(
         options,
@@ -511,6 +522,8 @@ def resolve_options(options: PredictOptions, config: Any) -> PredictOptions:
         margin=p.margin if options.margin is None else options.margin,
         batch=p.batch if options.batch is None else options.batch,
         tta=p.tta if options.tta is None else options.tta,
+        amp=config.train.amp if options.amp is None else options.amp,
+        device=str(resolve_device(options.device, what="--device")) if here else options.device,
     )
 
 
@@ -529,6 +542,7 @@ def scene_levels(model: torch.nn.Module, image: np.ndarray, options: PredictOpti
         batch=options.batch,
         tta=bool(options.tta),
         device=options.device,
+        amp=bool(options.amp),
     )
     return quantize(probs)
 
@@ -667,11 +681,13 @@ def _checkpoint_file(run_dir: str | os.PathLike[str], which: str) -> Path:
 def cached_model(run_dir: str | os.PathLike[str], which: str, device: str) -> tuple[Any, Any, Any]:
     """``load_model(run_dir, which, device)``, loaded once per process (per Dask worker).
 
-    Keyed by the checkpoint's path and modification time, so a rewritten checkpoint is
-    reloaded; only the last model is kept.
+    ``device`` as :attr:`PredictOptions.device` (``auto`` resolved here). Keyed by the
+    checkpoint's path and modification time, so a rewritten checkpoint is reloaded; only
+    the last model is kept.
     """
     from spectraseg.train import load_model
 
+    device = str(resolve_device(device, what="--device"))
     ckpt = _checkpoint_file(run_dir, which)
     mtime = ckpt.stat().st_mtime_ns if ckpt.is_file() else 0
     key = (str(Path(run_dir).resolve()), which, str(device), mtime)
@@ -915,11 +931,13 @@ def validation_scenes(config: Any) -> list[str]:
 # --------------------------------------------------------------------------- running many scenes
 
 
-def plan_workers(workers: int | None, scheduler: str | None, jobs: int) -> int:
+def plan_workers(workers: int | None, scheduler: str | None, jobs: int, gpu: bool = False) -> int:
     """Local worker processes to start: 0 runs in this process.
 
     ``workers`` None (the default) starts a local cluster of ``min(jobs, cpu_count)``
-    single-threaded workers when there is more than one scene, else runs in-process.
+    single-threaded workers when there is more than one scene, else runs in-process; with
+    ``gpu`` (the scenes are predicted on CUDA) it runs in-process, so that one process
+    feeds the GPU instead of one CUDA context per core.
     """
     if workers is not None and scheduler is not None:
         raise ConfigError("give either --workers or --scheduler, not both")
@@ -928,6 +946,8 @@ def plan_workers(workers: int | None, scheduler: str | None, jobs: int) -> int:
     if scheduler is not None:
         return 0
     if workers is None:
+        if gpu:
+            return 0
         n = min(jobs, os.cpu_count() or 1)
         return n if n > 1 else 0
     return workers
@@ -1118,7 +1138,7 @@ def predict_run(
         out_dir: the prediction directory ``PRED`` (layout: :func:`scene_paths`).
         image_ids: scenes to predict (default: every scene of ``data_root``).
         workers: local Dask worker processes (0: in this process; None: one per core, up
-            to the number of scenes, in-process for a single scene).
+            to the number of scenes, in-process for a single scene or on CUDA).
         scheduler: address of an existing Dask scheduler (its workers must see the same
             paths).
         cache_dir: the fused cache for these scenes (default: the run's ``data.cache`` when
@@ -1138,7 +1158,8 @@ def predict_run(
     run = Path(run_dir)
     out = Path(out_dir)
     model, config, _stats = cached_model(run, options.checkpoint, "cpu")
-    options = resolve_options(options, config)
+    # Local workers resolve the device as this process does; a scheduler's workers their own.
+    options = resolve_options(options, config, here=scheduler is None)
     assert options.tile is not None and options.margin is not None
     multiple = int(getattr(model, "multiple", 1))
     del model
@@ -1221,7 +1242,8 @@ def predict_run(
         else {c: float(a) for c, a in enumerate(cfg_area, start=1)}
     )
 
-    n_workers = plan_workers(workers, scheduler, len(ids) + len(tune_scenes))
+    gpu = options.device.startswith("cuda")
+    n_workers = plan_workers(workers, scheduler, len(ids) + len(tune_scenes), gpu)
     align = align_dataset(
         ds.root,
         cache_dir,

@@ -19,6 +19,9 @@ instead of 2.31 GB; whole-scene prediction is unchanged at 1.9 GB). Skipped with
 ``SPECTRASEG_TUNE_MEMORY=0`` (glibc's defaults), where the user set any of
 ``MALLOC_MMAP_MAX_``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``, and on
 systems without glibc.
+
+:func:`resolve_device` turns the ``auto``/``cpu``/``cuda`` setting of training and
+prediction into a torch device.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported lazily: tune_memory must run before it loads
+    import torch
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -49,3 +56,30 @@ def tune_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
+
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str, local_rank: int = 0, what: str = "train.device") -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda`` -> a torch device.
+
+    ``cuda`` (and ``auto`` with CUDA) gives GPU ``local_rank % device_count``; ``cuda:K`` a
+    given GPU. ``what`` names the setting in errors. Raises ConfigError for an unknown name,
+    for ``cuda`` without CUDA and for a GPU index out of range.
+    """
+    import torch
+
+    from spectraseg.errors import ConfigError
+
+    base, sep, index = name.partition(":")
+    if base not in DEVICES or (sep and (base != "cuda" or not index.isdigit())):
+        raise ConfigError(f"{what} must be auto, cpu, cuda or cuda:K, got {name!r}")
+    if base == "cpu" or (base == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{what} is {name!r} but CUDA is not available")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ConfigError(f"{what} is {name!r} but there are only {count} CUDA device(s)")
+    return torch.device("cuda", int(index) if index else local_rank % count)

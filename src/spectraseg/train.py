@@ -88,6 +88,7 @@ from spectraseg.errors import ConfigError, DataError
 from spectraseg.io import atomic_output
 from spectraseg.losses import BCEJaccardLoss, build_loss
 from spectraseg.model import UNet
+from spectraseg.runtime import resolve_device
 
 CHECKPOINT_FORMAT = "spectraseg-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -149,15 +150,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``/``cpu``/``cuda`` -> a device; ConfigError for ``cuda`` without CUDA."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device' is 'cuda' but CUDA is not available")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def build_model(config: Config, in_channels: int) -> UNet:
@@ -450,6 +442,7 @@ def validate(
             margin=p.margin,
             batch=p.batch,
             device=device,
+            amp=config.train.amp,
         )
         area = data.pixel_area(image_id) if data.pixel_area is not None else 1.0
         counts[n] = mask_counts(probs >= thr, truth) * area
@@ -648,7 +641,9 @@ def train(
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl collectives use the current device
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # NCCL needs a GPU per process; more processes than GPUs share them through gloo.
+        nccl = device.type == "cuda" and world <= torch.cuda.device_count()
+        dist.init_process_group("nccl" if nccl else "gloo")
         own_group = True
     is_main = rank == 0
     was_deterministic = torch.are_deterministic_algorithms_enabled()

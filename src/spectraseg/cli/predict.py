@@ -71,7 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="per-class minimum polygon area in pixels (default: predict.min_area)",
     )
     p.add_argument("--tolerance", type=float, help="simplification tolerance in pixels")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available, the default), cpu, cuda or cuda:K; on CUDA the "
+        "scenes are predicted in this process unless --workers or --scheduler says otherwise",
+    )
     p.add_argument("--threads", type=int, help="torch threads per process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
