@@ -158,7 +158,12 @@ def test_cuda_matches_cpu(tta: bool) -> None:
     net = UNet(5, 10, width=8, depth=2).eval()
     image = np.random.default_rng(4).normal(size=(5, 150, 130)).astype(np.float32)
     want = predict_probs(net, image, tile=64, margin=8, batch=3, tta=tta, device="cpu")
-    got = predict_probs(net.cuda(), image, tile=64, margin=8, batch=3, tta=tta)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions round to 10-bit mantissas
+    try:
+        got = predict_probs(net.cuda(), image, tile=64, margin=8, batch=3, tta=tta)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=1e-4)
     half = predict_probs(net, image, tile=64, margin=8, batch=3, tta=tta, amp=True)
@@ -546,7 +551,7 @@ def test_pixel_model_is_blended_per_class(trained, tmp_path, mode: str) -> None:
     image_id = report.scenes[0]["image_id"]
     image = load_scene(trained["cache"], image_id, stats, config.data.indices)
     opts = resolve_options(PredictOptions(), config)
-    unet, pixel = _scene_levels_of_run(str(run), model, image, opts)
+    unet, pixel = _scene_levels_of_run(str(run), model.to(opts.device), image, opts)
     assert pixel is not None
     written = np.load(tmp_path / "pred" / "probs" / f"{image_id}.npy")
     np.testing.assert_array_equal(written, blend_levels(unet, pixel, report.blend))

@@ -9,6 +9,7 @@ seconds. Run as a script, this file is also the worker the SIGKILL and DDP tests
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import itertools
@@ -16,6 +17,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +127,7 @@ def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k].cpu(), b[k].cpu()), k
 
 
 # --------------------------------------------------------------------------- accumulation
@@ -156,13 +158,26 @@ def test_accumulated_batches_equal_one_big_batch() -> None:
     assert gsum > 0
 
 
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """float32 convolutions and matrix products in full precision on CUDA (TF32 is on by
+    default there and rounds their inputs to 10-bit mantissas); no effect on CPU."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 def test_training_loop_accumulation_matches_a_big_batch(tmp_path: Path) -> None:
     """The loop with accumulate=3, batch 4 sees the same 12 patches per step as batch 12."""
-    common = ["model.norm=group", "model.groups=2", "loss.jaccard_mode=sample"]
+    common = ["model.norm=group", "model.groups=2", "loss.jaccard_mode=sample", "train.amp=false"]
     small = tiny_config(steps=3, accumulate=3, batch_size=4).replace(common)
     big = tiny_config(steps=3, accumulate=1, batch_size=12).replace(common)
-    ra = train(small, tmp_path / "a", progress=False, data=toy_data(small))
-    rb = train(big, tmp_path / "b", progress=False, data=toy_data(big))
+    with no_tf32():
+        ra = train(small, tmp_path / "a", progress=False, data=toy_data(small))
+        rb = train(big, tmp_path / "b", progress=False, data=toy_data(big))
     assert ra.model is not None and rb.model is not None
     sa, sb = ra.model.state_dict(), rb.model.state_dict()
     for k in sa:
@@ -261,7 +276,9 @@ def test_run_directory_and_checkpoints(tmp_path: Path) -> None:
 
 
 def test_training_learns_the_toy_classes(tmp_path: Path) -> None:
-    config = tiny_config(epochs=4, steps_per_epoch=50, lr=0.02)
+    # On the CPU, where the scores below were measured: float16 steps on CUDA take another
+    # path through this tiny problem (class 5: 0.57 seen on an H200).
+    config = tiny_config(epochs=4, steps_per_epoch=50, lr=0.02, device="cpu")
     config = config.replace(["loss.jaccard_mode=present"])
     result = train(config, tmp_path / "run", progress=False, data=toy_data(config))
     first, last = result.history[0], result.history[-1]

@@ -66,8 +66,8 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    w0 = torch.load(out / "rank0.pt", weights_only=True)
-    w1 = torch.load(out / "rank1.pt", weights_only=True)
+    w0 = torch.load(out / "rank0.pt", weights_only=True, map_location="cpu")
+    w1 = torch.load(out / "rank1.pt", weights_only=True, map_location="cpu")
     assert_same_weights(w0, w1)
     # Training moved the weights, and rank 0 wrote what every rank holds.
     init = UNet(CHANNELS, width=4, depth=2)
