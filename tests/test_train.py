@@ -291,6 +291,18 @@ def test_training_learns_the_toy_classes(tmp_path: Path) -> None:
     assert result.best_score == best["val_mean"]
 
 
+def test_best_checkpoint_is_chosen_on_the_selected_score(tmp_path: Path) -> None:
+    config = tiny_config(epochs=4, select="val_mean_tuned")
+    result = train(config, tmp_path / "run", progress=False, data=toy_data(config))
+    scores = [row["val_mean_tuned"] for row in result.history]
+    first_best = scores.index(max(scores))
+    assert result.best_score == max(scores)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert saved["step"] == result.history[first_best]["step"]
+    with pytest.raises(ConfigError, match=r"'train\.select' must be one of val_mean"):
+        tiny_config(select="val_loss")
+
+
 class ThresholdNet(torch.nn.Module):
     """Predicts every class as ``channel 0 > 0.5`` (logits +-10): class 1 of the toy truth."""
 

@@ -34,6 +34,7 @@ from spectraseg.runtime import DEVICES
 
 NORM_MODES: tuple[str, ...] = ("image", "region", "dataset")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+SELECT: tuple[str, ...] = ("val_mean", "val_mean_tuned")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ class TrainConfig:
     """Write ``checkpoints/latest.pt`` every this many steps (and at epoch ends); 0: epochs only."""
     val_every: int = 1
     """Validate every this many epochs (and at the end); 0: only at the end."""
+    select: str = "val_mean"
+    """Validation score that picks ``best.pt``: ``val_mean`` (mean Jaccard at
+    ``predict.thresholds``) or ``val_mean_tuned`` (each class at its best threshold on the
+    validation scenes, as prediction later tunes them)."""
 
 
 @dataclass(frozen=True)
@@ -389,6 +394,7 @@ def validate(config: Config) -> None:
     _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}", t.device)
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", t.checkpoint_every)
     _check(t.val_every >= 0, "train.val_every", "must be >= 0", t.val_every)
+    _check(t.select in SELECT, "train.select", f"must be one of {', '.join(SELECT)}", t.select)
     _check(
         p.tile >= multiple and p.tile % multiple == 0,
         "predict.tile",

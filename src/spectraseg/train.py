@@ -832,7 +832,7 @@ def _train(
         improved = False
         if validating and due:
             row.update(validate(averaged, data, config, device, progress=progress))
-            score = row["val_mean"]
+            score = row[t.select]
             if best["score"] is None or score > best["score"]:
                 best = {"score": score, "step": step, "epoch": epoch}
                 improved = True
