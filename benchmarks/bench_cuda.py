@@ -93,7 +93,7 @@ def bench_steps(steps: int) -> None:
 
 
 def bench_e2e(steps: int) -> None:
-    from spectraseg.config import Config
+    from bench_train import loop_config  # this folder: the same loop as the CPU benchmark
     from spectraseg.fusion import align_dataset
     from spectraseg.synth import synthesize
     from spectraseg.train import train
@@ -107,18 +107,15 @@ def bench_e2e(steps: int) -> None:
             align_dataset(root / "data", root / "cache", progress=False)
         for batch, size in ((4, 128), (16, 256)):
             for workers in (0, 4):
-                config = Config().replace(
+                config = loop_config(
+                    root,
+                    steps,
                     [
-                        f"data.root={root / 'data'}",
-                        f"data.cache={root / 'cache'}",
-                        "data.val_fraction=0",
-                        f"train.steps={steps}",
-                        f"train.steps_per_epoch={steps}",
                         f"train.batch_size={batch}",
                         f"train.patch_size={size}",
                         f"train.workers={workers}",
                         f"train.device={DEVICE}",
-                    ]
+                    ],
                 )
                 run = root / f"run_{batch}_{size}_{workers}"
                 result = train(config, run, progress=False)

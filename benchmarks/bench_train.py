@@ -105,13 +105,29 @@ def peak_memory(accumulate: int, channels: int, steps: int, threads: int, batch:
     return float(json.loads(out.strip().splitlines()[-1])["peak_mib"])
 
 
+def loop_config(root, steps: int, overrides: list[str]):
+    """The default config on the synthetic dataset under ``root`` (``data``, ``cache``):
+    ``steps`` steps in one epoch, no validation, plus ``overrides``."""
+    from spectraseg.config import Config
+
+    return Config().replace(
+        [
+            f"data.root={root / 'data'}",
+            f"data.cache={root / 'cache'}",
+            "data.val_fraction=0",
+            f"train.steps={steps}",
+            f"train.steps_per_epoch={steps}",
+            *overrides,
+        ]
+    )
+
+
 def end_to_end(steps: int, threads: int) -> dict:
     """``train()`` with the default config on a small synthetic dataset (synth + align):
     patches/s of the whole loop (sampling, normalisation, steps; validation excluded)."""
     import tempfile
     from pathlib import Path
 
-    from spectraseg.config import Config
     from spectraseg.fusion import align_dataset
     from spectraseg.synth import synthesize
     from spectraseg.train import train
@@ -120,16 +136,7 @@ def end_to_end(steps: int, threads: int) -> dict:
         root = Path(tmp)
         synthesize(root / "data", 8, (512, 512), seed=0, progress=False)
         align_dataset(root / "data", root / "cache", progress=False)
-        config = Config().replace(
-            [
-                f"data.root={root / 'data'}",
-                f"data.cache={root / 'cache'}",
-                "data.val_fraction=0",
-                f"train.steps={steps}",
-                f"train.steps_per_epoch={steps}",
-                f"train.threads={threads}",
-            ]
-        )
+        config = loop_config(root, steps, [f"train.threads={threads}"])
         result = train(config, root / "run", progress=False)
         row = result.history[-1]
         return {"steps": result.steps, "patches_per_s": row["patches_per_s"]}
