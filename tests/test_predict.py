@@ -310,7 +310,7 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
     th = details["thresholds"]
     assert th[1] == pytest.approx(0.3) and details["jaccard"][1] == pytest.approx(1.0)
     assert th[2] == pytest.approx(0.85) and details["jaccard"][2] == pytest.approx(1.0)
-    assert th[3] == 0.5 and not details["tuned"][3]
+    assert th[3] == pytest.approx(DEFAULT_GRID[-1]) and not details["tuned"][3]
     assert th[4] == pytest.approx(0.05)
     # No threshold finds a true pixel: the highest one, fewest false positives.
     assert details["jaccard"][5] == 0.0 and details["tuned"][5]

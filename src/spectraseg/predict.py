@@ -438,8 +438,8 @@ def tune_thresholds(
 
     Returns:
         ``{class: threshold}`` for classes 1..10. Ties go to the lowest threshold, except
-        that a class no threshold gets right (Jaccard 0 at every threshold) gets the highest;
-        a class with no true pixel in any scene cannot be tuned and gets 0.5.
+        that a class no threshold gets right (Jaccard 0 at every threshold) gets the highest,
+        and so does a class with no true pixel in any scene (it cannot be tuned).
     """
     return tune_details(probs_list, truth_masks_list, grid, weights)["thresholds"]
 
@@ -467,10 +467,12 @@ def _choose(pos: np.ndarray, neg: np.ndarray, grid: Sequence[float]) -> dict[str
     curves = jaccard_curves(pos, neg, grid)
     tuned = pos.sum(1) > 0
     best = curves.argmax(1)  # first maximum: the lowest threshold among ties
-    # A class that no threshold gets right (Jaccard 0 everywhere): the highest threshold,
-    # the fewest false positives, not the lowest, which would paint the most.
+    # A class that no threshold gets right (Jaccard 0 everywhere), or that has no true pixel
+    # to calibrate on: the highest threshold, the fewest false positives, not the lowest,
+    # which would paint the most. (On dstl-lite's folds an untuned class at 0.5 painted false
+    # positives in test scenes without it and never a hit.)
     best[curves.max(1) <= 0.0] = len(grid) - 1
-    thresholds = {k + 1: (float(grid[best[k]]) if tuned[k] else 0.5) for k in range(pos.shape[0])}
+    thresholds = {k + 1: float(grid[best[k]]) for k in range(pos.shape[0])}
     jac = {k + 1: float(curves[k, best[k]]) if tuned[k] else 0.0 for k in range(pos.shape[0])}
     return {
         "thresholds": thresholds,
