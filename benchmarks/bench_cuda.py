@@ -51,20 +51,17 @@ def _sync() -> None:
 def bench_steps(steps: int) -> None:
     import torch
 
-    from spectraseg.config import Config
-    from spectraseg.losses import build_loss
-    from spectraseg.train import accumulation_step, build_model
+    from bench_train import _setup  # this folder: the model and optimizer of the CPU benchmark
+    from spectraseg.train import accumulation_step
 
     dev = torch.device(DEVICE)
     log("1. training steps, default model, 20 channels, channels-last, Adam (patches/s)")
     for batch, size in ((4, 128), (16, 128), (64, 128), (16, 256), (32, 256)):
         row = []
         for amp in (DEVICE == "cuda", False):
-            config = Config().replace([f"train.batch_size={batch}", f"train.patch_size={size}"])
             torch.manual_seed(0)
-            model = build_model(config, C).to(dev, memory_format=torch.channels_last)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            loss = build_loss(config.loss)
+            overrides = [f"train.batch_size={batch}", f"train.patch_size={size}"]
+            _config, model, opt, loss = _setup(overrides, C, DEVICE)
             scaler = torch.amp.GradScaler(DEVICE) if amp else None
             g = torch.Generator().manual_seed(0)
             data = [

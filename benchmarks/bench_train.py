@@ -42,7 +42,8 @@ def _batches(n: int, channels: int, size: int, seed: int = 0):
         }
 
 
-def _setup(overrides: list[str], channels: int):
+def _setup(overrides: list[str], channels: int, device: str = "cpu"):
+    """Config, model (on ``device``, channels-last when the config says so), Adam, loss."""
     import torch
 
     from spectraseg.config import Config
@@ -50,7 +51,7 @@ def _setup(overrides: list[str], channels: int):
     from spectraseg.train import build_model
 
     config = Config().replace(overrides)
-    model = build_model(config, channels)
+    model = build_model(config, channels).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.train.lr)
