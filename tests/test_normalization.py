@@ -14,6 +14,7 @@ from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.normalization import (
     MIN_STD,
     Moments,
+    complete_stats,
     compute_stats,
     extend_stats,
     load_stats,
@@ -221,6 +222,28 @@ def test_extend_stats_adds_new_scenes_only(cache):
     assert mean.tolist() == np.float32(more["image"]["6110_3_1"]["mean"]).tolist()
     with pytest.raises(ConfigError, match="scene 6999_0_0 is not in the cache"):
         extend_stats(stats, root, ["6999_0_0"], progress=False)
+
+
+def test_complete_stats_fills_only_missing_scope_entries(cache):
+    root, scenes = cache
+    region = compute_stats(root, ["6010_0_0", "6040_2_2"], mode="region", progress=False)
+    asked = ["6010_1_4", "6110_3_1", "6040_2_2"]
+    done, computed = complete_stats(region, root, asked, progress=False)
+    # Only the region the statistics lack is computed, from the request's scenes of it.
+    assert computed == {"6110": ["6110_3_1"]}
+    check_entry(done["region"]["6110"], valid_pixels(scenes, ["6110_3_1"]))
+    assert done["region"]["6010"] == region["region"]["6010"]
+    assert done["dataset"] == region["dataset"]
+    image = with_mode(region, "image")
+    done, computed = complete_stats(image, root, asked, progress=False)
+    assert computed == {"6010_1_4": ["6010_1_4"], "6110_3_1": ["6110_3_1"]}
+    check_entry(done["image"]["6010_1_4"], valid_pixels(scenes, ["6010_1_4"]))
+    dataset = with_mode(region, "dataset")
+    assert complete_stats(dataset, root, asked, progress=False) == (dataset, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every scene now has its own scope's entry
+        for i in asked:
+            lookup(done, i)
 
 
 def test_scale_and_offset_give_physical_statistics(tmp_path):

@@ -584,3 +584,94 @@ def test_filled_tiles_equal_reflect_padded_slices(
             _fill_tile(image, dst, y, x, margin, ry, rx, channels_last)
             got = dst.transpose(2, 0, 1) if channels_last else dst
             np.testing.assert_array_equal(got, want)
+
+
+def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
+    """A scene of a region the run never saw gets region statistics computed from the
+    request, not the dataset fallback: the same probabilities as when that region's
+    statistics had been in the run beforehand."""
+    import shutil
+
+    from spectraseg.config import Config
+    from spectraseg.errors import SpectrasegWarning
+    from spectraseg.fusion import align_dataset
+    from spectraseg.io import region_of
+    from spectraseg.normalization import extend_stats, load_stats, save_stats
+    from spectraseg.synth import synthesize
+    from spectraseg.train import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ids = synthesize(
+            tmp_path / "data", scenes=5, size=(192, 192), seed=3, regions=3, progress=False
+        )
+        regions = sorted({region_of(i) for i in ids})
+        new = [i for i in ids if region_of(i) == regions[-1]]
+        seen = [i for i in ids if i not in new]
+        align_dataset(tmp_path / "data", tmp_path / "cache", image_ids=seen, progress=False)
+        cfg = Config().replace(
+            [
+                f"data.root={tmp_path / 'data'}",
+                f"data.cache={tmp_path / 'cache'}",
+                "data.val_fraction=0",
+                "model.width=4",
+                "model.depth=2",
+                "train.patch_size=32",
+                "train.batch_size=2",
+                "train.steps_per_epoch=2",
+                "train.epochs=1",
+                "train.threads=1",
+                "predict.tile=64",
+                "predict.margin=8",
+            ]
+        )
+        train(cfg, tmp_path / "run", progress=False)
+    assert regions[-1] not in load_stats(tmp_path / "run" / "stats.json")["region"]
+    thr = {c: 0.5 for c in range(1, 11)}
+    data = tmp_path / "data"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SpectrasegWarning)
+        report = predict_run(
+            tmp_path / "run",
+            data,
+            tmp_path / "pred",
+            image_ids=new,
+            workers=0,
+            thresholds=thr,
+            progress=False,
+        )
+    assert not report.failed
+    # No scene fell back to the dataset statistics.
+    assert not [w for w in caught if "statistics" in str(w.message)], caught
+    assert report.normalization["mode"] == "region"
+    assert report.normalization["computed"] == {regions[-1]: new}
+    written = json.loads((tmp_path / "pred" / "predict.json").read_text())
+    assert written["normalization"]["computed"] == {regions[-1]: new}
+    used = load_stats(tmp_path / "pred" / "stats.json")
+    assert regions[-1] in used["region"]
+
+    # The same region's statistics computed beforehand, by hand, in a copy of the run.
+    shutil.copytree(tmp_path / "run", tmp_path / "run2")
+    before = extend_stats(
+        load_stats(tmp_path / "run" / "stats.json"), tmp_path / "cache", new, progress=False
+    )
+    assert before["region"][regions[-1]] == used["region"][regions[-1]]
+    save_stats(before, tmp_path / "run2" / "stats.json")
+    again = predict_run(
+        tmp_path / "run2",
+        data,
+        tmp_path / "pred2",
+        image_ids=new,
+        workers=0,
+        thresholds=thr,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+    )
+    assert again.normalization["computed"] == {}
+    for i in new:
+        a = np.load(scene_paths(tmp_path / "pred", i)["probs"])
+        b = np.load(scene_paths(tmp_path / "pred2", i)["probs"])
+        np.testing.assert_array_equal(a, b)
+    # Without the completion the scene would be normalised differently (the old fallback).
+    run_stats = load_stats(tmp_path / "run" / "stats.json")
+    assert run_stats["dataset"]["mean"] != used["region"][regions[-1]]["mean"]

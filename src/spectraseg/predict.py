@@ -789,20 +789,22 @@ def predict_scene_task(
     min_area: Mapping[int, float],
     options: PredictOptions,
     blend: Mapping[int, float] | None = None,
+    stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predict one cached scene and write its outputs (run by Dask workers or in-process).
 
     ``blend`` (per-class U-Net weights) mixes in the run's pixel model, when it has one;
-    None uses the U-Net alone. The written probabilities are the blended ones.
+    None uses the U-Net alone. The written probabilities are the blended ones. ``stats``
+    normalises the scene (None: the run's ``stats.json``).
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
     (per class, squared grid units) and ``parts`` (per class polygon count).
     """
     t0 = time.perf_counter()
     _set_threads(options.threads)
-    model, config, stats = cached_model(run_dir, options.checkpoint, options.device)
+    model, config, run_stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
-    image = _load_input(cache_dir, image_id, model, config, stats)
+    image = _load_input(cache_dir, image_id, model, config, run_stats if stats is None else stats)
     if blend is not None:
         levels, pixel = _scene_levels_of_run(run_dir, model, image, opts)
         if pixel is not None:
@@ -968,6 +970,9 @@ class PredictReport:
     threshold_source: str = ""
     min_area: dict[int, float] = field(default_factory=dict)
     tuning: dict[str, Any] | None = None
+    normalization: dict[str, Any] = field(default_factory=dict)
+    """``mode`` (the run's scope), ``computed`` (per new image or region entry, the scenes
+    of this request it was computed from) and ``stats`` (the file holding what was used)."""
     blend: dict[int, float] | None = None
     """Per-class U-Net weight of the blend with the run's pixel model (None: U-Net alone)."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -986,6 +991,7 @@ class PredictReport:
             "blend": {str(k): v for k, v in self.blend.items()} if self.blend else None,
             "min_area_px": {str(k): v for k, v in self.min_area.items()},
             "options": self.options,
+            "normalization": self.normalization,
             "seconds": self.seconds,
             "scenes": self.scenes,
             "tuning": self.tuning,
@@ -1159,7 +1165,7 @@ def predict_run(
     t0 = time.perf_counter()
     run = Path(run_dir)
     out = Path(out_dir)
-    model, config, _stats = cached_model(run, options.checkpoint, "cpu")
+    model, config, run_stats = cached_model(run, options.checkpoint, "cpu")
     # Local workers resolve the device as this process does; a scheduler's workers their own.
     options = resolve_options(options, config, here=scheduler is None)
     assert options.tile is not None and options.margin is not None
@@ -1255,6 +1261,8 @@ def predict_run(
         progress=progress,
     )
     status = {s.image_id: s for s in align.scenes}
+    aligned = [i for i in ids if i not in status or status[i].status != "failed"]
+    stats = _request_stats(run_stats, cache_dir, aligned, out, report, progress)
     with open_runner(n_workers, scheduler) as runner:
         if tune_scenes:
             doc = _tune_run(runner, run, config, options, tune_scenes, progress)
@@ -1286,6 +1294,7 @@ def predict_run(
                 report.min_area,
                 opts,
                 report.blend,
+                stats,
             )
             jobs.append((i, args))
         with tqdm(total=len(jobs), desc="predict", unit="scene", disable=not progress) as bar:
@@ -1302,6 +1311,35 @@ def predict_run(
     report.seconds = time.perf_counter() - t0
     write_text_atomic(out / "predict.json", json.dumps(report.to_dict(), indent=1) + "\n")
     return report
+
+
+def _request_stats(
+    run_stats: Mapping[str, Any] | None,
+    cache_dir: Path,
+    image_ids: Sequence[str],
+    out: Path,
+    report: PredictReport,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """The run's statistics completed for the scenes to predict, saved as ``PRED/stats.json``.
+
+    Scenes of a region (or, in ``image`` mode, scenes) the run's statistics lack get an
+    entry computed from this request's scenes (:func:`~spectraseg.normalization.complete_stats`),
+    so they are normalised in the scope the model was trained in; ``report.normalization``
+    records which.
+    """
+    from spectraseg.normalization import complete_stats, save_stats
+
+    if run_stats is None or not image_ids:
+        return None
+    stats, computed = complete_stats(run_stats, cache_dir, image_ids, progress=progress)
+    save_stats(stats, out / "stats.json")
+    report.normalization = {
+        "mode": stats.get("mode", "dataset"),
+        "computed": computed,
+        "stats": str(out / "stats.json"),
+    }
+    return stats
 
 
 def write_predictions_csv(out_dir: str | os.PathLike[str], image_ids: Sequence[str]) -> Path:

@@ -123,6 +123,12 @@ def run(args: argparse.Namespace) -> int:
     ok = [s for s in report.scenes if s["status"] == "ok"]
     print(f"predicted {len(ok)} of {len(report.scenes)} scene(s) in {report.seconds:.1f} s")
     print(f"thresholds: {report.threshold_source}")
+    computed = report.normalization.get("computed")
+    if computed:
+        print(
+            f"normalisation: {report.normalization['mode']} statistics of "
+            f"{', '.join(sorted(computed))} (new to the run) computed from the scenes predicted"
+        )
     for c, t in sorted(report.thresholds.items()):
         print(f"  {c:>2} {CLASS_NAMES[c]:<26} {t:.2f}")
     if report.predictions is not None:
