@@ -4,14 +4,14 @@
 
 Needs CUDA (exits with a one-line message without it). On the first GPU:
 
-1. **Training steps** (forward, backward, Adam; ``spectraseg.train.accumulation_step``) of
+1. **Training steps** (forward, backward, Adam; ``spectraseg.training.loop.accumulation_step``) of
    the default model (``configs/default.toml``: width 16, depth 4, 20 input channels) on
    random data: patches/s at the default batch (4 x 128 px) and at larger batches and
    patches, with float16 autocast (``train.amp``, the default) and without.
-2. **The whole training loop** (``spectraseg.train.train`` on a small synthetic dataset:
+2. **The whole training loop** (``spectraseg.training.loop.train`` on a small synthetic dataset:
    patch sampling, normalisation and augmentation on the CPU, steps on the GPU), with
    ``train.workers`` 0 and 4 loader processes, at the default batch and at 16 x 256 px.
-3. **Whole-scene prediction** (``spectraseg.predict.predict_probs``) of a full-size
+3. **Whole-scene prediction** (``spectraseg.inference.tiling.predict_probs``) of a full-size
    3348 x 3392 x 20 scene at several tile and batch sizes, float16 autocast and float32:
    seconds per scene and efficiency (scene px/s over the model's px/s on one batch of
    the same shape, timed alone), and peak GPU memory.
@@ -52,7 +52,7 @@ def bench_steps(steps: int) -> None:
     import torch
 
     from bench_train import _setup  # this folder: the model and optimizer of the CPU benchmark
-    from spectraseg.train import accumulation_step
+    from spectraseg.training.step import accumulation_step
 
     dev = torch.device(DEVICE)
     log("1. training steps, default model, 20 channels, channels-last, Adam (patches/s)")
@@ -91,9 +91,9 @@ def bench_steps(steps: int) -> None:
 
 def bench_e2e(steps: int) -> None:
     from bench_train import loop_config  # this folder: the same loop as the CPU benchmark
-    from spectraseg.fusion import align_dataset
-    from spectraseg.synth import synthesize
-    from spectraseg.train import train
+    from spectraseg.align.fusion import align_dataset
+    from spectraseg.data.synth import synthesize
+    from spectraseg.training.loop import train
 
     log("2. whole training loop on 8 synthetic 512 px scenes (patches/s, validation excluded)")
     with tempfile.TemporaryDirectory(prefix="bench_cuda_") as tmp:
@@ -123,8 +123,8 @@ def bench_e2e(steps: int) -> None:
 def bench_predict(rounds: int) -> None:
     import torch
 
-    from spectraseg.model import UNet
-    from spectraseg.predict import predict_probs
+    from spectraseg.inference.tiling import predict_probs
+    from spectraseg.models.unet import UNet
 
     dev = torch.device(DEVICE)
     log("3. whole-scene prediction, 3348 x 3392 x 20, margin 16")

@@ -1,11 +1,11 @@
 """Training-data loader: patches/s against a training step's appetite, and memory vs scenes.
 
-Measures, on a cache built from synthetic data (``spectraseg.synth``, aligned by
-``spectraseg.fusion``: 20 channels R,G,B,P,M1..M8,A1..A8, uint16, with label masks):
+Measures, on a cache built from synthetic data (``spectraseg.data.synth``, aligned by
+``spectraseg.align.fusion``: 20 channels R,G,B,P,M1..M8,A1..A8, uint16, with label masks):
 
-1. loader throughput, patches/s: :class:`spectraseg.sampling.PatchDataset` items in one
+1. loader throughput, patches/s: :class:`spectraseg.features.patches.PatchDataset` items in one
    process, and through a ``DataLoader`` with 2 worker processes (batches of 4);
-2. the training step of the default U-Net (:class:`spectraseg.model.UNet`, width 16,
+2. the training step of the default U-Net (:class:`spectraseg.models.unet.UNet`, width 16,
    depth 4, BCE + soft Jaccard, Adam, channels-last) in patches/s, and the ratio;
 3. resident memory after drawing patches from caches of growing numbers of scenes, each in
    a fresh process: anonymous memory (heap) and file-backed pages (memory-mapped cache,
@@ -31,10 +31,10 @@ import numpy as np
 
 
 def make_cache(tmp: Path, n: int, h: int, w: int, seed: int = 0) -> tuple[Path, list[str]]:
-    """A synthetic dataset (``spectraseg.synth``) aligned into a cache, with label masks."""
-    from spectraseg.fusion import align_dataset
-    from spectraseg.sampling import build_masks
-    from spectraseg.synth import synthesize
+    """A synthetic dataset (``spectraseg.data.synth``) aligned into a cache, with label masks."""
+    from spectraseg.align.fusion import align_dataset
+    from spectraseg.align.masks import build_masks
+    from spectraseg.data.synth import synthesize
 
     data, cache = tmp / f"data{seed}", tmp / f"cache{seed}"
     ids = synthesize(data, n, (h, w), seed, progress=False)
@@ -48,7 +48,7 @@ def make_cache(tmp: Path, n: int, h: int, w: int, seed: int = 0) -> tuple[Path, 
 
 
 def _dataset(root: Path, ids: list[str], stats: dict, args: argparse.Namespace, length: int):
-    from spectraseg.sampling import PatchDataset
+    from spectraseg.features.patches import PatchDataset
 
     return PatchDataset(
         root,
@@ -101,8 +101,8 @@ def bench_loader(root: Path, ids: list[str], stats: dict, args: argparse.Namespa
 def bench_train_step(in_channels: int, args: argparse.Namespace) -> dict:
     import torch
 
-    from spectraseg.losses import BCEJaccardLoss
-    from spectraseg.model import UNet
+    from spectraseg.models.losses import BCEJaccardLoss
+    from spectraseg.models.unet import UNet
 
     model = UNet(in_channels, 10, width=args.width, depth=args.depth)
     model = model.to(memory_format=torch.channels_last)
@@ -134,8 +134,8 @@ def rss_child(root: Path, n_scenes: int, patches: int, patch: int) -> None:
     """Print ``{"anon_mb", "file_mb", ...}`` after drawing patches from ``n_scenes`` scenes."""
     import torch
 
-    from spectraseg.normalization import compute_stats
-    from spectraseg.sampling import PatchDataset
+    from spectraseg.features.normalization import compute_stats
+    from spectraseg.features.patches import PatchDataset
 
     torch.set_num_threads(1)
 
@@ -191,7 +191,7 @@ def main() -> None:
 
     import torch
 
-    from spectraseg.normalization import compute_stats
+    from spectraseg.features.normalization import compute_stats
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:

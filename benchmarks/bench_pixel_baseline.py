@@ -4,8 +4,8 @@ Reproduces the per-pixel experiment that sets the real-data bar (GUIDE section 8
 dataset in the competition layout (default ``../shared/data/dstl-lite``, RGB + A) and scores
 it exactly as ``spectraseg demo --data`` scores itself, so the two numbers compare:
 
-- scenes registered and fused by :func:`spectraseg.fusion.align_dataset` (A bands resampled
-  to the RGB grid), label masks by :func:`spectraseg.sampling.build_masks`;
+- scenes registered and fused by :func:`spectraseg.align.fusion.align_dataset` (A bands resampled
+  to the RGB grid), label masks by :func:`spectraseg.align.masks.build_masks`;
 - 29 features per pixel (:func:`features`): the 11 channels, 12 band log-ratios, grey, its
   5 x 5 and 15 x 15 local mean and standard deviation, and its Sobel magnitude;
 - one sklearn ``HistGradientBoostingClassifier`` per class, trained on up to 20000 pixels
@@ -16,9 +16,9 @@ it exactly as ``spectraseg demo --data`` scores itself, so the two numbers compa
   baseline's protocol: slightly optimistic, as the thresholds see the scored scenes; the
   demo chooses its thresholds on validation scenes only);
 - the competition metric on pixel areas, intersections and unions summed over all scenes
-  (:func:`spectraseg.metrics.evaluate_masks`), i.e. the demo's pooled raster figure. Per-fold
-  means with other conventions for classes absent from a fold are printed too, because
-  they differ a lot on 20 scenes.
+  (:func:`spectraseg.evaluation.metrics.evaluate_masks`), i.e. the demo's pooled raster
+  figure. Per-fold means with other conventions for classes absent from a fold are printed
+  too, because they differ a lot on 20 scenes.
 
 Run: ``.venv/bin/python benchmarks/bench_pixel_baseline.py [--data DIR] [--no-ratios]``
 (about 4 minutes on 2 cores).
@@ -52,7 +52,7 @@ RATIOS = (
 
 def features(stack: np.ndarray, channels: list[str], ratios: bool = True) -> np.ndarray:
     """(F, H, W) float32 features of a fused (C, H, W) stack of digital numbers."""
-    from spectraseg.pixelmodel import grey_texture
+    from spectraseg.models.pixel import grey_texture
 
     x = stack.astype(np.float32)
     at = {c: x[i] for i, c in enumerate(channels)}
@@ -69,7 +69,7 @@ def fit_class(feats, masks, train, cls, per_scene, rng):
     """One classifier for class ``cls`` (0-based), or None when the class never occurs."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from spectraseg.pixelmodel import sample_pixels
+    from spectraseg.models.pixel import sample_pixels
 
     xs, ys = [], []
     for i in train:
@@ -98,11 +98,12 @@ def main() -> int:
         print(f"no dataset at {args.data}", file=sys.stderr)
         return 1
 
-    from spectraseg.demo import region_folds
-    from spectraseg.fusion import align_dataset, open_cache
-    from spectraseg.io import open_dataset
-    from spectraseg.metrics import evaluate_masks
-    from spectraseg.sampling import build_masks, mask_path
+    from spectraseg.align.cache import open_cache
+    from spectraseg.align.fusion import align_dataset
+    from spectraseg.align.masks import build_masks, mask_path
+    from spectraseg.data.dstl import open_dataset
+    from spectraseg.evaluation.metrics import evaluate_masks
+    from spectraseg.features.split import region_folds
 
     t0 = time.perf_counter()
     ds = open_dataset(args.data)

@@ -13,7 +13,7 @@ process is pinned to that many cores):
    float32 input, tiled inference, uint8 quantisation, thresholds, vectorisation) in a
    fresh process (``VmHWM``), first, before this process holds any scene; at the
    ``[predict]`` defaults unless ``--memory-tile`` says otherwise.
-2. **Inference** with :func:`spectraseg.predict.predict_probs` at several tile sizes and
+2. **Inference** with :func:`spectraseg.inference.tiling.predict_probs` at several tile sizes and
    batch sizes (margin 16). Efficiency = effective throughput / pure model throughput,
    defined exactly in :data:`EFFICIENCY` (printed with the figures): scene pixels per
    wall second of the call over the model's best pixels per second on any of the batches
@@ -30,7 +30,7 @@ process is pinned to that many cores):
    (mask -> polygons -> mask, per class over all scenes), vertices, and validity after
    rounding to the 8 decimals written to WKT. Everything runs in one thread.
 
-The model is :class:`spectraseg.model.UNet` (width 16, depth 4: the default config).
+The model is :class:`spectraseg.models.unet.UNet` (width 16, depth 4: the default config).
 """
 
 from __future__ import annotations
@@ -79,16 +79,16 @@ def build_model():
 
     torch.manual_seed(0)
     try:
-        from spectraseg.model import UNet
+        from spectraseg.models.unet import UNet
 
         return UNet(
             C, 10, width=16, depth=4
-        ).eval(), "spectraseg.model.UNet(20, 10, width=16, depth=4)"
+        ).eval(), "spectraseg.models.unet.UNet(20, 10, width=16, depth=4)"
     except ImportError:  # pragma: no cover - the model module is part of the package
         net = torch.nn.Sequential(
             torch.nn.Conv2d(C, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 10, 1)
         )
-        return net.eval(), "stand-in conv net (spectraseg.model missing)"
+        return net.eval(), "stand-in conv net (spectraseg.models.unet missing)"
 
 
 # --------------------------------------------------------------------------- inference
@@ -154,7 +154,7 @@ def pure_throughput(model, reps: int = 2) -> float:
 def bench_inference(threads: int, quick: bool, configs: list[tuple[int, int]], rounds: int) -> None:
     import torch
 
-    from spectraseg.predict import predict_probs, tile_layout
+    from spectraseg.inference.tiling import predict_probs, tile_layout
 
     torch.set_num_threads(threads)
     model, name = build_model()
@@ -214,13 +214,13 @@ def _scene_peak(threads: int, tile: int, batch: int, queue) -> None:
     """Child process: predict one full scene as ``spectraseg predict`` does; report RSS.
 
     Phase 1: the normalised float32 scene -> probabilities -> uint8 levels (then the scene
-    is freed, as in :func:`spectraseg.predict.predict_scene_task`). Phase 2: levels ->
+    is freed, as in :func:`spectraseg.inference.pipeline.predict_scene_task`). Phase 2: levels ->
     thresholds -> polygons. An untrained net's probabilities are noise around 0.5, so
     phase 2 uses the levels of a real scene's labels rasterised at full size instead.
     """
     import torch
 
-    from spectraseg.predict import PredictOptions, levels_to_polygons, scene_levels
+    from spectraseg.inference.scene import PredictOptions, levels_to_polygons, scene_levels
 
     torch.set_num_threads(threads)
     model, _ = build_model()
@@ -236,8 +236,8 @@ def _scene_peak(threads: int, tile: int, batch: int, queue) -> None:
     peak1 = rss()
     xmax, ymin = 0.0092, -0.009
     if (DATA / "grid_sizes.csv").is_file():
-        from spectraseg.geometry import rasterize_classes
-        from spectraseg.io import open_dataset
+        from spectraseg.data.dstl import open_dataset
+        from spectraseg.data.geometry import rasterize_classes
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -310,7 +310,7 @@ def reference_polygons(
     import shapely
     from shapely.geometry import MultiPolygon, Polygon
 
-    from spectraseg.geometry import pixel_scale
+    from spectraseg.data.geometry import pixel_scale
 
     h, w = mask.shape
     traced = _reference_rings(mask, epsilon)
@@ -370,8 +370,8 @@ def noisy(masks: np.ndarray, seed: int) -> np.ndarray:
 def bench_vectorize(n_scenes: int, reps: int = 3) -> None:
     import shapely
 
-    from spectraseg.geometry import rasterize_classes
-    from spectraseg.io import format_wkt, open_dataset
+    from spectraseg.data.dstl import format_wkt, open_dataset
+    from spectraseg.data.geometry import rasterize_classes
     from spectraseg.vectorize import DEFAULT_TOLERANCE, masks_to_polygons, trace_pixels
 
     if not (DATA / "grid_sizes.csv").is_file():

@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from spectraseg.align.cache import read_shifts
+from spectraseg.align.fusion import align_dataset, align_scene
+from spectraseg.align.registration import ecc_shift
+from spectraseg.data.dstl import open_dataset, product_path
 from spectraseg.errors import SpectrasegWarning
-from spectraseg.fusion import align_dataset, align_scene, read_shifts
-from spectraseg.io import open_dataset, product_path
-from spectraseg.registration import ecc_shift
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -62,7 +63,7 @@ def make_featureless(root: Path, image_id: str, products=("P", "M"), seed: int =
 
 
 def bench_synthetic(work: Path, scenes: int, size: tuple[int, int]) -> None:
-    from spectraseg.synth import synthesize
+    from spectraseg.data.synth import synthesize
 
     root = work / f"synth_{size[0]}"
     regions = max(1, scenes // 4)
@@ -147,7 +148,7 @@ def _run_align(args: list[str]) -> tuple[float, float, int]:
 
 
 def bench_full_size(work: Path) -> None:
-    from spectraseg.synth import synthesize
+    from spectraseg.data.synth import synthesize
 
     root = work / "full"
     t0 = time.perf_counter()
@@ -260,7 +261,7 @@ def write_figure(path: Path, image_id: str = "6150_2_3") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spectraseg.registration import ShiftRow
+    from spectraseg.align.registration import ShiftRow
 
     root = DATA / "dstl-lite"
     scene = open_dataset(root).scene(image_id)

@@ -28,7 +28,7 @@ def child(height: int, width: int, repeats: int) -> None:
     import tempfile
     import time
 
-    from spectraseg.synth import make_scene, synthesize
+    from spectraseg.data.synth import make_scene, synthesize
 
     make_scene("6010_0_0", 256, 256, 0)  # warm-up: imports, first-touch allocations
     mem_times, disk_times = [], []

@@ -5,8 +5,8 @@
 1. Throughput (patches/s) of optimizer steps (forward, backward, Adam) of the default model
    (``configs/default.toml``: width 16, depth 4, batch 4, 128 px patches, channels-last) on
    random data, plus variants (contiguous memory format, 256 px patches, group norm).
-   Then the whole loop (``spectraseg.train.train`` on a small synthetic dataset, patches
-   sampled, normalised and augmented by ``spectraseg.sampling``).
+   Then the whole loop (``spectraseg.training.loop.train`` on a small synthetic dataset, patches
+   sampled, normalised and augmented by ``spectraseg.features.patches``).
 2. Peak resident memory (``ru_maxrss``) of a fresh process running steps with
    ``train.accumulate=1`` and ``train.accumulate=16``: accumulation adds gradients in place,
    so the peak must stay within 10% (the batch of one forward/backward is the unit of memory).
@@ -47,8 +47,8 @@ def _setup(overrides: list[str], channels: int, device: str = "cpu"):
     import torch
 
     from spectraseg.config import Config
-    from spectraseg.losses import build_loss
-    from spectraseg.train import build_model
+    from spectraseg.models.losses import build_loss
+    from spectraseg.models.unet import build_model
 
     config = Config().replace(overrides)
     model = build_model(config, channels).to(device)
@@ -62,7 +62,7 @@ def throughput(overrides: list[str], channels: int, steps: int, warmup: int = 5)
     """Patches per second of full optimizer steps (accumulate=1) for a config variant."""
     import torch
 
-    from spectraseg.train import accumulation_step
+    from spectraseg.training.step import accumulation_step
 
     config, model, opt, loss = _setup(overrides, channels)
     t = config.train
@@ -80,7 +80,7 @@ def memory_child(accumulate: int, channels: int, steps: int, threads: int, batch
     """Run ``steps`` optimizer steps with ``accumulate`` micro-batches; print peak RSS (MiB)."""
     import torch
 
-    from spectraseg.train import accumulation_step
+    from spectraseg.training.step import accumulation_step
 
     torch.set_num_threads(threads)
     overrides = [f"train.accumulate={accumulate}", f"train.batch_size={batch}"]
@@ -129,9 +129,9 @@ def end_to_end(steps: int, threads: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from spectraseg.fusion import align_dataset
-    from spectraseg.synth import synthesize
-    from spectraseg.train import train
+    from spectraseg.align.fusion import align_dataset
+    from spectraseg.data.synth import synthesize
+    from spectraseg.training.loop import train
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = Path(tmp)

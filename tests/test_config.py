@@ -105,6 +105,8 @@ def test_override_parsing() -> None:
         ("loss.jaccard_mode=pixel", r"'loss.jaccard_mode' must be one of batch, present"),
         ("train.device=tpu", r"'train.device' must be one of auto, cpu, cuda"),
         ("data.val_fraction=1.0", r"'data.val_fraction' must be in \[0, 1\)"),
+        ("pixel.samples=1", r"config key 'pixel\.samples' must be >= 2, got 1$"),
+        ("pixel.blend=max", r"'pixel\.blend' must be one of average, tuned, got 'max'$"),
     ],
 )
 def test_bad_override_names_the_key(override: str, message: str) -> None:

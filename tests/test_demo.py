@@ -9,9 +9,10 @@ import warnings
 import pytest
 
 from spectraseg.cli import main
-from spectraseg.demo import DemoSettings, run_demo, split_three
+from spectraseg.data.dstl import read_sample_order, read_wkt_rows
+from spectraseg.demo import DemoSettings, run_demo
 from spectraseg.errors import ConfigError
-from spectraseg.io import read_sample_order, read_wkt_rows
+from spectraseg.features.split import split_three
 
 TINY = (
     "model.width=4",
@@ -119,7 +120,7 @@ def test_cli_refuses_too_few_scenes(tmp_path, capsys) -> None:
 
 
 def test_region_folds_partition_whole_groups() -> None:
-    from spectraseg.demo import cv_plans, region_folds
+    from spectraseg.features.split import cv_plans, region_folds
 
     ids = [
         f"{r}_{i}_0"
@@ -144,7 +145,7 @@ def test_fold_means_score_absent_classes_both_ways() -> None:
     import numpy as np
 
     from spectraseg.demo import fold_means
-    from spectraseg.metrics import Evaluation
+    from spectraseg.evaluation.metrics import Evaluation
 
     counts = np.zeros((3, 10, 3))
     counts[0, 0] = (1.0, 1.0, 0.0)  # scene a, class 1: J = 1/2

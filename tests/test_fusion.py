@@ -13,23 +13,21 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectraseg import fusion, parallel
-from spectraseg.cli import main
-from spectraseg.errors import ConfigError, DataError
-from spectraseg.fusion import (
+from spectraseg import parallel
+from spectraseg.align import fusion
+from spectraseg.align.cache import channels_of, entry_complete, open_cache, read_shifts
+from spectraseg.align.fusion import (
     align_dataset,
     align_scene,
-    channels_of,
-    entry_complete,
     fuse_images,
-    open_cache,
-    read_shifts,
     resample_band,
     valid_box,
     warp_matrix,
 )
-from spectraseg.io import open_dataset, product_path, write_grid_sizes
-from spectraseg.registration import ShiftRow, ecc_shift
+from spectraseg.align.registration import ShiftRow, ecc_shift
+from spectraseg.cli import main
+from spectraseg.data.dstl import open_dataset, product_path, write_grid_sizes
+from spectraseg.errors import ConfigError, DataError
 from test_registration import make_scene  # tests/ is on sys.path (rootdir conftest)
 
 # --------------------------------------------------------------------------- fixtures
@@ -442,7 +440,7 @@ def test_dstl_lite_a_registers_to_rgb_on_every_scene(dstl_lite, tmp_path) -> Non
 def synth_root(tmp_path_factory) -> Path:
     """Four synthetic scenes of one region (``spectraseg synth``), the last one made
     featureless in P and M (flat digital numbers plus sensor noise)."""
-    from spectraseg.synth import synthesize
+    from spectraseg.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("synth")
     ids = synthesize(root, scenes=4, size=(1200, 1200), seed=7, regions=1, progress=False)

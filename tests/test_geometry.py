@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
 
-from spectraseg.geometry import (
+from spectraseg.data.dstl import open_dataset
+from spectraseg.data.geometry import (
     geom_grid_to_pixel,
     geom_pixel_to_grid,
     grid_to_pixel,
@@ -18,7 +19,6 @@ from spectraseg.geometry import (
     repair,
     to_multipolygon,
 )
-from spectraseg.io import open_dataset
 
 sizes = st.integers(min_value=1, max_value=5000)
 xmaxes = st.floats(min_value=1e-4, max_value=1.0)

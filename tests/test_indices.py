@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from spectraseg.align.cache import CHANNEL_ORDER
 from spectraseg.errors import ConfigError, SpectrasegWarning
-from spectraseg.indices import (
+from spectraseg.features.indices import (
     available_indices,
     band_ratio_indices,
     compute_indices,
     normalized_difference,
     resolve_indices,
 )
-from spectraseg.normalization import CHANNEL_ORDER
 
 ALL = list(CHANNEL_ORDER)  # R,G,B,P,M1..M8,A1..A8
 LITE = ["R", "G", "B", *(f"A{i}" for i in range(1, 9))]

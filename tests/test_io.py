@@ -8,9 +8,7 @@ import pytest
 import tifffile
 from shapely.geometry import MultiPolygon, box
 
-from spectraseg.errors import DataError, SpectrasegWarning
-from spectraseg.io import (
-    atomic_output,
+from spectraseg.data.dstl import (
     check_image_id,
     format_wkt,
     open_dataset,
@@ -20,6 +18,8 @@ from spectraseg.io import (
     write_grid_sizes,
     write_wkt_csv,
 )
+from spectraseg.data.files import atomic_output
+from spectraseg.errors import DataError, SpectrasegWarning
 
 
 def make_root(tmp_path: Path, ids=("6010_0_0",), products=("RGB", "A")) -> Path:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spectraseg.config import LossConfig
-from spectraseg.losses import BCEJaccardLoss, build_loss, soft_jaccard
+from spectraseg.models.losses import BCEJaccardLoss, build_loss, soft_jaccard
 
 LN2 = math.log(2.0)
 

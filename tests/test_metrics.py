@@ -13,9 +13,9 @@ from shapely.geometry import MultiPolygon, box
 
 from spectraseg import CLASS_NAMES
 from spectraseg.cli import main
+from spectraseg.data.dstl import open_dataset, write_wkt_csv
 from spectraseg.errors import DataError
-from spectraseg.io import open_dataset, write_wkt_csv
-from spectraseg.metrics import (
+from spectraseg.evaluation.metrics import (
     EMPTY_UNION_SCORE,
     evaluate_masks,
     evaluate_polygons,

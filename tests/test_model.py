@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectraseg.model import UNet, count_parameters
+from spectraseg.models.unet import UNet, count_parameters
 
 torch.set_num_threads(1)
 

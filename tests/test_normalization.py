@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spectraseg.align.cache import open_cache_dir
 from spectraseg.cli import main
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
-from spectraseg.normalization import (
+from spectraseg.features.normalization import (
     MIN_STD,
     Moments,
     complete_stats,
@@ -20,7 +21,6 @@ from spectraseg.normalization import (
     load_stats,
     lookup,
     normalize,
-    open_cache_dir,
     save_stats,
     scene_moments,
     with_mode,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spectraseg.pixelmodel import PixelModel, feature_names, pixel_features, sample_pixels
+from spectraseg.models.pixel import PixelModel, feature_names, pixel_features, sample_pixels
 
 
 def test_features_shape_and_texture_values() -> None:

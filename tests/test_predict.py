@@ -13,27 +13,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectraseg.predict import (
+from spectraseg.evaluation.levels import level_of, quantize, threshold_masks
+from spectraseg.evaluation.thresholds import (
     DEFAULT_GRID,
-    DIHEDRAL,
-    PredictOptions,
-    _dihedral,
-    _dihedral_inverse,
-    _fill_tile,
-    _level,
     class_histograms,
     jaccard_curves,
-    plan_workers,
-    predict_probs,
-    predict_run,
-    quantize,
-    reflect_index,
-    scene_paths,
-    threshold_masks,
-    tile_layout,
     tune_details,
     tune_thresholds,
 )
+from spectraseg.features.windows import DIHEDRAL, dihedral, dihedral_inverse, reflect_index
+from spectraseg.inference.outputs import scene_paths
+from spectraseg.inference.pipeline import plan_workers, predict_run
+from spectraseg.inference.scene import PredictOptions
+from spectraseg.inference.tiling import _fill_tile, predict_probs, tile_layout
 
 torch.set_num_threads(1)
 
@@ -70,7 +62,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def test_reflect_index_matches_numpy_pad() -> None:
     for n in (1, 2, 3, 7):
         for pad in (0, 1, 5, 20):
-            got = reflect_index(n, -pad, n + pad)
+            got = reflect_index(-pad, n + 2 * pad, n)
             want = np.pad(np.arange(n), pad, mode="reflect") if n > 1 else np.zeros(n + 2 * pad)
             np.testing.assert_array_equal(got, want)
 
@@ -152,7 +144,7 @@ def test_amp_is_ignored_on_cpu() -> None:
 @pytest.mark.parametrize("tta", [False, True])
 def test_cuda_matches_cpu(tta: bool) -> None:
     """The same network on the GPU (float32, and float16 autocast) as on the CPU."""
-    from spectraseg.model import UNet
+    from spectraseg.models.unet import UNet
 
     torch.manual_seed(0)
     net = UNet(5, 10, width=8, depth=2).eval()
@@ -213,9 +205,9 @@ def test_tiles_equal_whole_scene_inference_within_margin() -> None:
 def test_dihedral_transforms_invert_and_are_distinct() -> None:
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
     seen = set()
-    for k, t in DIHEDRAL:
-        y = _dihedral(x, k, t)
-        assert torch.equal(_dihedral_inverse(y, k, t), x)
+    for k in range(len(DIHEDRAL)):
+        y = dihedral(x, k)
+        assert torch.equal(dihedral_inverse(y, k), x)
         seen.add(tuple(y[0, 0].flatten().tolist()))
     assert len(seen) == 8
 
@@ -244,7 +236,7 @@ def test_tta_averages_the_transformed_predictions() -> None:
     image = np.zeros((1, 16, 16), dtype=np.float32)
     got = predict_probs(Ramp(), image, tile=16, margin=0, tta=True)
     ramp = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16) / 256
-    maps = [_dihedral_inverse(torch.sigmoid(ramp), k, t) for k, t in DIHEDRAL]
+    maps = [dihedral_inverse(torch.sigmoid(ramp), k) for k in range(len(DIHEDRAL))]
     want = torch.stack(maps).mean(0)[0, 0].numpy()
     np.testing.assert_allclose(got[0], want, atol=1e-6)
 
@@ -300,11 +292,11 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
     truths = []
     for p in scenes:
         t = np.zeros(p.shape, np.uint8)
-        t[0] = quantize(p[:1])[0] >= _level(0.3)  # perfectly separable at 0.3
-        t[1] = quantize(p[1:2])[0] >= _level(0.85)
+        t[0] = quantize(p[:1])[0] >= level_of(0.3)  # perfectly separable at 0.3
+        t[1] = quantize(p[1:2])[0] >= level_of(0.85)
         t[2] = p[2] > 2  # never true: untunable
         t[3] = rng.random(p[3].shape) < 0.5  # noise: best is to predict everything
-        t[4] = quantize(p[4:5])[0] < _level(0.02)  # true only below every threshold
+        t[4] = quantize(p[4:5])[0] < level_of(0.02)  # true only below every threshold
         truths.append(t)
     details = tune_details(iter(scenes), iter(truths))
     th = details["thresholds"]
@@ -319,7 +311,7 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
 
 
 def test_jaccard_curves_match_the_metric_on_masks() -> None:
-    from spectraseg.metrics import mask_counts
+    from spectraseg.evaluation.metrics import mask_counts
 
     rng = np.random.default_rng(6)
     probs = quantize(rng.random((10, 30, 30)))
@@ -338,10 +330,10 @@ def test_jaccard_curves_match_the_metric_on_masks() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A synthetic dataset, its cache and a tiny trained run (about 3 s)."""
+    from spectraseg.align.fusion import align_dataset
     from spectraseg.config import Config
-    from spectraseg.fusion import align_dataset
-    from spectraseg.synth import synthesize
-    from spectraseg.train import train
+    from spectraseg.data.synth import synthesize
+    from spectraseg.training.loop import train
 
     base = tmp_path_factory.mktemp("predict")
     with warnings.catch_warnings():
@@ -375,8 +367,8 @@ def _predict(trained, out: Path, **kw):
 
 
 def test_predict_run_writes_every_output(trained) -> None:
-    from spectraseg.geometry import rasterize_classes
-    from spectraseg.io import read_grid_sizes, read_wkt_csv, read_wkt_rows
+    from spectraseg.data.dstl import read_grid_sizes, read_wkt_csv, read_wkt_rows
+    from spectraseg.data.geometry import rasterize_classes
 
     out = trained["base"] / "pred"
     opts = PredictOptions(tolerance=0.0)
@@ -491,7 +483,7 @@ def test_predict_run_on_cuda_matches_cpu(trained) -> None:
 
 
 def test_blend_levels_mixes_per_class() -> None:
-    from spectraseg.predict import blend_levels
+    from spectraseg.evaluation.levels import blend_levels
 
     unet = np.full((10, 2, 3), 200, np.uint8)
     pixel = np.full((10, 2, 3), 100, np.uint8)
@@ -508,11 +500,13 @@ def test_pixel_model_is_blended_per_class(trained, tmp_path, mode: str) -> None:
     prediction writes the blended probabilities."""
     import shutil
 
+    from spectraseg.align.cache import open_cache
     from spectraseg.config import load_config, to_toml
-    from spectraseg.fusion import open_cache
-    from spectraseg.pixelmodel import fit_run
-    from spectraseg.predict import BLEND_GRID, PredictOptions, blend_levels, read_thresholds
-    from spectraseg.train import load_model
+    from spectraseg.evaluation.levels import blend_levels
+    from spectraseg.evaluation.thresholds import BLEND_GRID
+    from spectraseg.inference.scene import PredictOptions
+    from spectraseg.runs import load_model, read_thresholds
+    from spectraseg.training.pixel import fit_run
 
     run = tmp_path / "run"
     shutil.copytree(trained["run"], run)
@@ -545,13 +539,14 @@ def test_pixel_model_is_blended_per_class(trained, tmp_path, mode: str) -> None:
     else:
         assert set(doc["blend"].values()) == {0.5}
     # Written probabilities are the blend of the two models' levels.
-    from spectraseg.predict import PredictOptions, _scene_levels_of_run, resolve_options
-    from spectraseg.sampling import load_scene
+    from spectraseg.features.patches import load_scene
+    from spectraseg.inference.scene import PredictOptions, resolve_options
+    from spectraseg.inference.tasks import run_levels
 
     image_id = report.scenes[0]["image_id"]
     image = load_scene(trained["cache"], image_id, stats, config.data.indices)
     opts = resolve_options(PredictOptions(), config)
-    unet, pixel = _scene_levels_of_run(str(run), model.to(opts.device), image, opts)
+    unet, pixel = run_levels(str(run), model.to(opts.device), image, opts)
     assert pixel is not None
     written = np.load(tmp_path / "pred" / "probs" / f"{image_id}.npy")
     np.testing.assert_array_equal(written, blend_levels(unet, pixel, report.blend))
@@ -576,7 +571,8 @@ def test_filled_tiles_equal_reflect_padded_slices(
     ys, xs = tile_layout(h, tile, margin), tile_layout(w, tile, margin)
     reach_y = max(y + s for y, s in ys) - margin
     reach_x = max(x + s for x, s in xs) - margin
-    ry, rx = reflect_index(h, -margin, reach_y), reflect_index(w, -margin, reach_x)
+    ry = reflect_index(-margin, reach_y + margin, h)
+    rx = reflect_index(-margin, reach_x + margin, w)
     for y, th in ys:
         for x, tw in xs:
             want = image[:, ry[y : y + th][:, None], rx[x : x + tw][None, :]]
@@ -592,13 +588,13 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
     statistics had been in the run beforehand."""
     import shutil
 
+    from spectraseg.align.fusion import align_dataset
     from spectraseg.config import Config
+    from spectraseg.data.dstl import region_of
+    from spectraseg.data.synth import synthesize
     from spectraseg.errors import SpectrasegWarning
-    from spectraseg.fusion import align_dataset
-    from spectraseg.io import region_of
-    from spectraseg.normalization import extend_stats, load_stats, save_stats
-    from spectraseg.synth import synthesize
-    from spectraseg.train import train
+    from spectraseg.features.normalization import extend_stats, load_stats, save_stats
+    from spectraseg.training.loop import train
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -675,3 +671,23 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
     # Without the completion the scene would be normalised differently (the old fallback).
     run_stats = load_stats(tmp_path / "run" / "stats.json")
     assert run_stats["dataset"]["mean"] != used["region"][regions[-1]]["mean"]
+
+
+def test_validation_tuned_score_is_what_predict_tunes(trained) -> None:
+    """Training's val_mean_tuned (the score train.select can pick best.pt by) and predict's
+    tuning come from the one tuner: same scenes, same model, same thresholds and score."""
+    from spectraseg.runs import read_split
+
+    run = trained["run"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    row = next(r for r in metrics["epochs"] if r["step"] == metrics["best"]["step"])
+    report = _predict(trained, trained["base"] / "pred_tuned", workers=0, thresholds="retune")
+    doc = report.tuning
+    assert doc is not None
+    split = read_split(run)
+    assert split is not None and doc["scenes"] == list(split.validation) != []
+    assert doc["mean_jaccard"] == row["val_mean_tuned"]
+    assert [doc["jaccard"][str(c)] for c in range(1, 11)] == row["val_jaccard_tuned"]
+    assert [doc["thresholds"][str(c)] for c in range(1, 11)] == row["val_thresholds_tuned"]
+    # At the config's thresholds, validation scores what predict's diagnostic scores.
+    assert doc["mean_jaccard_config"] == pytest.approx(row["val_mean"], abs=1e-12)

@@ -1,4 +1,4 @@
-"""Shift estimation, failure detection and fallbacks (spectraseg.registration)."""
+"""Shift estimation, failure detection and fallbacks (spectraseg.align.registration)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectraseg.errors import SpectrasegWarning
-from spectraseg.registration import (
+from spectraseg.align.registration import (
     DEFAULT_CONFIG,
     Estimate,
     ProductEstimate,
@@ -27,6 +26,7 @@ from spectraseg.registration import (
     resolve_shifts,
     snr,
 )
+from spectraseg.errors import SpectrasegWarning
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -13,20 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely.geometry import MultiPolygon, box
 
+from spectraseg.align.masks import build_masks
+from spectraseg.data.dstl import write_grid_sizes, write_wkt_csv
+from spectraseg.data.geometry import rasterize_classes
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
-from spectraseg.geometry import rasterize_classes
-from spectraseg.indices import compute_indices
-from spectraseg.io import write_grid_sizes, write_wkt_csv
-from spectraseg.normalization import compute_stats, lookup, normalize
-from spectraseg.sampling import (
-    PatchDataset,
-    build_masks,
-    dihedral,
-    load_scene,
-    read_window,
-    reflect_index,
-    split_scenes,
-)
+from spectraseg.features.indices import compute_indices
+from spectraseg.features.normalization import compute_stats, lookup, normalize
+from spectraseg.features.patches import PatchDataset, load_scene
+from spectraseg.features.split import split_scenes
+from spectraseg.features.windows import dihedral, read_window, reflect_index
 
 torch.set_num_threads(1)
 
@@ -380,7 +375,8 @@ def test_build_masks_rasterizes_labels_once(tmp_path):
 @pytest.mark.filterwarnings("ignore:.*repaired.*invalid polygon")
 def test_real_scenes_end_to_end(dstl_lite, tmp_path):
     """Real RGB + SWIR aligned into a cache, masks from the real labels, stats, patches."""
-    from spectraseg.fusion import align_dataset, open_cache
+    from spectraseg.align.cache import open_cache
+    from spectraseg.align.fusion import align_dataset
 
     ids = ["6110_1_2", "6170_2_4"]
     assert align_dataset(dstl_lite, tmp_path / "cache", ids, progress=False).ok

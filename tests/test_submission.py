@@ -11,9 +11,9 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from spectraseg.cli import main
+from spectraseg.data.dstl import read_predictions, read_sample_order, read_wkt_rows, write_wkt_csv
 from spectraseg.errors import DataError
-from spectraseg.io import read_sample_order, read_wkt_rows, write_wkt_csv
-from spectraseg.submission import check_submission, read_predictions, write_submission
+from spectraseg.submission import check_submission, write_submission
 
 EMPTY_WKT = "MULTIPOLYGON EMPTY"
 

@@ -26,19 +26,14 @@ import torch
 
 from spectraseg.config import Config, load_config
 from spectraseg.errors import ConfigError, DataError
-from spectraseg.losses import BCEJaccardLoss
-from spectraseg.model import UNet
-from spectraseg.train import (
-    TrainData,
-    accumulation_step,
-    load_checkpoint,
-    load_model,
-    lr_factor,
-    rng_state,
-    set_rng_state,
-    train,
-    validate,
-)
+from spectraseg.models.losses import BCEJaccardLoss
+from spectraseg.models.unet import UNet
+from spectraseg.runs import load_checkpoint, load_model
+from spectraseg.training.data import TrainData
+from spectraseg.training.loop import lr_factor, train
+from spectraseg.training.state import rng_state, set_rng_state
+from spectraseg.training.step import accumulation_step
+from spectraseg.training.validate import validate
 
 HERE = Path(__file__).resolve()
 CHANNELS = 3
@@ -121,7 +116,7 @@ def tiny_config(**train: object) -> Config:
 
 
 def weights(run: Path, which: str = "latest") -> dict[str, torch.Tensor]:
-    return load_checkpoint(run / "checkpoints" / f"{which}.pt")["model"]
+    return load_checkpoint(run / "checkpoints" / f"{which}.pt").model
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -256,7 +251,7 @@ def test_run_directory_and_checkpoints(tmp_path: Path) -> None:
         ckpt = torch.load(run / "checkpoints" / f"{which}.pt", weights_only=True)
         assert ckpt["in_channels"] == CHANNELS
     latest = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert latest["step"] == 6 and latest["epoch"] == 2
+    assert latest.step == 6 and latest.epoch == 2
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -298,7 +293,7 @@ def test_best_checkpoint_is_chosen_on_the_selected_score(tmp_path: Path) -> None
     first_best = scores.index(max(scores))
     assert result.best_score == max(scores)
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    assert saved["step"] == result.history[first_best]["step"]
+    assert saved.step == result.history[first_best]["step"]
     with pytest.raises(ConfigError, match=r"'train\.select' must be one of val_mean"):
         tiny_config(select="val_loss")
 
@@ -360,7 +355,7 @@ def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path: Path) -> None:
     stopped = train(config, run, progress=False, data=toy_data(config), callback=interrupt)
     # The request is honoured after the step in progress: step 3 completes, is saved.
     assert stopped.interrupted and stopped.steps == 3
-    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 3
     resumed = train(None, run, resume=True, progress=False, data=toy_data(config))
     assert resumed.steps == 6 and not resumed.interrupted
     assert_same_weights(weights(tmp_path / "full"), weights(run))
@@ -376,8 +371,8 @@ def test_weight_average_follows_the_ema_recurrence(tmp_path: Path) -> None:
 
     def record(step: int, info: dict) -> None:
         ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
-        assert ckpt["step"] == step
-        seen.append((ckpt["model"], ckpt["ema"], ckpt["ema_count"]))
+        assert ckpt.step == step
+        seen.append((ckpt.model, ckpt.ema, ckpt.ema_count))
 
     result = train(config, run, progress=False, data=toy_data(config), callback=record)
     assert [count for _, _, count in seen] == [1, 2, 3, 4, 5, 6]
@@ -394,7 +389,7 @@ def test_weight_average_follows_the_ema_recurrence(tmp_path: Path) -> None:
     assert_same_weights(result.model.state_dict(), seen[-1][1])
     # best.pt holds the average of its step, chosen by validating the average.
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert_same_weights(best["ema"], seen[best["step"] - 1][1])
+    assert_same_weights(best.ema, seen[best.step - 1][1])
 
 
 def test_resume_with_weight_averaging_is_exact(tmp_path: Path) -> None:
@@ -410,8 +405,8 @@ def test_resume_with_weight_averaging_is_exact(tmp_path: Path) -> None:
     resumed = train(None, run, resume=True, progress=False, data=toy_data(config))
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
     b = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert a["ema_count"] == b["ema_count"] == 6
-    assert_same_weights(a["ema"], b["ema"])
+    assert a.ema_count == b.ema_count == 6
+    assert_same_weights(a.ema, b.ema)
     assert [r["val_mean"] for r in resumed.history] == [r["val_mean"] for r in full.history]
 
 
@@ -512,7 +507,7 @@ def test_cli_train_and_resume_on_a_cache(
     args = ["train", "--resume", str(run), "--set", "train.epochs=4", "--no-progress"]
     assert main(args) == 0
     assert "12 steps, 4 epoch(s)" in capsys.readouterr().out
-    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 12
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 12
     assert main(["train", "--resume", str(run), "--set", "model.width=8", "--no-progress"]) == 1
     assert "a resumed run keeps its model" in capsys.readouterr().err
     assert main(["train", "--config", str(config), "--out", str(run)]) == 1
@@ -537,12 +532,14 @@ def _worker(argv: list[str]) -> int:
     config = tiny_config(epochs=args.epochs, accumulate=args.accumulate)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if rank != 0:
-        import spectraseg.train as st
+        import spectraseg.runs
 
-        def refuse(path: object) -> None:
+        def refuse(path: object, *args: object) -> None:
             raise AssertionError(f"rank {rank} tried to write {path}")
 
-        st.atomic_output = refuse  # only rank 0 may write into the run directory
+        # Only rank 0 may write into the run directory (every write goes through these).
+        spectraseg.runs.atomic_output = refuse
+        spectraseg.runs.write_text_atomic = refuse
 
     def kill(step: int, info: dict) -> None:
         if step == args.kill_at:

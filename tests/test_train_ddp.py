@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from spectraseg.model import UNet
-from spectraseg.train import load_checkpoint, train
+from spectraseg.models.unet import UNet
+from spectraseg.runs import load_checkpoint
+from spectraseg.training.loop import train
 from test_train import (
     CHANNELS,
     HERE,
@@ -47,12 +48,12 @@ def test_sigkill_then_resume_ends_with_identical_weights(tmp_path: Path) -> None
         [*cmd, "--kill-at", "5"], env=_worker_env(), capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 4
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 4
     proc = subprocess.run(
         [*cmd, "--resume"], env=_worker_env(), capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 9
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 9
     assert_same_weights(weights(full), weights(run))
     assert_same_weights(weights(full, "best"), weights(run, "best"))
 
@@ -76,7 +77,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
     )
     assert_same_weights(w0, weights(run))
     ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2
+    assert ckpt.step == 3 and len(ckpt.rng) == 2
     doc = json.loads((run / "metrics.json").read_text())
     assert len(doc["epochs"]) == 1
 
@@ -94,7 +95,7 @@ def test_cli_under_torchrun(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("best validation mean Jaccard") == 1  # rank 0 reports
     ckpt = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert ckpt["step"] == 6 and len(ckpt["rng"]) == 2
+    assert ckpt.step == 6 and len(ckpt.rng) == 2
     doc = json.loads((run / "metrics.json").read_text())
     # Two ranks of 4 patches: 8 patches per step.
     assert [r["step"] for r in doc["epochs"]] == [3, 6]
@@ -123,4 +124,4 @@ def test_cli_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
     step = int(err.split("interrupted at step ")[1].split(";")[0])
-    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == step >= 1
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == step >= 1

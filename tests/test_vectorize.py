@@ -13,8 +13,8 @@ from hypothesis.extra.numpy import arrays
 from rasterio import features
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from spectraseg.geometry import pixel_scale, rasterize, rasterize_classes
-from spectraseg.io import format_wkt, open_dataset
+from spectraseg.data.dstl import format_wkt, open_dataset
+from spectraseg.data.geometry import pixel_scale, rasterize, rasterize_classes
 from spectraseg.vectorize import (
     DEFAULT_TOLERANCE,
     finalize,

@@ -23,7 +23,7 @@ import os
 import textwrap
 import tomllib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The U-Net (:class:`spectraseg.model.UNet`)."""
+    """The U-Net (:class:`spectraseg.models.unet.UNet`)."""
 
     width: int = 16
     """Channels of the first level; level ``i`` has ``width * 2**i``."""
@@ -77,7 +77,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The loss (:class:`spectraseg.losses.BCEJaccardLoss`)."""
+    """The loss (:class:`spectraseg.models.losses.BCEJaccardLoss`)."""
 
     bce: float = 1.0
     """Weight of binary cross-entropy."""
@@ -85,7 +85,7 @@ class LossConfig:
     """Weight of the soft Jaccard term."""
     jaccard_mode: str = "present"
     """``present`` (per class over the whole batch, classes absent from it left out),
-    ``batch`` (all classes) or ``sample`` (per patch); see :mod:`spectraseg.losses`."""
+    ``batch`` (all classes) or ``sample`` (per patch); see :mod:`spectraseg.models.losses`."""
     log_jaccard: bool = False
     """Use ``-log J`` instead of ``1 - J``."""
     smooth: float = 1.0
@@ -98,7 +98,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop (:func:`spectraseg.train.train`)."""
+    """The training loop (:func:`spectraseg.training.loop.train`)."""
 
     batch_size: int = 4
     """Patches per forward/backward pass (per process)."""
@@ -162,7 +162,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Whole-scene inference (:mod:`spectraseg.predict`), also used by validation."""
+    """Whole-scene inference (:mod:`spectraseg.inference.pipeline`), also used by validation."""
 
     tile: int = 480
     """Tile side in pixels (multiple of ``2**model.depth``). Larger tiles waste less on the
@@ -189,7 +189,7 @@ BLEND_MODES = ("average", "tuned")
 
 @dataclass(frozen=True)
 class PixelConfig:
-    """The per-pixel gradient-boosting partner of the U-Net (:mod:`spectraseg.pixelmodel`)."""
+    """The per-pixel gradient-boosting partner of the U-Net (:mod:`spectraseg.models.pixel`)."""
 
     enabled: bool = False
     """Fit it on the training scenes after the U-Net; predict then blends the two per class."""
@@ -313,43 +313,52 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
 
 
 def _check(cond: bool, key: str, message: str, value: Any) -> None:
+    """ConfigError ``config key 'key' message, got value`` unless ``cond``."""
     if not cond:
         raise ConfigError(f"config key {key!r} {message}, got {value!r}")
 
 
-def validate(config: Config) -> None:
-    """Range and consistency checks; raises ConfigError naming the first bad key."""
-    d, m, lo, t, p = config.data, config.model, config.loss, config.train, config.predict
-    px = config.pixel
-    _check(px.samples >= 2, "pixel.samples", "must be >= 2", px.samples)
-    _check(px.max_iter >= 1, "pixel.max_iter", "must be >= 1", px.max_iter)
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """``value`` one of ``choices``, or ConfigError listing them."""
+    _check(value in choices, key, f"must be one of {', '.join(choices)}", value)
+
+
+def _check_multiple(key: str, side: int, depth: int) -> None:
+    """A patch or tile side (pixels) the U-Net can halve ``depth`` times: k * 2**depth, k >= 1."""
+    multiple = 2**depth
     _check(
-        px.blend in BLEND_MODES,
-        "pixel.blend",
-        f"must be one of {', '.join(BLEND_MODES)}",
-        px.blend,
+        side >= multiple and side % multiple == 0,
+        key,
+        f"must be a positive multiple of 2**model.depth = {multiple}",
+        side,
     )
-    _check(d.norm in NORM_MODES, "data.norm", f"must be one of {', '.join(NORM_MODES)}", d.norm)
+
+
+def _validate_data(config: Config) -> None:
+    """``[data]``: a known normalisation scope and a validation share in [0, 1)."""
+    d = config.data
+    _check_choice("data.norm", d.norm, NORM_MODES)
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)", d.val_fraction)
+
+
+def _validate_model(config: Config) -> None:
+    """``[model]``: positive width and groups, depth 1..8, a known norm, dropout in [0, 1)."""
+    m = config.model
     _check(m.width >= 1, "model.width", "must be >= 1", m.width)
     _check(1 <= m.depth <= 8, "model.depth", "must be in 1..8", m.depth)
-    _check(
-        m.norm in ("batch", "group", "instance"),
-        "model.norm",
-        "must be one of batch, group, instance",
-        m.norm,
-    )
+    _check_choice("model.norm", m.norm, ("batch", "group", "instance"))
     _check(m.groups >= 1, "model.groups", "must be >= 1", m.groups)
     _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+
+
+def _validate_loss(config: Config) -> None:
+    """``[loss]``: weights >= 0 and not all 0, a known Jaccard mode, per-class vectors empty
+    or of ``NUM_CLASSES`` values."""
+    lo = config.loss
     _check(lo.bce >= 0, "loss.bce", "must be >= 0", lo.bce)
     _check(lo.jaccard >= 0, "loss.jaccard", "must be >= 0", lo.jaccard)
     _check(lo.bce + lo.jaccard > 0, "loss.jaccard", "and loss.bce must not both be 0", lo.jaccard)
-    _check(
-        lo.jaccard_mode in ("batch", "present", "sample"),
-        "loss.jaccard_mode",
-        "must be one of batch, present, sample",
-        lo.jaccard_mode,
-    )
+    _check_choice("loss.jaccard_mode", lo.jaccard_mode, ("batch", "present", "sample"))
     _check(lo.smooth >= 0, "loss.smooth", "must be >= 0", lo.smooth)
     for key, vec in (("loss.pos_weight", lo.pos_weight), ("loss.class_weights", lo.class_weights)):
         _check(
@@ -361,7 +370,12 @@ def validate(config: Config) -> None:
         _check(all(v >= 0 for v in vec), key, "must hold values >= 0", list(vec))
     if lo.class_weights:
         _check(sum(lo.class_weights) > 0, "loss.class_weights", "must not all be 0", 0)
-    multiple = 2**m.depth
+
+
+def _validate_train(config: Config) -> None:
+    """``[train]``: counts and rates in range, at least one step, a known schedule, device
+    and selection score, and a patch side that is a multiple of ``2**model.depth``."""
+    t = config.train
     _check(0.0 <= t.ema < 1.0, "train.ema", "must be in [0, 1)", t.ema)
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1", t.batch_size)
     _check(t.accumulate >= 1, "train.accumulate", "must be >= 1", t.accumulate)
@@ -372,35 +386,26 @@ def validate(config: Config) -> None:
     _check(t.minutes >= 0 and math.isfinite(t.minutes), "train.minutes", "must be >= 0", t.minutes)
     _check(t.lr > 0 and math.isfinite(t.lr), "train.lr", "must be > 0", t.lr)
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
-    _check(
-        t.schedule in SCHEDULES,
-        "train.schedule",
-        f"must be one of {', '.join(SCHEDULES)}",
-        t.schedule,
-    )
+    _check_choice("train.schedule", t.schedule, SCHEDULES)
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)
     _check(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
-    _check(
-        t.patch_size >= multiple and t.patch_size % multiple == 0,
-        "train.patch_size",
-        f"must be a positive multiple of 2**model.depth = {multiple}",
-        t.patch_size,
-    )
+    _check_multiple("train.patch_size", t.patch_size, config.model.depth)
     _check(0.0 <= t.rare_share <= 1.0, "train.rare_share", "must be in [0, 1]", t.rare_share)
     _check(0.0 <= t.photometric <= 1.0, "train.photometric", "must be in [0, 1]", t.photometric)
     _check(t.threads >= 0, "train.threads", "must be >= 0", t.threads)
     _check(t.workers >= 0, "train.workers", "must be >= 0", t.workers)
-    _check(t.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}", t.device)
+    _check_choice("train.device", t.device, DEVICES)
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0", t.checkpoint_every)
     _check(t.val_every >= 0, "train.val_every", "must be >= 0", t.val_every)
-    _check(t.select in SELECT, "train.select", f"must be one of {', '.join(SELECT)}", t.select)
-    _check(
-        p.tile >= multiple and p.tile % multiple == 0,
-        "predict.tile",
-        f"must be a positive multiple of 2**model.depth = {multiple}",
-        p.tile,
-    )
+    _check_choice("train.select", t.select, SELECT)
+
+
+def _validate_predict(config: Config) -> None:
+    """``[predict]``: a tile side that is a multiple of ``2**model.depth`` with a margin under
+    half of it, ``NUM_CLASSES`` thresholds in [0, 1], minimum areas empty or one per class."""
+    p = config.predict
+    _check_multiple("predict.tile", p.tile, config.model.depth)
     _check(
         0 <= p.margin and 2 * p.margin < p.tile,
         "predict.margin",
@@ -427,6 +432,36 @@ def validate(config: Config) -> None:
         list(p.min_area),
     )
     _check(all(v >= 0 for v in p.min_area), "predict.min_area", "must be >= 0", list(p.min_area))
+
+
+def _validate_pixel(config: Config) -> None:
+    """``[pixel]``: at least 2 samples and 1 boosting iteration, a known blend mode."""
+    px = config.pixel
+    _check(px.samples >= 2, "pixel.samples", "must be >= 2", px.samples)
+    _check(px.max_iter >= 1, "pixel.max_iter", "must be >= 1", px.max_iter)
+    _check_choice("pixel.blend", px.blend, BLEND_MODES)
+
+
+# Pixel comes first so that a config bad in several sections names the same key as it
+# always has; within a section the checks run top to bottom.
+_VALIDATORS: dict[str, Callable[[Config], None]] = {
+    "pixel": _validate_pixel,
+    "data": _validate_data,
+    "model": _validate_model,
+    "loss": _validate_loss,
+    "train": _validate_train,
+    "predict": _validate_predict,
+}
+
+
+def validate(config: Config) -> None:
+    """Range and consistency checks; raises ConfigError naming the first bad key.
+
+    One validator per section (``_VALIDATORS``); those of ``train`` and ``predict`` also read
+    ``model.depth``, which ``model``'s validator has checked before them.
+    """
+    for check_section in _VALIDATORS.values():
+        check_section(config)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -12,7 +12,7 @@ Layout of ``OUT`` (``spectraseg demo --out OUT``)::
     OUT/report/          report.json, report.html and its PNGs
     OUT/demo.json        what was run: split, timings, scores
 
-Scenes are split by whole region groups (:func:`spectraseg.sampling.split_scenes`) into
+Scenes are split by whole region groups (:func:`spectraseg.features.split.split_scenes`) into
 training, validation (best checkpoint and per-class thresholds) and test scenes (the
 report's scores), so nothing reported was seen while training or tuning.
 """
@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from spectraseg.errors import ConfigError, DataError
-from spectraseg.io import write_text_atomic
+from spectraseg.data.files import write_text_atomic
+from spectraseg.errors import DataError
+from spectraseg.features.split import cv_plans, split_three
 
 SYNTH_DEFAULTS = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
 """The embedded synthetic default: small enough for 10 minutes on 2 CPU cores."""
@@ -47,8 +48,8 @@ region, so the score covers all scenes (one small split is too noisy on 20 scene
 REAL_OVERRIDES: tuple[str, ...] = ("pixel.enabled=true",)
 """On real data the per-pixel model joins the U-Net (GUIDE section 8: on small data it is
 the stronger of the two for some classes); spectral indices are added from what the
-products allow (:func:`spectraseg.indices.available_indices`), with the normalised
-differences of neighbouring bands (:func:`spectraseg.indices.band_ratio_indices`)."""
+products allow (:func:`spectraseg.features.indices.available_indices`), with the normalised
+differences of neighbouring bands (:func:`spectraseg.features.indices.band_ratio_indices`)."""
 
 # Training settings of the demo on top of configs/default.toml; users add --set overrides.
 DEMO_OVERRIDES: tuple[str, ...] = (
@@ -99,27 +100,6 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def split_three(
-    ids: Sequence[str],
-    test: Sequence[str] | float,
-    val: Sequence[str] | float,
-    seed: int,
-) -> tuple[list[str], list[str], list[str]]:
-    """``(train, val, test)`` scenes, each a set of whole region groups (unless listed)."""
-    from spectraseg.sampling import split_scenes
-
-    rest, test_ids = split_scenes(list(ids), test if test else 0.0, seed=seed)
-    if not test_ids:
-        raise ConfigError("the demo needs held-out test scenes: set --test-fraction above 0")
-    if not isinstance(val, float):
-        val = [v for v in val if v in rest]
-    else:
-        # The share is of all scenes: rescale it to what is left after the test split.
-        val = min(0.5, val * len(ids) / max(len(rest), 1))
-    train_ids, val_ids = split_scenes(rest, val, seed=seed + 1)
-    return train_ids, val_ids, test_ids
-
-
 def build_config(
     settings: DemoSettings,
     root: Path,
@@ -154,12 +134,14 @@ def _stage(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 
 def run_demo(settings: DemoSettings) -> DemoResult:
     """Run the whole pipeline into ``settings.out``; see the module docstring."""
-    from spectraseg.fusion import align_dataset, open_cache, read_shifts
-    from spectraseg.io import open_dataset
-    from spectraseg.metrics import evaluate_polygons
-    from spectraseg.predict import PredictOptions, predict_run
-    from spectraseg.submission import read_predictions, write_submission
-    from spectraseg.train import train
+    from spectraseg.align.cache import open_cache, read_shifts
+    from spectraseg.align.fusion import align_dataset
+    from spectraseg.data.dstl import open_dataset, read_predictions
+    from spectraseg.evaluation.metrics import evaluate_polygons
+    from spectraseg.inference.pipeline import predict_run
+    from spectraseg.inference.scene import PredictOptions
+    from spectraseg.submission import write_submission
+    from spectraseg.training.loop import train
 
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +150,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     synthetic = settings.data is None
 
     if synthetic:
-        from spectraseg.synth import synthesize
+        from spectraseg.data.synth import synthesize
 
         root = out / "data"
         # Test, validation and training each take whole regions: at least three.
@@ -204,7 +186,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         reasons = "; ".join(f"{s.image_id}: {s.reason}" for s in report.failed)
         raise DataError(f"registration failed for {len(report.failed)} scene(s): {reasons}")
 
-    from spectraseg.sampling import build_masks
+    from spectraseg.align.masks import build_masks
 
     _stage(
         timings,
@@ -223,7 +205,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         plans = [split_three(labelled, test_arg, val_arg, settings.seed)]
     presets: list[str] = []
     if not synthetic:
-        from spectraseg.indices import available_indices, band_ratio_indices
+        from spectraseg.features.indices import available_indices, band_ratio_indices
 
         channels = open_cache(cache_dir).channels(labelled[0])
         names = available_indices(channels) + band_ratio_indices(channels)
@@ -386,9 +368,11 @@ def compare_models(
     Reads each model's levels written by predict (``PredictOptions(sources=True)``).
     Empty when the run has no pixel model (the U-Net is then the whole prediction).
     """
-    from spectraseg.metrics import evaluate_masks
-    from spectraseg.predict import blend_levels, read_thresholds, scene_paths, threshold_masks
-    from spectraseg.sampling import mask_path
+    from spectraseg.align.masks import mask_path
+    from spectraseg.evaluation.levels import blend_levels, threshold_masks
+    from spectraseg.evaluation.metrics import evaluate_masks
+    from spectraseg.inference.outputs import scene_paths
+    from spectraseg.runs import read_thresholds
 
     doc = read_thresholds(run_dir)
     if not doc or not doc.get("thresholds_pixel"):
@@ -428,60 +412,17 @@ def fold_means(evaluation: Any, folds: Sequence[Sequence[str]]) -> dict[str, Any
 
 
 def _concat(evaluations: Sequence[Any]) -> Any:
-    """One :class:`~spectraseg.metrics.Evaluation` over the images of several."""
-    from spectraseg.metrics import Evaluation
+    """One :class:`~spectraseg.evaluation.metrics.Evaluation` over the images of several."""
+    from spectraseg.evaluation.metrics import Evaluation
 
     ids = tuple(i for ev in evaluations for i in ev.image_ids)
     counts = np.concatenate([ev.counts for ev in evaluations])
     return Evaluation(ids, counts, evaluations[0].method, evaluations[0].empty_score)
 
 
-def region_folds(ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
-    """Scenes in ``k`` folds of whole region groups, balanced by scene count.
-
-    Groups (:func:`spectraseg.sampling.split_group`, near-duplicate regions together) are
-    visited largest first, ties in a seeded order, each into the fold with fewest scenes.
-    """
-    import random
-
-    from spectraseg.sampling import split_group
-
-    groups: dict[str, list[str]] = {}
-    for i in sorted(ids):
-        groups.setdefault(split_group(i), []).append(i)
-    if len(groups) < k:
-        raise ConfigError(f"{k} folds need at least {k} region groups, the data has {len(groups)}")
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda g: -len(groups[g]))
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for g in order:
-        min(folds, key=len).extend(groups[g])
-    return [sorted(f) for f in folds]
-
-
-def cv_plans(
-    ids: Sequence[str], k: int, val: Sequence[str] | float, seed: int
-) -> list[tuple[list[str], list[str], list[str]]]:
-    """``(train, val, test)`` per fold: each fold is the test set once; validation scenes
-    (whole regions) come from the other folds."""
-    from spectraseg.sampling import split_scenes
-
-    plans = []
-    for test_ids in region_folds(ids, k, seed):
-        rest = [i for i in ids if i not in set(test_ids)]
-        if isinstance(val, float):
-            share = min(0.5, val * len(ids) / max(len(rest), 1))
-            train_ids, val_ids = split_scenes(rest, share, seed=seed + 1)
-        else:
-            train_ids, val_ids = split_scenes(rest, [v for v in val if v in rest], seed=seed)
-        plans.append((train_ids, val_ids, test_ids))
-    return plans
-
-
 def _scene_views(ds: Any, cache: Any, pred: dict, ids: Sequence[str], evaluation: Any) -> list:
     """Side-by-side panels: display RGB, truth and predicted polygons rasterised."""
-    from spectraseg.geometry import rasterize_classes
+    from spectraseg.data.geometry import rasterize_classes
     from spectraseg.report import SceneView, to_display
 
     views = []

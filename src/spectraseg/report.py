@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
-from spectraseg.io import atomic_output, write_text_atomic
+from spectraseg.data.files import atomic_output, write_text_atomic
 
 CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
     1: (230, 25, 75),  # buildings: red

@@ -27,57 +27,15 @@ from shapely.errors import GEOSException
 from shapely.geometry import MultiPolygon
 
 from spectraseg import NUM_CLASSES
-from spectraseg.errors import DataError, SpectrasegWarning
-from spectraseg.io import (
+from spectraseg.data.dstl import (
     WKT_HEADER,
-    atomic_output,
     format_wkt,
-    parse_wkt_rows,
+    read_predictions,
     read_sample_order,
-    read_wkt_rows,
 )
+from spectraseg.data.files import atomic_output
+from spectraseg.errors import SpectrasegWarning
 from spectraseg.vectorize import DEFAULT_DECIMALS, finalize
-
-PREDICTIONS_CSV = "predictions.csv"
-"""Name of the all-scenes prediction file in a prediction directory."""
-
-
-def prediction_file(path: str | os.PathLike[str]) -> Path:
-    """The prediction CSV of ``path``: the file itself, or ``predictions.csv`` in a directory."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (PREDICTIONS_CSV, PREDICTIONS_CSV + ".gz"):
-            if (path / name).is_file():
-                return path / name
-        raise DataError(f"prediction directory {path} has no {PREDICTIONS_CSV}")
-    if not path.is_file():
-        raise DataError(f"prediction file {path} does not exist")
-    return path
-
-
-def read_predictions(path: str | os.PathLike[str]) -> dict[str, dict[int, MultiPolygon]]:
-    """Read predictions (a CSV, or a directory holding ``predictions.csv``).
-
-    Returns ``{image_id: {class: MultiPolygon}}`` in grid coordinates. A malformed file, an
-    (image, class) pair given twice, or WKT that is not polygons raises DataError naming the
-    file and row. Invalid polygons are repaired (``make_valid(method="structure")``) and
-    counted in one warning.
-    """
-    src = prediction_file(path)
-    rows = read_wkt_rows(src)
-    seen: set[tuple[str, int]] = set()
-    for image_id, cls, _ in rows:
-        if (image_id, cls) in seen:
-            raise DataError(f"{src}: image {image_id} class {cls} appears twice")
-        seen.add((image_id, cls))
-    pred, repaired = parse_wkt_rows(rows, src)
-    if repaired:
-        warnings.warn(
-            f"{src}: repaired {repaired} invalid polygon(s) of {len(rows)}",
-            SpectrasegWarning,
-            stacklevel=2,
-        )
-    return pred
 
 
 @dataclass(frozen=True)

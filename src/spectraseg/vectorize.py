@@ -1,7 +1,7 @@
 """Masks -> valid MultiPolygons (with holes) in DSTL grid coordinates.
 
 A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normalised grid
-(x in [0, Xmax], y in [Ymin, 0]; see :mod:`spectraseg.geometry`):
+(x in [0, Xmax], y in [Ymin, 0]; see :mod:`spectraseg.data.geometry`):
 
 1. Every 4-connected region is traced along pixel edges, holes included, in pixel
    coordinates (vertices on integer pixel corners): OpenCV's ``findContours`` follows the
@@ -11,7 +11,7 @@ A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normal
    two agree): 4-connectivity matters, since regions touching only at a corner would
    otherwise give self-touching rings. Rasterising the result again (pixel centres) gives
    back the mask exactly, because every edge lies half a pixel away from the nearest centre.
-2. The vertices go through the affine map of :func:`spectraseg.geometry.pixel_transform`
+2. The vertices go through the affine map of :func:`spectraseg.data.geometry.pixel_transform`
    (numpy), and every ring is simplified on its own (Douglas-Peucker with a tolerance in
    pixels times the pixel's length, one vectorised shapely call over all rings of a class);
    a shell that collapses is dropped with its holes, a collapsed hole is dropped.
@@ -27,7 +27,7 @@ A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normal
 4. The class's MultiPolygon is validated in those final coordinates, repaired
    (``make_valid(method="structure")``) and normalised to a MultiPolygon, repeating until
    the rounded geometry is valid (:func:`finalize`). Rounding is exactly what
-   :func:`spectraseg.io.format_wkt` writes (``round(x * 10**d) / 10**d`` is the double that
+   :func:`spectraseg.data.dstl.format_wkt` writes (``round(x * 10**d) / 10**d`` is the double that
    parsing the written decimal gives back), so the file reads back valid.
 
 Where the time goes (``benchmarks/bench_predict.py``, three full 3348 x 3392 scenes, 10
@@ -48,7 +48,7 @@ import shapely
 from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
-from spectraseg.geometry import EMPTY, pixel_scale, to_multipolygon
+from spectraseg.data.geometry import EMPTY, pixel_scale, to_multipolygon
 
 DEFAULT_TOLERANCE = 0.5
 """Default simplification tolerance in pixels (Douglas-Peucker distance).

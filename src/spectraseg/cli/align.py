@@ -55,8 +55,8 @@ def _fmt(x: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectraseg.align.fusion import align_dataset
     from spectraseg.errors import ConfigError
-    from spectraseg.fusion import align_dataset
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectraseg.metrics import evaluate_files, format_table
+    from spectraseg.evaluation.metrics import evaluate_files, format_table
 
     splits: dict[str, list[str]] = {}
     for text in args.split:

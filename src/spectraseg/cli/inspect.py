@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectraseg.inspection import summarize
+    from spectraseg.data.inspection import summarize
 
     summary = summarize(args.data)
     if args.json:

@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from spectraseg import CLASS_NAMES
-    from spectraseg.predict import PredictOptions, predict_run
+    from spectraseg.inference.pipeline import predict_run
+    from spectraseg.inference.scene import PredictOptions
     from spectraseg.vectorize import DEFAULT_TOLERANCE
 
     thresholds: object = args.thresholds

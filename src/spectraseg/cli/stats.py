@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectraseg.normalization import compute_stats, extend_stats, save_stats
+    from spectraseg.features.normalization import compute_stats, extend_stats, save_stats
 
     stats = compute_stats(args.cache, args.images, mode=args.mode)
     line = (

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectraseg.synth import synthesize
+    from spectraseg.data.synth import synthesize
 
     products = [p.strip() for p in args.products.split(",") if p.strip()]
     size = (args.size[0], args.size[1])

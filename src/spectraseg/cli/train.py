@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.resume:
         raise ConfigError("give --out RUN for a new run or --resume RUN to continue one")
 
-    from spectraseg.train import train
+    from spectraseg.training.loop import train
 
     rank = int(os.environ.get("RANK", "0"))
     run_dir = args.resume or args.out

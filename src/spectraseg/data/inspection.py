@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from spectraseg import NUM_CLASSES
-from spectraseg.io import open_dataset
+from spectraseg.data.dstl import open_dataset
 
 
 def summarize(root: str | os.PathLike[str]) -> dict[str, Any]:

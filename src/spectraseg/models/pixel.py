@@ -12,17 +12,16 @@ and 15 x 15 local mean and standard deviation and its Sobel gradient magnitude.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from spectraseg import NUM_CLASSES
-from spectraseg.io import atomic_output
+from spectraseg.data.files import atomic_output
 
 GREY_CHANNELS = ("R", "G", "B", "P")
 TEXTURE_WINDOWS = (5, 15)
@@ -181,48 +180,3 @@ class PixelModel:
         with open(path, "rb") as f:
             state = pickle.load(f)
         return cls(channels=state["channels"], models=state["models"])
-
-
-PIXEL_MODEL_FILE = "pixelmodel.pkl"
-
-
-def scene_channels(cache: Any, image_id: str, indices: Sequence[str]) -> list[str]:
-    """Names of the channels :func:`spectraseg.sampling.load_scene` returns for a scene."""
-    return list(cache.channels(image_id)) + list(indices)
-
-
-def fit_run(
-    run_dir: str | Path,
-    config: Any,
-    image_ids: Sequence[str],
-    stats: Any,
-    progress: bool = True,
-) -> Path:
-    """Fit the pixel model of a run on its training scenes; write ``RUN/pixelmodel.pkl``.
-
-    Scenes are read from the run's cache (``data.cache``), normalised with the run's
-    statistics exactly as the U-Net sees them, with their cached label masks.
-    """
-    from tqdm import tqdm
-
-    from spectraseg.fusion import open_cache
-    from spectraseg.sampling import load_scene, mask_path
-
-    cache = open_cache(config.data.cache)
-    indices = list(config.data.indices)
-    channels = scene_channels(cache, image_ids[0], indices)
-
-    def scenes() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for image_id in tqdm(image_ids, desc="pixel model", unit="scene", disable=not progress):
-            image = load_scene(cache, image_id, stats, indices)
-            yield image, np.load(mask_path(cache, image_id), mmap_mode="r")
-
-    model = PixelModel(channels).fit(
-        scenes(),
-        per_scene=config.pixel.samples,
-        max_iter=config.pixel.max_iter,
-        seed=config.train.seed,
-    )
-    path = Path(run_dir) / PIXEL_MODEL_FILE
-    model.save(path)
-    return path

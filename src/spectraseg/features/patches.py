@@ -20,8 +20,8 @@
 - **Whole scenes** (:func:`load_scene`): a normalised (C, H, W) float32 stack for
   validation and prediction, with the same channels as the patches.
 
-Image channels are the normalised cache channels (:mod:`spectraseg.normalization`),
-followed by the requested spectral indices (:mod:`spectraseg.indices`, computed from the
+Image channels are the normalised cache channels (:mod:`spectraseg.features.normalization`),
+followed by the requested spectral indices (:mod:`spectraseg.features.indices`, computed from the
 physical digital numbers before normalisation, in [-1, 1]). Memory does not grow with the
 number of scenes beyond memory maps opened lazily in each process and a few small arrays
 per scene (coarse positions of rare-class pixels).
@@ -30,37 +30,25 @@ per scene (coarse positions of rare-class pixels).
 from __future__ import annotations
 
 import os
-import random as _random
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from spectraseg import NUM_CLASSES
+from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir, scale_offset
+from spectraseg.align.masks import build_masks, open_mask
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
-from spectraseg.fusion import Cache
-from spectraseg.indices import IndexPlan, compute_plans, resolve_indices
-from spectraseg.io import atomic_output, check_image_id, open_dataset, region_of
-from spectraseg.normalization import (
-    cache_root,
-    lookup,
-    normalize,
-    open_cache_dir,
-    scale_offset,
-)
-
-CacheLike = str | os.PathLike[str] | Cache
-"""A cache directory or an opened :class:`~spectraseg.fusion.Cache`."""
+from spectraseg.features.indices import IndexPlan, compute_plans, resolve_indices
+from spectraseg.features.normalization import lookup, normalize
+from spectraseg.features.windows import dihedral, read_window
 
 RARE_CLASSES: tuple[int, ...] = (2, 7, 8, 9, 10)
 """Classes oversampled by default: structures, waterway, standing water, vehicles (1-based)."""
 
-DEFAULT_GROUPS: dict[str, str] = {"6140": "6110"}
-"""Region aliases for the validation split: regions 6110 and 6140 cover the same ground."""
 
 CELL = 16
 """Side (pixels) of the coarse cells in which rare-class positions are remembered."""
@@ -69,218 +57,10 @@ CELL = 16
 # --------------------------------------------------------------------------- masks
 
 
-def mask_path(cache: CacheLike, image_id: str) -> Path:
-    """``CACHE/masks/{id}.npy``."""
-    return cache_root(cache) / "masks" / f"{check_image_id(image_id)}.npy"
-
-
-def build_masks(
-    cache: CacheLike,
-    data_root: str | os.PathLike[str],
-    image_ids: Sequence[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> list[Path]:
-    """Rasterise the labels of cached scenes into ``CACHE/masks/{id}.npy`` (once per scene).
-
-    Each mask is (10, H, W) uint8 {0, 1} on the cache's grid (the scene's RGB grid), from
-    the dataset's label file and ``grid_sizes.csv``; channel ``c - 1`` holds class ``c``.
-    Existing masks of the right shape are kept unless ``overwrite``. Files are written
-    atomically. A scene without labels raises DataError.
-
-    Returns the mask paths, in ``image_ids`` order.
-    """
-    from tqdm import tqdm
-
-    from spectraseg.geometry import rasterize_classes
-
-    cache = open_cache_dir(cache)
-    ids = list(cache.image_ids) if image_ids is None else list(image_ids)
-    paths = [mask_path(cache, i) for i in ids]
-    todo = [
-        (i, p)
-        for i, p in zip(ids, paths, strict=True)
-        if overwrite or not _mask_ok(p, cache.load(i).shape[1:])
-    ]
-    if not todo:
-        return paths
-    ds = open_dataset(data_root)
-    labelled = set(ds.labels)
-    for image_id, path in tqdm(todo, desc="masks", unit="scene", disable=not progress):
-        if image_id not in labelled:
-            where = ds.label_path or ds.root / "train_wkt_v4.csv"
-            raise DataError(f"scene {image_id} has no labels in {where}")
-        if image_id not in ds.grid_sizes:
-            raise DataError(f"scene {image_id} is not in {ds.grid_path}")
-        _, h, w = cache.load(image_id).shape
-        ref = ds.scene(image_id).reference
-        if (ref.height, ref.width) != (h, w):
-            raise DataError(
-                f"cached scene {image_id} is {h} x {w} but its {ref.name} product in "
-                f"{ds.root} is {ref.height} x {ref.width}: the cache is from another dataset"
-            )
-        xmax, ymin = ds.grid_sizes[image_id]
-        mask = rasterize_classes(ds.scene_labels(image_id), w, h, xmax, ymin)
-        with atomic_output(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, mask)
-    return paths
-
-
-def _mask_ok(path: Path, hw: tuple[int, ...]) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        m = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return False
-    return m.shape == (NUM_CLASSES, *hw) and m.dtype == np.uint8
-
-
-def _open_mask(cache: CacheLike, image_id: str, hw: tuple[int, int]) -> np.ndarray:
-    path = mask_path(cache, image_id)
-    if not path.is_file():
-        raise DataError(
-            f"{path} does not exist: build the label masks first "
-            "(spectraseg.sampling.build_masks, or pass data_root)"
-        )
-    try:
-        m = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
-    if m.shape != (NUM_CLASSES, *hw) or m.dtype != np.uint8:
-        raise DataError(
-            f"{path} has shape {m.shape} {m.dtype}, expected ({NUM_CLASSES}, {hw[0]}, {hw[1]}) "
-            "uint8"
-        )
-    return m
-
-
 # --------------------------------------------------------------------------- split
 
 
-def split_group(image_id: str, groups: Mapping[str, str] | None = None) -> str:
-    """The group of a scene for the split: its region, mapped through ``groups`` aliases."""
-    region = region_of(image_id)
-    aliases = DEFAULT_GROUPS if groups is None else groups
-    return aliases.get(region, region)
-
-
-def split_scenes(
-    image_ids: Sequence[str],
-    val: Sequence[str] | float = 0.2,
-    seed: int = 0,
-    groups: Mapping[str, str] | None = None,
-) -> tuple[list[str], list[str]]:
-    """Split scenes into ``(train, val)``, both sorted, by whole scenes.
-
-    Args:
-        image_ids: all usable scenes.
-        val: an explicit list of validation scenes, or the share of scenes to hold out,
-            chosen as whole region groups (0 gives no validation).
-        seed: makes the choice of groups deterministic.
-        groups: region aliases (region -> group); None uses :data:`DEFAULT_GROUPS`,
-            ``{}`` groups by region only.
-
-    With a share, groups are visited in a seeded random order and each is taken if that
-    brings the number of validation scenes closer to ``round(share * n)`` (at least one
-    scene, at least one group left for training). An explicit list that puts one group on
-    both sides warns (possible leak between near-duplicates).
-    """
-    ids = sorted(set(image_ids))
-    if len(ids) != len(image_ids):
-        raise ConfigError("the list of scenes to split repeats a scene")
-    if not isinstance(val, (int, float)):
-        chosen = list(val)
-        unknown = [v for v in chosen if v not in ids]
-        if unknown:
-            raise ConfigError(f"validation scene {unknown[0]} is not among the scenes")
-        val_set = set(chosen)
-        train = [i for i in ids if i not in val_set]
-        if chosen and not train:
-            raise ConfigError("every scene is a validation scene: none is left for training")
-        shared = {split_group(i, groups) for i in train} & {split_group(i, groups) for i in val_set}
-        if shared:
-            warnings.warn(
-                f"region group(s) {', '.join(sorted(shared))} have scenes in both training and "
-                "validation; near-duplicate tiles may leak",
-                SpectrasegWarning,
-                stacklevel=2,
-            )
-        return train, sorted(val_set)
-    share = float(val)
-    if not 0.0 <= share < 1.0:
-        raise ConfigError(f"validation share {val} must be in [0, 1)")
-    if share == 0.0:
-        return ids, []
-    by_group: dict[str, list[str]] = {}
-    for i in ids:
-        by_group.setdefault(split_group(i, groups), []).append(i)
-    if len(by_group) < 2:
-        raise ConfigError(
-            f"cannot hold out a share of scenes by region: all {len(ids)} scenes are in one "
-            "region group; list the validation scenes explicitly"
-        )
-    target = max(1, round(share * len(ids)))
-    order = sorted(by_group)
-    _random.Random(seed).shuffle(order)
-    picked: list[str] = []
-    count = 0
-    for g in order:
-        if len(picked) == len(by_group) - 1:
-            break
-        size = len(by_group[g])
-        if count == 0 or abs(count + size - target) < abs(count - target):
-            picked.append(g)
-            count += size
-    val_ids = sorted(i for g in picked for i in by_group[g])
-    return [i for i in ids if i not in set(val_ids)], val_ids
-
-
 # --------------------------------------------------------------------------- windows
-
-
-def reflect_index(start: int, size: int, n: int) -> np.ndarray:
-    """Source indices in ``[0, n)`` for positions ``start .. start + size - 1`` (int64).
-
-    The scene is mirrored at its edges without repeating the edge sample (``numpy.pad``
-    "reflect" mode): ``-1 -> 1`` and ``n -> n - 2``, reflecting as often as needed;
-    ``n == 1`` maps everything to 0.
-    """
-    p = np.arange(start, start + size, dtype=np.int64)
-    if n == 1:
-        return np.zeros_like(p)
-    period = 2 * (n - 1)
-    p = np.mod(p, period)
-    return np.where(p < n, p, period - p)
-
-
-def read_window(arr: np.ndarray, row0: int, col0: int, size: int) -> np.ndarray:
-    """A (C, size, size) window of a (C, H, W) array (memmap) with top-left ``(row0, col0)``.
-
-    Positions outside the array are mirrored (reflect mode). Only the rows and columns the
-    window needs are read; the result is a new array in ``arr``'s dtype.
-    """
-    _, h, w = arr.shape
-    if 0 <= row0 and row0 + size <= h and 0 <= col0 and col0 + size <= w:
-        return np.array(arr[:, row0 : row0 + size, col0 : col0 + size])
-    ri = reflect_index(row0, size, h)
-    ci = reflect_index(col0, size, w)
-    r_lo, r_hi, c_lo, c_hi = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
-    slab = np.asarray(arr[:, r_lo:r_hi, c_lo:c_hi])
-    return slab[:, (ri - r_lo)[:, None], (ci - c_lo)[None, :]]
-
-
-def dihedral(x: np.ndarray, k: int) -> np.ndarray:
-    """Symmetry ``k`` (0..7) of the square on the last two axes of ``x`` (a view).
-
-    ``k`` in 0..3 rotates by ``k`` quarter turns; 4..7 transpose first, then rotate by
-    ``k - 4``. ``k = 0`` is the identity. Apply the same ``k`` to image and mask.
-    """
-    if not 0 <= k < 8:
-        raise ValueError(f"dihedral transform {k} is not in 0..7")
-    if k >= 4:
-        x = np.swapaxes(x, -1, -2)
-    return np.rot90(x, k % 4, axes=(-2, -1))
 
 
 # --------------------------------------------------------------------------- patches
@@ -313,7 +93,7 @@ class PatchDataset(torch.utils.data.Dataset):
     Args:
         cache: the cache directory (``spectraseg align``).
         image_ids: training scenes (must have the same channels).
-        stats: normalisation statistics (:func:`spectraseg.normalization.compute_stats`).
+        stats: normalisation statistics (:func:`spectraseg.features.normalization.compute_stats`).
         size: patch side S in pixels.
         length: patches per epoch (the dataset's ``len``).
         seed: random seed.
@@ -326,7 +106,7 @@ class PatchDataset(torch.utils.data.Dataset):
         photometric: standard deviation of the log of a random gain applied to each band's
             physical values (half shared by all bands, half per band: brightness and colour
             cast of another acquisition); 0: none. Indices see the same gains.
-        indices: spectral index channels to append (:mod:`spectraseg.indices`).
+        indices: spectral index channels to append (:mod:`spectraseg.features.indices`).
         channels: cache channels to use, in this order; None uses all.
         data_root: dataset root to rasterise missing masks from; None requires the masks.
         progress: show progress bars while building masks and rare-class positions.
@@ -457,7 +237,7 @@ class PatchDataset(torch.utils.data.Dataset):
             it, desc="rare pixels", total=len(self.image_ids), disable=not progress
         ):
             h, w = self._shapes[s]
-            mask = _open_mask(cache, image_id, (h, w))
+            mask = open_mask(cache, image_id, (h, w))
             gh, gw = -(-h // CELL), -(-w // CELL)
             for c in classes:
                 m = np.asarray(mask[c - 1])
@@ -502,7 +282,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if got is None:
             image_id = self.image_ids[s]
             img = self._cache.load(image_id)
-            got = (img, _open_mask(self.root, image_id, self._shapes[s]))
+            got = (img, open_mask(self.root, image_id, self._shapes[s]))
             self._arrays[s] = got
         return got
 
@@ -595,7 +375,7 @@ def load_scene(
     """A whole normalised scene: float32 (C, H, W), the channels a :class:`PatchDataset` gives.
 
     ``C = len(channels) + len(indices)``: the cache channels (all, or ``channels`` in that
-    order) normalised with :func:`~spectraseg.normalization.lookup` statistics, then the
+    order) normalised with :func:`~spectraseg.features.normalization.lookup` statistics, then the
     spectral indices. Processed in blocks of ``block_rows`` rows, so the only full-size
     array is the result (about 0.9 GB for 20 channels at full DSTL resolution).
     """
@@ -633,3 +413,8 @@ def load_scene(
             phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
             out[len(select) :, r:r1] = compute_plans(phys, plans)
     return out
+
+
+def scene_channels(cache: Any, image_id: str, indices: Sequence[str]) -> list[str]:
+    """Names of the channels :func:`spectraseg.features.patches.load_scene` returns for a scene."""
+    return list(cache.channels(image_id)) + list(indices)

@@ -1,6 +1,7 @@
 """Band registration: translation shifts between products, failure detection and fallbacks.
 
-Pure functions on arrays; reading files and writing the cache live in :mod:`spectraseg.fusion`.
+Pure functions on arrays; reading files and writing the cache live in
+:mod:`spectraseg.align.fusion`.
 
 Convention (``docs/architecture.md``, ``shifts.csv``): the shift ``(dx, dy)`` of a product is
 the displacement of its content relative to the reference grid (RGB), in the product's own
@@ -48,8 +49,8 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from spectraseg.data.dstl import PRODUCTS, region_of
 from spectraseg.errors import SpectrasegWarning
-from spectraseg.io import PRODUCTS, region_of
 
 METHODS: tuple[str, ...] = ("ecc", "region_median", "phase_corr", "identity")
 """Values of the ``method`` column of ``shifts.csv``, best first."""

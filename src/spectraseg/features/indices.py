@@ -44,8 +44,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from spectraseg.align.cache import product_of
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
-from spectraseg.normalization import product_of
 
 EPS = 1e-6
 """Denominators with a smaller magnitude give an index of 0."""

@@ -18,13 +18,11 @@ with one sentence naming the file or id. Output files are written atomically
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io as _io
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,8 +38,9 @@ from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
 from spectraseg import NUM_CLASSES
+from spectraseg.data.files import write_text_atomic
+from spectraseg.data.geometry import EMPTY, repair, to_multipolygon
 from spectraseg.errors import DataError, SpectrasegWarning
-from spectraseg.geometry import EMPTY, repair, to_multipolygon
 
 PRODUCTS: tuple[str, ...] = ("RGB", "P", "M", "A")
 """Product names, in fusion order."""
@@ -62,40 +61,6 @@ _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 # --------------------------------------------------------------------------- atomic output
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
-
-    An interrupted or failed write leaves ``path`` untouched (old content or absent) and
-    removes the temporary file, so readers never see half-written output.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp creates 0600; outputs get the mode any other new file would get.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically (UTF-8); ``.gz`` paths are gzip-compressed."""
-    with atomic_output(path) as tmp:
-        if str(path).endswith(".gz"):
-            with gzip.open(tmp, "wt", encoding="utf-8", newline="") as f:
-                f.write(text)
-        else:
-            tmp.write_text(text, encoding="utf-8")
 
 
 def _open_text(path: Path) -> _io.TextIOBase:
@@ -240,7 +205,7 @@ def parse_wkt_rows(
 ) -> tuple[dict[str, dict[int, MultiPolygon]], int]:
     """Parse WKT rows into ``{image_id: {class: MultiPolygon}}`` and count the repairs.
 
-    Invalid polygons are repaired (see :func:`~spectraseg.geometry.repair`); malformed WKT
+    Invalid polygons are repaired (see :func:`~spectraseg.data.geometry.repair`); malformed WKT
     raises DataError naming the row.
     """
     texts = np.array([r[2] for r in rows], dtype=object)
@@ -505,3 +470,45 @@ class Dataset:
 def open_dataset(root: str | os.PathLike[str]) -> Dataset:
     """Open a dataset root in the DSTL competition layout."""
     return Dataset(root)
+
+
+PREDICTIONS_CSV = "predictions.csv"
+"""Name of the all-scenes prediction file in a prediction directory."""
+
+
+def prediction_file(path: str | os.PathLike[str]) -> Path:
+    """The prediction CSV of ``path``: the file itself, or ``predictions.csv`` in a directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (PREDICTIONS_CSV, PREDICTIONS_CSV + ".gz"):
+            if (path / name).is_file():
+                return path / name
+        raise DataError(f"prediction directory {path} has no {PREDICTIONS_CSV}")
+    if not path.is_file():
+        raise DataError(f"prediction file {path} does not exist")
+    return path
+
+
+def read_predictions(path: str | os.PathLike[str]) -> dict[str, dict[int, MultiPolygon]]:
+    """Read predictions (a CSV, or a directory holding ``predictions.csv``).
+
+    Returns ``{image_id: {class: MultiPolygon}}`` in grid coordinates. A malformed file, an
+    (image, class) pair given twice, or WKT that is not polygons raises DataError naming the
+    file and row. Invalid polygons are repaired (``make_valid(method="structure")``) and
+    counted in one warning.
+    """
+    src = prediction_file(path)
+    rows = read_wkt_rows(src)
+    seen: set[tuple[str, int]] = set()
+    for image_id, cls, _ in rows:
+        if (image_id, cls) in seen:
+            raise DataError(f"{src}: image {image_id} class {cls} appears twice")
+        seen.add((image_id, cls))
+    pred, repaired = parse_wkt_rows(rows, src)
+    if repaired:
+        warnings.warn(
+            f"{src}: repaired {repaired} invalid polygon(s) of {len(rows)}",
+            SpectrasegWarning,
+            stacklevel=2,
+        )
+    return pred

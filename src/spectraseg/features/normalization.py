@@ -46,9 +46,16 @@ from typing import Any
 
 import numpy as np
 
+from spectraseg.align.cache import (
+    CHANNEL_ORDER,
+    Cache,
+    channel_valid_boxes,
+    open_cache_dir,
+    scale_offset,
+)
+from spectraseg.data.dstl import region_of
+from spectraseg.data.files import atomic_output
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
-from spectraseg.fusion import CHANNELS, Cache, open_cache
-from spectraseg.io import atomic_output, region_of
 
 MODES: tuple[str, ...] = ("image", "dataset", "region")
 """The three normalisation scopes."""
@@ -56,68 +63,11 @@ MODES: tuple[str, ...] = ("image", "dataset", "region")
 MIN_STD = 1e-6
 """A channel with a smaller standard deviation (physical units) is constant: std becomes 1."""
 
-CHANNEL_ORDER: tuple[str, ...] = (
-    "R",
-    "G",
-    "B",
-    "P",
-    *(f"M{i}" for i in range(1, 9)),
-    *(f"A{i}" for i in range(1, 9)),
-)
-"""The cache's canonical channel order (R,G,B,P,M1..M8,A1..A8, restricted to what exists)."""
 
 _BLOCK_VALUES = 1 << 22  # values per streamed block: 32 MiB of float64
 
 
 # --------------------------------------------------------------------------- cache access
-
-
-def product_of(channel: str) -> str:
-    """The product a fused channel comes from: ``R``/``G``/``B`` -> RGB, ``M3`` -> M, ..."""
-    for product, names in CHANNELS.items():
-        if channel in names:
-            return product
-    raise DataError(f"cache channel {channel!r} belongs to no known product (RGB, P, M, A)")
-
-
-def open_cache_dir(cache: str | os.PathLike[str] | Cache) -> Cache:
-    """The :class:`~spectraseg.fusion.Cache` of a directory (an opened cache passes through)."""
-    if isinstance(cache, (str, os.PathLike)):
-        return open_cache(cache)
-    return cache
-
-
-def cache_root(cache: str | os.PathLike[str] | Cache) -> Path:
-    """The directory of a cache given as a path or an opened cache."""
-    return Path(cache) if isinstance(cache, (str, os.PathLike)) else cache.root
-
-
-def scale_offset(cache: Cache) -> tuple[float, float]:
-    """The manifest's ``(scale, offset)``: physical value = stored * scale + offset."""
-    m = cache.manifest
-    return float(m.get("scale", 1.0)), float(m.get("offset", 0.0))
-
-
-def channel_valid_boxes(
-    cache: Cache, image_id: str, shape: tuple[int, int, int]
-) -> list[tuple[int, int, int, int]]:
-    """Per channel the ``(row0, row1, col0, col1)`` box of non-fill pixels, clipped to the scene.
-
-    A product without a ``valid`` entry is taken to cover the whole scene.
-    """
-    _, h, w = shape
-    valid = cache.valid(image_id) or {}
-    boxes = []
-    for ch in cache.channels(image_id):
-        box = valid.get(product_of(ch))
-        if box is None:
-            boxes.append((0, h, 0, w))
-            continue
-        r0, r1, c0, c1 = (int(v) for v in box)
-        r0, r1 = max(0, min(r0, h)), max(0, min(r1, h))
-        c0, c1 = max(0, min(c0, w)), max(0, min(c1, w))
-        boxes.append((r0, max(r0, r1), c0, max(c0, c1)))
-    return boxes
 
 
 # --------------------------------------------------------------------------- moments
@@ -272,7 +222,7 @@ def compute_stats(
 
     Returns:
         The JSON-ready statistics document (module docstring), with ``dataset``, ``region``
-        (keyed by :func:`~spectraseg.io.region_of`) and ``image`` entries; means and stds in
+        (keyed by :func:`~spectraseg.data.dstl.region_of`) and ``image`` entries; means and stds in
         physical units, float64.
     """
     from tqdm import tqdm

@@ -16,7 +16,7 @@ The cache (``spectraseg align DATA --cache DIR``, format in ``docs/architecture.
 
 :func:`align_dataset` runs in two phases so that fallbacks can use region neighbours:
 estimate the shifts of all scenes (cheap, small results), resolve fallbacks across scenes
-(:func:`spectraseg.registration.resolve_shifts`), then fuse and write each scene. Scenes
+(:func:`spectraseg.align.registration.resolve_shifts`), then fuse and write each scene. Scenes
 run serially in-process, on a Dask ``LocalCluster`` (``workers``) or on an existing Dask
 cluster (``scheduler``); the task functions of this module are what the workers run. Each
 scene's array is written by the worker that builds it, channel by channel into a temporary
@@ -26,14 +26,11 @@ stays bounded whatever the number of scenes.
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,40 +38,28 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
-from spectraseg.errors import DataError, SpectrasegError
-from spectraseg.io import (
-    PRODUCTS,
-    Scene,
-    atomic_output,
-    check_image_id,
-    open_dataset,
-    write_text_atomic,
+from spectraseg.align.cache import (
+    MANIFEST,
+    SHIFTS,
+    channels_of,
+    entry_complete,
+    read_manifest,
+    read_shifts,
+    write_manifest,
+    write_shifts,
 )
-from spectraseg.parallel import describe, open_runner
-from spectraseg.registration import (
+from spectraseg.align.registration import (
     DEFAULT_CONFIG,
-    METHODS,
     ProductEstimate,
     RegistrationConfig,
     ShiftRow,
     estimate_products,
     resolve_shifts,
 )
-
-CACHE_FORMAT = "spectraseg-cache"
-CACHE_VERSION = 1
-MANIFEST = "manifest.json"
-SHIFTS = "shifts.csv"
-SHIFT_COLUMNS: tuple[str, ...] = ("image_id", "product", "dx", "dy", "corr", "method", "reason")
-"""Columns of the cache's ``shifts.csv`` (the first four are those of the synthetic truth)."""
-
-CHANNELS: dict[str, tuple[str, ...]] = {
-    "RGB": ("R", "G", "B"),
-    "P": ("P",),
-    "M": tuple(f"M{i}" for i in range(1, 9)),
-    "A": tuple(f"A{i}" for i in range(1, 9)),
-}
-"""Channel names of each product, in stacking order."""
+from spectraseg.data.dstl import PRODUCTS, Scene, check_image_id, open_dataset
+from spectraseg.data.files import atomic_output
+from spectraseg.errors import DataError, SpectrasegError
+from spectraseg.parallel import describe, open_runner
 
 ASPECT_TOLERANCE = 0.03
 """Largest relative difference between a product's x and y scale to the reference grid."""
@@ -83,12 +68,6 @@ ASPECT_TOLERANCE = 0.03
 
 Box = tuple[int, int, int, int]
 """``(row0, row1, col0, col1)``: a half-open box of reference-grid pixels."""
-
-
-def channels_of(products: Iterable[str]) -> list[str]:
-    """The channel names of a set of products, in the fixed order R,G,B,P,M1..M8,A1..A8."""
-    have = set(products)
-    return [c for p in PRODUCTS if p in have for c in CHANNELS[p]]
 
 
 # --------------------------------------------------------------------------- resampling
@@ -333,228 +312,6 @@ def write_scene(
     }
 
 
-def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
-    """``(shape, dtype, fortran_order, data_offset)`` of a ``.npy`` file, reading only its header.
-
-    Raises DataError if the file is not a readable ``.npy`` file.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy version {version}")
-            offset = f.tell()
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npy file ({exc})") from None
-    return tuple(shape), np.dtype(dtype), bool(fortran), offset
-
-
-def entry_complete(
-    cache_dir: str | os.PathLike[str],
-    image_id: str,
-    entry: Mapping[str, Any] | None,
-    scene: Scene | None = None,
-) -> bool:
-    """Whether ``{id}.npy`` exists and agrees with its manifest entry (and the scene's files).
-
-    Checks the entry's channels and size against the file's shape and dtype header and its
-    byte length; with ``scene``, also that the products and reference size are unchanged.
-    """
-    if not entry:
-        return False
-    try:
-        channels = list(entry["channels"])
-        shape = (len(channels), int(entry["height"]), int(entry["width"]))
-        products = list(entry["products"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    if scene is not None:
-        ref = scene.reference
-        if products != [p for p in PRODUCTS if scene.has(p)] or shape[1:] != (
-            ref.height,
-            ref.width,
-        ):
-            return False
-        if channels != channels_of(scene.products):
-            return False
-    path = Path(cache_dir) / f"{image_id}.npy"
-    if not path.is_file():
-        return False
-    try:
-        got, dtype, fortran, offset = npy_header(path)
-    except DataError:
-        return False
-    if got != shape or dtype != np.dtype(np.uint16) or fortran:
-        return False
-    return path.stat().st_size == offset + math.prod(shape) * 2
-
-
-def empty_manifest() -> dict[str, Any]:
-    """A manifest with no scenes."""
-    return {
-        "format": CACHE_FORMAT,
-        "version": CACHE_VERSION,
-        "dtype": "uint16",
-        "scale": 1.0,
-        "offset": 0.0,
-        "scenes": {},
-    }
-
-
-def read_manifest(cache_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Any]:
-    """The cache's ``manifest.json``; an empty manifest if absent and ``missing_ok``.
-
-    Raises DataError if it is absent (unless ``missing_ok``), unreadable, or not a
-    spectraseg cache manifest of a supported version.
-    """
-    path = Path(cache_dir) / MANIFEST
-    if not path.is_file():
-        if missing_ok:
-            return empty_manifest()
-        raise DataError(f"{path} does not exist: {cache_dir} is not a spectraseg cache")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
-        raise DataError(f"{path} is not a spectraseg cache manifest")
-    if manifest.get("version") != CACHE_VERSION:
-        raise DataError(
-            f"{path} has cache version {manifest.get('version')!r}, expected {CACHE_VERSION}"
-        )
-    if manifest.get("dtype") != "uint16" or not isinstance(manifest.get("scenes"), dict):
-        raise DataError(f"{path} has no 'scenes' mapping or a dtype other than uint16")
-    return manifest
-
-
-def write_manifest(cache_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
-    """Write ``manifest.json`` atomically: scenes sorted by id, one line per scene."""
-    head = {k: v for k, v in manifest.items() if k != "scenes"}
-    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
-    scenes = sorted(manifest["scenes"].items())
-    body = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in scenes)
-    text = "{\n" + "\n".join(lines) + '\n  "scenes": {' + ("\n" + body + "\n  " if body else "")
-    write_text_atomic(Path(cache_dir) / MANIFEST, text + "}\n}\n")
-
-
-def _fmt(x: float, digits: int = 4) -> str:
-    return "" if not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def write_shifts(path: str | os.PathLike[str], rows: Iterable[ShiftRow]) -> None:
-    """Write ``shifts.csv`` atomically (``SHIFT_COLUMNS``; empty ``corr`` where none)."""
-    order = {p: i for i, p in enumerate(PRODUCTS)}
-    buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(SHIFT_COLUMNS)
-    for r in sorted(rows, key=lambda r: (r.image_id, order.get(r.product, 9))):
-        w.writerow(
-            [r.image_id, r.product, _fmt(r.dx), _fmt(r.dy), _fmt(r.corr), r.method, r.reason]
-        )
-    write_text_atomic(path, buf.getvalue())
-
-
-def read_shifts(path: str | os.PathLike[str]) -> list[ShiftRow]:
-    """Read a ``shifts.csv``: the cache's (with corr, method) or a truth file (4 columns).
-
-    Rows without a ``method`` column get method ``truth``.
-    """
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-            header = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} cannot be read as CSV ({exc})") from None
-    missing = [c for c in SHIFT_COLUMNS[:4] if rows and c not in header]
-    if missing:
-        raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
-    out: list[ShiftRow] = []
-    for n, row in enumerate(rows, start=2):
-        try:
-            corr = row.get("corr") or "nan"
-            out.append(
-                ShiftRow(
-                    row["image_id"],
-                    row["product"],
-                    float(row["dx"]),
-                    float(row["dy"]),
-                    float(corr),
-                    row.get("method") or "truth",
-                    row.get("reason") or "",
-                )
-            )
-        except (TypeError, ValueError):
-            raise DataError(f"{path} line {n} has a non-numeric dx, dy or corr") from None
-    return out
-
-
-@dataclass
-class Cache:
-    """Read access to a fused cache directory (see :func:`open_cache`)."""
-
-    root: Path
-    manifest: dict[str, Any]
-
-    @property
-    def image_ids(self) -> list[str]:
-        """Ids of the scenes in the manifest, sorted."""
-        return sorted(self.manifest["scenes"])
-
-    def entry(self, image_id: str) -> dict[str, Any]:
-        """The manifest entry of a scene; DataError if the scene is not cached."""
-        try:
-            return self.manifest["scenes"][image_id]
-        except KeyError:
-            raise DataError(f"scene {image_id} is not in the cache {self.root}") from None
-
-    def channels(self, image_id: str) -> list[str]:
-        """Channel names of a cached scene, in stack order."""
-        return list(self.entry(image_id)["channels"])
-
-    def valid(self, image_id: str) -> dict[str, list[int]]:
-        """Per product the ``[row0, row1, col0, col1]`` box of real (non-fill) pixels."""
-        valid = self.entry(image_id).get("valid", {})
-        return {k: [int(v) for v in box] for k, box in valid.items()}
-
-    def path(self, image_id: str) -> Path:
-        """The ``.npy`` file of a scene."""
-        return self.root / f"{check_image_id(image_id)}.npy"
-
-    def load(self, image_id: str) -> np.memmap:
-        """The fused scene as a read-only memory map, ``(C, H, W)`` uint16."""
-        entry = self.entry(image_id)
-        path = self.path(image_id)
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
-        expected = (len(entry["channels"]), int(entry["height"]), int(entry["width"]))
-        if arr.shape != expected or arr.dtype != np.uint16:
-            raise DataError(
-                f"{path} holds {arr.dtype} {arr.shape}, but the manifest says uint16 {expected}"
-            )
-        return arr
-
-    def shifts(self) -> list[ShiftRow]:
-        """The rows of the cache's ``shifts.csv`` (empty if absent)."""
-        path = self.root / SHIFTS
-        return read_shifts(path) if path.is_file() else []
-
-
-def open_cache(cache_dir: str | os.PathLike[str]) -> Cache:
-    """Open a cache directory written by ``spectraseg align``; DataError if it is not one."""
-    root = Path(cache_dir)
-    if not root.is_dir():
-        raise DataError(f"cache directory {root} does not exist")
-    return Cache(root, read_manifest(root))
-
-
 # --------------------------------------------------------------------------- tasks
 
 
@@ -778,26 +535,16 @@ def align_dataset(
 
 
 __all__ = [
-    "CHANNELS",
-    "METHODS",
-    "SHIFT_COLUMNS",
     "AlignReport",
     "AlignedScene",
-    "Cache",
     "SceneStatus",
     "align_dataset",
     "align_scene",
-    "channels_of",
     "check_scene",
-    "entry_complete",
     "estimate_scene",
     "fuse_images",
-    "open_cache",
-    "read_manifest",
-    "read_shifts",
     "resample_band",
     "valid_box",
     "warp_matrix",
     "write_scene",
-    "write_shifts",
 ]

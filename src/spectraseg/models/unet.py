@@ -7,7 +7,7 @@ conv3x3-norm-ReLU blocks follow. A 1x1 convolution gives one logit per class.
 
 The network returns **logits** ``(N, 10, H, W)``: classes overlap, so each is an independent
 sigmoid, applied by the caller (``torch.sigmoid``) or folded into the loss
-(:mod:`spectraseg.losses` works on logits for numerical stability).
+(:mod:`spectraseg.models.losses` works on logits for numerical stability).
 
 Level ``i`` has ``width * 2**i`` channels. Input height and width must be divisible by
 ``2**depth``; other sizes raise :class:`ValueError` naming the size.
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from spectraseg import NUM_CLASSES
+from spectraseg.config import Config
 
 NORMS: tuple[str, ...] = ("batch", "group", "instance")
 """Normalisation layers the blocks can use."""
@@ -160,3 +161,17 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(config: Config, in_channels: int) -> UNet:
+    """The U-Net described by ``config.model`` for ``in_channels`` inputs."""
+    m = config.model
+    return UNet(
+        in_channels,
+        NUM_CLASSES,
+        width=m.width,
+        depth=m.depth,
+        norm=m.norm,
+        groups=m.groups,
+        dropout=m.dropout,
+    )

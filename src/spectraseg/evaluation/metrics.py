@@ -10,7 +10,7 @@ Areas are in squared grid units (the DSTL normalised grid) for both variants:
 
 - :func:`evaluate_polygons` measures exact polygon areas with shapely.
 - :func:`raster_jaccard` rasterises both sides onto each scene's RGB grid (a pixel counts when
-  its centre is inside, :func:`spectraseg.geometry.rasterize`) and counts pixels, each worth
+  its centre is inside, :func:`spectraseg.data.geometry.rasterize`) and counts pixels, each worth
   the area of one pixel in grid units. It is faster on large files and agrees with the polygon
   variant up to the boundary pixels (about 1% on the real labels at the RGB resolution).
   :func:`mask_counts` does the same for masks already on a grid (no vectorisation needed).
@@ -29,6 +29,7 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,10 @@ from shapely.errors import GEOSException
 from shapely.geometry.base import BaseGeometry
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
+from spectraseg.align.cache import Cache
+from spectraseg.data.dstl import open_dataset, read_grid_sizes, read_predictions, read_wkt_csv
+from spectraseg.data.geometry import EMPTY, pixel_scale, rasterize, repair
 from spectraseg.errors import DataError, SpectrasegWarning
-from spectraseg.geometry import EMPTY, pixel_scale, rasterize, repair
 
 EMPTY_UNION_SCORE = 0.0
 """Jaccard given to a class whose union is empty over all scored images."""
@@ -241,7 +244,7 @@ def evaluate_polygons(
         empty_score: Jaccard of a class with an empty union over all scored images.
         validate: repair invalid geometries first (areas of invalid polygons are
             meaningless); pass False for geometries known valid, e.g. read with
-            :func:`spectraseg.io.read_wkt_csv`, which repairs.
+            :func:`spectraseg.data.dstl.read_wkt_csv`, which repairs.
 
     Returns:
         an :class:`Evaluation` (``.jaccard``, ``.mean``, ``.to_json()``).
@@ -282,6 +285,22 @@ def pixel_area(width: int, height: int, xmax: float, ymin: float) -> float:
     """Area of one pixel of a ``width x height`` raster, in squared grid units."""
     sx, sy = pixel_scale(width, height, xmax, ymin)
     return float(1.0 / abs(sx * sy))
+
+
+def pixel_areas(
+    cache: Cache, root: str | os.PathLike[str] | None, image_ids: Iterable[str]
+) -> dict[str, float]:
+    """The metric's weight of each cached scene: the area of one of its pixels in squared
+    grid units, from the dataset's ``grid_sizes.csv`` under ``root``; 1.0 (pixel counts)
+    where the dataset gives no grid size (no ``root``, no file, or the scene not in it)."""
+    grid: dict[str, tuple[float, float]] = {}
+    if root and (Path(root) / "grid_sizes.csv").is_file():
+        grid = read_grid_sizes(Path(root) / "grid_sizes.csv")
+    out = {}
+    for i in image_ids:
+        h, w = cache.load(i).shape[1:]
+        out[i] = pixel_area(w, h, *grid[i]) if i in grid else 1.0
+    return out
 
 
 def raster_jaccard(
@@ -409,8 +428,6 @@ def evaluate_files(
     The scored images are those in both files plus every split's images. Predicted images
     without truth are ignored with a warning.
     """
-    from spectraseg.io import open_dataset, read_wkt_csv
-    from spectraseg.submission import read_predictions
 
     pred = read_predictions(pred_path)
     truth = read_wkt_csv(truth_path)

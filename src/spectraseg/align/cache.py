@@ -1,0 +1,337 @@
+"""The cache of fused scenes: one reader and writer of its arrays, manifest and shifts."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectraseg.align.registration import (
+    ShiftRow,
+)
+from spectraseg.data.dstl import PRODUCTS, Scene, check_image_id
+from spectraseg.data.files import write_text_atomic
+from spectraseg.errors import DataError
+
+CACHE_FORMAT = "spectraseg-cache"
+
+
+CACHE_VERSION = 1
+
+
+MANIFEST = "manifest.json"
+
+
+SHIFTS = "shifts.csv"
+
+
+SHIFT_COLUMNS: tuple[str, ...] = ("image_id", "product", "dx", "dy", "corr", "method", "reason")
+"""Columns of the cache's ``shifts.csv`` (the first four are those of the synthetic truth)."""
+
+
+CHANNELS: dict[str, tuple[str, ...]] = {
+    "RGB": ("R", "G", "B"),
+    "P": ("P",),
+    "M": tuple(f"M{i}" for i in range(1, 9)),
+    "A": tuple(f"A{i}" for i in range(1, 9)),
+}
+"""Channel names of each product, in stacking order."""
+
+
+def channels_of(products: Iterable[str]) -> list[str]:
+    """The channel names of a set of products, in the fixed order R,G,B,P,M1..M8,A1..A8."""
+    have = set(products)
+    return [c for p in PRODUCTS if p in have for c in CHANNELS[p]]
+
+
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """``(shape, dtype, fortran_order, data_offset)`` of a ``.npy`` file, reading only its header.
+
+    Raises DataError if the file is not a readable ``.npy`` file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable .npy file ({exc})") from None
+    return tuple(shape), np.dtype(dtype), bool(fortran), offset
+
+
+def entry_complete(
+    cache_dir: str | os.PathLike[str],
+    image_id: str,
+    entry: Mapping[str, Any] | None,
+    scene: Scene | None = None,
+) -> bool:
+    """Whether ``{id}.npy`` exists and agrees with its manifest entry (and the scene's files).
+
+    Checks the entry's channels and size against the file's shape and dtype header and its
+    byte length; with ``scene``, also that the products and reference size are unchanged.
+    """
+    if not entry:
+        return False
+    try:
+        channels = list(entry["channels"])
+        shape = (len(channels), int(entry["height"]), int(entry["width"]))
+        products = list(entry["products"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if scene is not None:
+        ref = scene.reference
+        if products != [p for p in PRODUCTS if scene.has(p)] or shape[1:] != (
+            ref.height,
+            ref.width,
+        ):
+            return False
+        if channels != channels_of(scene.products):
+            return False
+    path = Path(cache_dir) / f"{image_id}.npy"
+    if not path.is_file():
+        return False
+    try:
+        got, dtype, fortran, offset = npy_header(path)
+    except DataError:
+        return False
+    if got != shape or dtype != np.dtype(np.uint16) or fortran:
+        return False
+    return path.stat().st_size == offset + math.prod(shape) * 2
+
+
+def empty_manifest() -> dict[str, Any]:
+    """A manifest with no scenes."""
+    return {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "dtype": "uint16",
+        "scale": 1.0,
+        "offset": 0.0,
+        "scenes": {},
+    }
+
+
+def read_manifest(cache_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Any]:
+    """The cache's ``manifest.json``; an empty manifest if absent and ``missing_ok``.
+
+    Raises DataError if it is absent (unless ``missing_ok``), unreadable, or not a
+    spectraseg cache manifest of a supported version.
+    """
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        if missing_ok:
+            return empty_manifest()
+        raise DataError(f"{path} does not exist: {cache_dir} is not a spectraseg cache")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} cannot be read as JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
+        raise DataError(f"{path} is not a spectraseg cache manifest")
+    if manifest.get("version") != CACHE_VERSION:
+        raise DataError(
+            f"{path} has cache version {manifest.get('version')!r}, expected {CACHE_VERSION}"
+        )
+    if manifest.get("dtype") != "uint16" or not isinstance(manifest.get("scenes"), dict):
+        raise DataError(f"{path} has no 'scenes' mapping or a dtype other than uint16")
+    return manifest
+
+
+def write_manifest(cache_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` atomically: scenes sorted by id, one line per scene."""
+    head = {k: v for k, v in manifest.items() if k != "scenes"}
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    scenes = sorted(manifest["scenes"].items())
+    body = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in scenes)
+    text = "{\n" + "\n".join(lines) + '\n  "scenes": {' + ("\n" + body + "\n  " if body else "")
+    write_text_atomic(Path(cache_dir) / MANIFEST, text + "}\n}\n")
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def write_shifts(path: str | os.PathLike[str], rows: Iterable[ShiftRow]) -> None:
+    """Write ``shifts.csv`` atomically (``SHIFT_COLUMNS``; empty ``corr`` where none)."""
+    order = {p: i for i, p in enumerate(PRODUCTS)}
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SHIFT_COLUMNS)
+    for r in sorted(rows, key=lambda r: (r.image_id, order.get(r.product, 9))):
+        w.writerow(
+            [r.image_id, r.product, _fmt(r.dx), _fmt(r.dy), _fmt(r.corr), r.method, r.reason]
+        )
+    write_text_atomic(path, buf.getvalue())
+
+
+def read_shifts(path: str | os.PathLike[str]) -> list[ShiftRow]:
+    """Read a ``shifts.csv``: the cache's (with corr, method) or a truth file (4 columns).
+
+    Rows without a ``method`` column get method ``truth``.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read as CSV ({exc})") from None
+    missing = [c for c in SHIFT_COLUMNS[:4] if rows and c not in header]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
+    out: list[ShiftRow] = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            corr = row.get("corr") or "nan"
+            out.append(
+                ShiftRow(
+                    row["image_id"],
+                    row["product"],
+                    float(row["dx"]),
+                    float(row["dy"]),
+                    float(corr),
+                    row.get("method") or "truth",
+                    row.get("reason") or "",
+                )
+            )
+        except (TypeError, ValueError):
+            raise DataError(f"{path} line {n} has a non-numeric dx, dy or corr") from None
+    return out
+
+
+@dataclass
+class Cache:
+    """Read access to a fused cache directory (see :func:`open_cache`)."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Ids of the scenes in the manifest, sorted."""
+        return sorted(self.manifest["scenes"])
+
+    def entry(self, image_id: str) -> dict[str, Any]:
+        """The manifest entry of a scene; DataError if the scene is not cached."""
+        try:
+            return self.manifest["scenes"][image_id]
+        except KeyError:
+            raise DataError(f"scene {image_id} is not in the cache {self.root}") from None
+
+    def channels(self, image_id: str) -> list[str]:
+        """Channel names of a cached scene, in stack order."""
+        return list(self.entry(image_id)["channels"])
+
+    def valid(self, image_id: str) -> dict[str, list[int]]:
+        """Per product the ``[row0, row1, col0, col1]`` box of real (non-fill) pixels."""
+        valid = self.entry(image_id).get("valid", {})
+        return {k: [int(v) for v in box] for k, box in valid.items()}
+
+    def path(self, image_id: str) -> Path:
+        """The ``.npy`` file of a scene."""
+        return self.root / f"{check_image_id(image_id)}.npy"
+
+    def load(self, image_id: str) -> np.memmap:
+        """The fused scene as a read-only memory map, ``(C, H, W)`` uint16."""
+        entry = self.entry(image_id)
+        path = self.path(image_id)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
+        expected = (len(entry["channels"]), int(entry["height"]), int(entry["width"]))
+        if arr.shape != expected or arr.dtype != np.uint16:
+            raise DataError(
+                f"{path} holds {arr.dtype} {arr.shape}, but the manifest says uint16 {expected}"
+            )
+        return arr
+
+    def shifts(self) -> list[ShiftRow]:
+        """The rows of the cache's ``shifts.csv`` (empty if absent)."""
+        path = self.root / SHIFTS
+        return read_shifts(path) if path.is_file() else []
+
+
+def open_cache(cache_dir: str | os.PathLike[str]) -> Cache:
+    """Open a cache directory written by ``spectraseg align``; DataError if it is not one."""
+    root = Path(cache_dir)
+    if not root.is_dir():
+        raise DataError(f"cache directory {root} does not exist")
+    return Cache(root, read_manifest(root))
+
+
+CHANNEL_ORDER: tuple[str, ...] = (
+    "R",
+    "G",
+    "B",
+    "P",
+    *(f"M{i}" for i in range(1, 9)),
+    *(f"A{i}" for i in range(1, 9)),
+)
+"""The cache's canonical channel order (R,G,B,P,M1..M8,A1..A8, restricted to what exists)."""
+
+
+def product_of(channel: str) -> str:
+    """The product a fused channel comes from: ``R``/``G``/``B`` -> RGB, ``M3`` -> M, ..."""
+    for product, names in CHANNELS.items():
+        if channel in names:
+            return product
+    raise DataError(f"cache channel {channel!r} belongs to no known product (RGB, P, M, A)")
+
+
+def open_cache_dir(cache: str | os.PathLike[str] | Cache) -> Cache:
+    """The :class:`Cache` of a directory (an opened cache passes through)."""
+    if isinstance(cache, (str, os.PathLike)):
+        return open_cache(cache)
+    return cache
+
+
+def cache_root(cache: str | os.PathLike[str] | Cache) -> Path:
+    """The directory of a cache given as a path or an opened cache."""
+    return Path(cache) if isinstance(cache, (str, os.PathLike)) else cache.root
+
+
+def scale_offset(cache: Cache) -> tuple[float, float]:
+    """The manifest's ``(scale, offset)``: physical value = stored * scale + offset."""
+    m = cache.manifest
+    return float(m.get("scale", 1.0)), float(m.get("offset", 0.0))
+
+
+def channel_valid_boxes(
+    cache: Cache, image_id: str, shape: tuple[int, int, int]
+) -> list[tuple[int, int, int, int]]:
+    """Per channel the ``(row0, row1, col0, col1)`` box of non-fill pixels, clipped to the scene.
+
+    A product without a ``valid`` entry is taken to cover the whole scene.
+    """
+    _, h, w = shape
+    valid = cache.valid(image_id) or {}
+    boxes = []
+    for ch in cache.channels(image_id):
+        box = valid.get(product_of(ch))
+        if box is None:
+            boxes.append((0, h, 0, w))
+            continue
+        r0, r1, c0, c1 = (int(v) for v in box)
+        r0, r1 = max(0, min(r0, h)), max(0, min(r1, h))
+        c0, c1 = max(0, min(c0, w)), max(0, min(c1, w))
+        boxes.append((r0, max(r0, r1), c0, max(c0, c1)))
+    return boxes
+
+
+CacheLike = str | os.PathLike[str] | Cache
+"""A cache directory or an opened :class:`~spectraseg.align.cache.Cache`."""

@@ -1,0 +1,135 @@
+"""The prediction directory ``spectraseg predict --out PRED``: what each scene writes.
+
+::
+
+    PRED/probs/{id}.npy          uint8 (10, H, W) probability levels round(p * 255)
+    PRED/polygons/{id}.geojson   one Feature per class, coordinates in DSTL grid units
+    PRED/wkt/{id}.csv            the scene's 10 rows of predictions.csv
+    PRED/sources/{id}.*.npy      each model's own levels (PredictOptions.sources)
+    PRED/predictions.csv         ImageId,ClassType,MultipolygonWKT for every predicted scene
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon
+
+from spectraseg import CLASS_NAMES, NUM_CLASSES
+from spectraseg.data.dstl import PREDICTIONS_CSV, WKT_HEADER, check_image_id, write_wkt_csv
+from spectraseg.data.files import atomic_output, write_text_atomic
+from spectraseg.data.geometry import EMPTY
+from spectraseg.vectorize import DEFAULT_DECIMALS
+
+
+def scene_paths(out_dir: str | os.PathLike[str], image_id: str) -> dict[str, Path]:
+    """Where the outputs of a scene go under a prediction directory ``PRED``.
+
+    ``probs``: ``PRED/probs/{id}.npy``, uint8 ``(10, H, W)`` levels ``round(p * 255)`` on
+    the scene's RGB grid; ``geojson``: ``PRED/polygons/{id}.geojson``; ``wkt``:
+    ``PRED/wkt/{id}.csv``, the scene's 10 rows of ``predictions.csv``; ``unet`` and
+    ``pixel``: ``PRED/sources/{id}.{unet,pixel}.npy``, each model's own levels (only with
+    ``PredictOptions.sources`` and a blended pixel model).
+    """
+    out = Path(out_dir)
+    check_image_id(image_id)
+    return {
+        "probs": out / "probs" / f"{image_id}.npy",
+        "unet": out / "sources" / f"{image_id}.unet.npy",
+        "pixel": out / "sources" / f"{image_id}.pixel.npy",
+        "geojson": out / "polygons" / f"{image_id}.geojson",
+        "wkt": out / "wkt" / f"{image_id}.csv",
+    }
+
+
+def scene_geojson(
+    image_id: str,
+    polygons: Mapping[int, MultiPolygon],
+    xmax: float,
+    ymin: float,
+    width: int,
+    height: int,
+    thresholds: Mapping[int, float] | None = None,
+) -> dict[str, Any]:
+    """A GeoJSON FeatureCollection of a scene's polygons, one Feature per class.
+
+    Coordinates are **DSTL grid units**, not longitude/latitude: x in ``[0, xmax]``, y in
+    ``[ymin, 0]`` (``ymin < 0``), the coordinates of the competition's WKT. Foreign members
+    record this (``coordinates``), the grid extent and the raster size the polygons were
+    traced on. Each Feature has ``class``, ``name``, ``threshold`` and ``area`` (squared
+    grid units); empty classes have a MultiPolygon with no coordinates.
+    """
+    features = []
+    for c in sorted(polygons):
+        g = polygons[c]
+        props: dict[str, Any] = {"class": c, "name": CLASS_NAMES.get(c, str(c)), "area": g.area}
+        if thresholds is not None:
+            props["threshold"] = float(thresholds.get(c, 0.5))
+        geometry = (
+            {"type": "MultiPolygon", "coordinates": []}
+            if g.is_empty
+            else json.loads(shapely.to_geojson(g))
+        )
+        features.append({"type": "Feature", "properties": props, "geometry": geometry})
+    return {
+        "type": "FeatureCollection",
+        "image_id": image_id,
+        "coordinates": "DSTL grid units: x in [0, xmax], y in [ymin, 0]; not longitude/latitude",
+        "xmax": xmax,
+        "ymin": ymin,
+        "width": width,
+        "height": height,
+        "features": features,
+    }
+
+
+def save_levels(path: Path, levels: np.ndarray) -> None:
+    """Save uint8 probability levels ``(K, H, W)`` as ``.npy``, atomically."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, levels)
+
+
+def write_scene_outputs(
+    out_dir: str | os.PathLike[str],
+    image_id: str,
+    levels: np.ndarray,
+    polygons: Mapping[int, MultiPolygon],
+    xmax: float,
+    ymin: float,
+    thresholds: Mapping[int, float],
+    decimals: int = DEFAULT_DECIMALS,
+) -> dict[str, Path]:
+    """Write a scene's probabilities, GeoJSON and WKT rows (each atomically)."""
+    paths = scene_paths(out_dir, image_id)
+    save_levels(paths["probs"], levels)
+    doc = scene_geojson(
+        image_id, polygons, xmax, ymin, levels.shape[2], levels.shape[1], thresholds
+    )
+    write_text_atomic(paths["geojson"], json.dumps(doc) + "\n")
+    rows = [(image_id, c, polygons.get(c, EMPTY)) for c in range(1, NUM_CLASSES + 1)]
+    write_wkt_csv(paths["wkt"], rows, decimals=decimals)
+    return paths
+
+
+def write_predictions_csv(out_dir: str | os.PathLike[str], image_ids: Sequence[str]) -> Path:
+    """Concatenate the scenes' WKT rows into ``PRED/predictions.csv``, atomically.
+
+    Streams scene by scene, so memory does not grow with the number of scenes.
+    """
+    path = Path(out_dir) / PREDICTIONS_CSV
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(WKT_HEADER) + "\n")
+        for i in image_ids:
+            with open(scene_paths(out_dir, i)["wkt"], encoding="utf-8", newline="") as src:
+                src.readline()  # header
+                for line in src:
+                    f.write(line)
+    return path

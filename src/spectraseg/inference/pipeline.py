@@ -1,0 +1,357 @@
+"""The ``predict`` stage: a trained run and a dataset in, a prediction directory out.
+
+:func:`predict_run` plans (checks the request, decides where thresholds come from and
+where scenes run: :func:`plan_prediction`), aligns the scenes into a cache, completes the
+run's normalisation statistics for regions it never saw, tunes thresholds where needed
+(:mod:`spectraseg.inference.tuning`), then predicts every scene
+(:func:`spectraseg.inference.tasks.predict_scene_task`) in this process or on Dask, and
+writes ``PRED/predictions.csv`` and ``PRED/predict.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from spectraseg.align.fusion import align_dataset
+from spectraseg.config import Config
+from spectraseg.data.dstl import Dataset, check_image_id, open_dataset
+from spectraseg.data.files import write_text_atomic
+from spectraseg.errors import ConfigError, DataError
+from spectraseg.features.normalization import complete_stats, save_stats
+from spectraseg.inference.outputs import write_predictions_csv
+from spectraseg.inference.scene import PredictOptions, resolve_options
+from spectraseg.inference.tasks import cached_model, predict_scene_task
+from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
+from spectraseg.parallel import Job, Runner, describe, open_runner
+from spectraseg.runs import RunDir, thresholds_of, write_thresholds
+
+
+def plan_workers(workers: int | None, scheduler: str | None, jobs: int, gpu: bool = False) -> int:
+    """Local worker processes to start: 0 runs in this process.
+
+    ``workers`` None (the default) starts a local cluster of ``min(jobs, cpu_count)``
+    single-threaded workers when there is more than one scene, else runs in-process; with
+    ``gpu`` (the scenes are predicted on CUDA) it runs in-process, so that one process
+    feeds the GPU instead of one CUDA context per core.
+    """
+    if workers is not None and scheduler is not None:
+        raise ConfigError("give either --workers or --scheduler, not both")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    if scheduler is not None:
+        return 0
+    if workers is None:
+        if gpu:
+            return 0
+        n = min(jobs, os.cpu_count() or 1)
+        return n if n > 1 else 0
+    return workers
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_run` did."""
+
+    out_dir: Path
+    predictions: Path | None = None
+    scenes: list[dict[str, Any]] = field(default_factory=list)
+    """Per requested scene: ``image_id``, ``status`` (``ok``/``failed``), ``reason``,
+    ``seconds``."""
+    thresholds: dict[int, float] = field(default_factory=dict)
+    threshold_source: str = ""
+    min_area: dict[int, float] = field(default_factory=dict)
+    tuning: dict[str, Any] | None = None
+    normalization: dict[str, Any] = field(default_factory=dict)
+    """``mode`` (the run's scope), ``computed`` (per new image or region entry, the scenes
+    of this request it was computed from) and ``stats`` (the file holding what was used)."""
+    blend: dict[int, float] | None = None
+    """Per-class U-Net weight of the blend with the run's pixel model (None: U-Net alone)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [s for s in self.scenes if s["status"] != "ok"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "predictions": str(self.predictions) if self.predictions else None,
+            "thresholds": {str(k): v for k, v in self.thresholds.items()},
+            "threshold_source": self.threshold_source,
+            "blend": {str(k): v for k, v in self.blend.items()} if self.blend else None,
+            "min_area_px": {str(k): v for k, v in self.min_area.items()},
+            "options": self.options,
+            "normalization": self.normalization,
+            "seconds": self.seconds,
+            "scenes": self.scenes,
+            "tuning": self.tuning,
+        }
+
+
+@dataclass
+class PredictPlan:
+    """A checked prediction request: what runs where, decided before any scene runs."""
+
+    run: RunDir
+    config: Config
+    dataset: Dataset
+    ids: list[str]
+    out: Path
+    cache_dir: Path
+    options: PredictOptions
+    thresholds: ThresholdPlan
+    min_area: dict[int, float]
+    workers: int
+    scheduler: str | None
+    run_stats: dict[str, Any] | None
+
+
+def _checked_options(
+    run: RunDir, options: PredictOptions, scheduler: str | None
+) -> tuple[PredictOptions, Config, dict[str, Any] | None]:
+    """Options completed from the run's config; ConfigError for a tile the model cannot take."""
+    model, config, run_stats = cached_model(run.root, options.checkpoint, "cpu")
+    # Local workers resolve the device as this process does; a scheduler's workers their own.
+    options = resolve_options(options, config, here=scheduler is None)
+    assert options.tile is not None and options.margin is not None
+    multiple = int(getattr(model, "multiple", 1))
+    if options.tile % multiple or options.tile <= 2 * options.margin:
+        raise ConfigError(
+            f"tile {options.tile} must be a multiple of the model's 2**depth ({multiple}) "
+            f"and larger than twice the margin {options.margin}"
+        )
+    return options, config, run_stats
+
+
+def _requested_scenes(ds: Dataset, image_ids: Sequence[str] | None) -> list[str]:
+    """The scenes to predict, each checked against the dataset (DataError naming a bad one)."""
+    ids = list(dict.fromkeys(ds.image_ids if image_ids is None else image_ids))
+    if not ids:
+        raise DataError(f"no scene to predict under {ds.root}")
+    known = set(ds.image_ids)
+    for i in ids:
+        check_image_id(i)
+        if i not in known:
+            raise DataError(f"image id {i} has no product file under {ds.root}")
+        if i not in ds.grid_sizes:
+            raise DataError(f"image id {i} is not in {ds.grid_path}")
+    return ids
+
+
+def _cache_for(
+    config: Config, ds: Dataset, out: Path, cache_dir: str | os.PathLike[str] | None
+) -> Path:
+    """The run's cache when the dataset is the run's own, else ``PRED/cache``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    d = config.data
+    same = d.root and d.cache and Path(d.root).resolve() == ds.root.resolve()
+    return Path(d.cache) if same else out / "cache"
+
+
+def plan_prediction(
+    run_dir: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    image_ids: Sequence[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    options: PredictOptions = PredictOptions(),
+    thresholds: str | Mapping[int, float] = "auto",
+    min_area: Mapping[int, float] | None = None,
+) -> PredictPlan:
+    """Check a prediction request (arguments as :func:`predict_run`) and decide its plan."""
+    run = RunDir.of(run_dir)
+    out = Path(out_dir)
+    options, config, run_stats = _checked_options(run, options, scheduler)
+    ds = open_dataset(data_root)
+    ids = _requested_scenes(ds, image_ids)
+    threshold_plan = plan_thresholds(run, config, options, thresholds)
+    areas = min_area if min_area is not None else dict(enumerate(config.predict.min_area, 1))
+    tuning = len(threshold_plan.tune_scenes or ())
+    gpu = options.device.startswith("cuda")
+    return PredictPlan(
+        run=run,
+        config=config,
+        dataset=ds,
+        ids=ids,
+        out=out,
+        cache_dir=_cache_for(config, ds, out, cache_dir),
+        options=options,
+        thresholds=threshold_plan,
+        min_area={int(k): float(v) for k, v in areas.items()},
+        workers=plan_workers(workers, scheduler, len(ids) + tuning, gpu),
+        scheduler=scheduler,
+        run_stats=run_stats,
+    )
+
+
+def predict_run(
+    run_dir: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    image_ids: Sequence[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    options: PredictOptions = PredictOptions(),
+    thresholds: str | Mapping[int, float] = "auto",
+    min_area: Mapping[int, float] | None = None,
+    progress: bool = True,
+) -> PredictReport:
+    """Predict the scenes of a dataset with a trained run; write ``PRED``.
+
+    Steps: align the scenes into the cache where needed
+    (:func:`spectraseg.align.fusion.align_dataset`); complete the normalisation statistics;
+    choose per-class thresholds; predict each scene in this process or on Dask; write
+    ``PRED/predictions.csv`` (all predicted scenes, sorted) and ``PRED/predict.json`` (this
+    report).
+
+    Args:
+        run_dir: the training run (checkpoints, config.toml, stats.json, split.json).
+        data_root: DSTL-layout dataset with the scenes to predict (its ``grid_sizes.csv``
+            gives the extents).
+        out_dir: the prediction directory ``PRED`` (:mod:`spectraseg.inference.outputs`).
+        image_ids: scenes to predict (default: every scene of ``data_root``).
+        workers: local Dask worker processes (0: in this process; None: one per core, up
+            to the number of scenes, in-process for a single scene or on CUDA).
+        scheduler: address of an existing Dask scheduler (its workers must see the same
+            paths).
+        cache_dir: the fused cache for these scenes (default: the run's ``data.cache`` when
+            ``data_root`` is the run's ``data.root``, else ``PRED/cache``).
+        options: tiling, TTA, device, vectorisation; None fields come from the run config.
+        thresholds: ``"auto"`` (``RUN/thresholds.json`` if it matches the checkpoint and
+            TTA, else tuned on the run's validation scenes and saved there, else the config's),
+            ``"retune"`` (always tune), ``"config"`` (``predict.thresholds``), or a mapping.
+        min_area: per class minimum polygon area in pixels (default: ``predict.min_area``).
+        progress: tqdm bars on stderr.
+    """
+    t0 = time.perf_counter()
+    plan = plan_prediction(
+        run_dir, data_root, out_dir, image_ids, workers, scheduler, cache_dir, options,
+        thresholds, min_area,
+    )  # fmt: skip
+    report = PredictReport(out_dir=plan.out, min_area=plan.min_area, options=_options_doc(plan))
+    align = align_dataset(
+        plan.dataset.root,
+        plan.cache_dir,
+        image_ids=plan.ids,
+        workers=plan.workers or None,
+        scheduler=plan.scheduler,
+        progress=progress,
+    )
+    failed = {s.image_id: s.reason for s in align.scenes if s.status == "failed"}
+    aligned = [i for i in plan.ids if i not in failed]
+    stats = _request_stats(plan.run_stats, plan.cache_dir, aligned, plan.out, report, progress)
+    with open_runner(plan.workers, plan.scheduler) as runner:
+        _settle_thresholds(runner, plan, report, progress)
+        results = _predict_scenes(runner, plan, report, stats, failed, progress)
+    report.scenes = [results[i] for i in plan.ids]
+    ok = sorted(s["image_id"] for s in report.scenes if s["status"] == "ok")
+    if ok:
+        report.predictions = write_predictions_csv(plan.out, ok)
+    report.seconds = time.perf_counter() - t0
+    write_text_atomic(plan.out / "predict.json", json.dumps(report.to_dict(), indent=1) + "\n")
+    return report
+
+
+def _options_doc(plan: PredictPlan) -> dict[str, Any]:
+    o = plan.options
+    return {
+        "checkpoint": o.checkpoint,
+        "tile": o.tile,
+        "margin": o.margin,
+        "batch": o.batch,
+        "tta": o.tta,
+        "device": o.device,
+        "tolerance_px": o.tolerance,
+        "decimals": o.decimals,
+        "cache": str(plan.cache_dir),
+    }
+
+
+def _settle_thresholds(
+    runner: Runner, plan: PredictPlan, report: PredictReport, progress: bool
+) -> None:
+    """Tune where the plan says so (saving ``RUN/thresholds.json``); fill the report."""
+    tp = plan.thresholds
+    if tp.tune_scenes:
+        tp.doc = tune_run(runner, plan.run, plan.config, plan.options, tp.tune_scenes, progress)
+        write_thresholds(plan.run, tp.doc)
+        tp.thresholds = thresholds_of(tp.doc)
+        tp.source = f"tuned on {len(tp.tune_scenes)} validation scene(s)"
+    report.thresholds, report.threshold_source, report.tuning = tp.thresholds, tp.source, tp.doc
+    if tp.doc and tp.doc.get("blend"):
+        report.blend = {int(k): float(v) for k, v in tp.doc["blend"].items()}
+
+
+def _predict_scenes(
+    runner: Runner,
+    plan: PredictPlan,
+    report: PredictReport,
+    stats: dict[str, Any] | None,
+    failed: Mapping[str, str],
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
+    """Run :func:`predict_scene_task` on every aligned scene; per scene its result or failure."""
+    from tqdm import tqdm
+
+    results: dict[str, dict[str, Any]] = {
+        i: {"image_id": i, "status": "failed", "reason": f"align: {why}"}
+        for i, why in failed.items()
+    }
+    opts = replace(plan.options, threads=runner.threads or plan.options.threads)
+    jobs: list[Job] = []
+    for i in plan.ids:
+        if i in failed:
+            continue
+        xmax, ymin = plan.dataset.grid_sizes[i]
+        args = (
+            str(plan.run.root), str(plan.cache_dir), i, xmax, ymin, str(plan.out),
+            report.thresholds, report.min_area, opts, report.blend, stats,
+        )  # fmt: skip
+        jobs.append((i, args))
+    with tqdm(total=len(jobs), desc="predict", unit="scene", disable=not progress) as bar:
+        for key, result, exc in runner.run(predict_scene_task, jobs):
+            bar.update()
+            if exc is not None:
+                results[key] = {"image_id": key, "status": "failed", "reason": describe(exc)}
+            else:
+                results[key] = {**result, "status": "ok"}
+    return results
+
+
+def _request_stats(
+    run_stats: Mapping[str, Any] | None,
+    cache_dir: Path,
+    image_ids: Sequence[str],
+    out: Path,
+    report: PredictReport,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """The run's statistics completed for the scenes to predict, saved as ``PRED/stats.json``.
+
+    Scenes of a region (or, in ``image`` mode, scenes) the run's statistics lack get an
+    entry computed from this request's scenes
+    (:func:`~spectraseg.features.normalization.complete_stats`),
+    so they are normalised in the scope the model was trained in; ``report.normalization``
+    records which.
+    """
+    if run_stats is None or not image_ids:
+        return None
+    stats, computed = complete_stats(run_stats, cache_dir, image_ids, progress=progress)
+    save_stats(stats, out / "stats.json")
+    report.normalization = {
+        "mode": stats.get("mode", "dataset"),
+        "computed": computed,
+        "stats": str(out / "stats.json"),
+    }
+    return stats

@@ -1,0 +1,223 @@
+"""Thresholds for a run's predictions: where they come from, and tuning them on the scenes
+training validated on.
+
+``spectraseg predict`` uses ``RUN/thresholds.json`` while it matches the checkpoint, the
+pixel model and the TTA setting; otherwise it tunes on the run's validation scenes
+(``RUN/split.json``) with the one tuner (:func:`spectraseg.evaluation.thresholds.tune_blend`)
+and saves the document there. Each validation scene is one task
+(:func:`spectraseg.inference.tasks.tune_scene_task`) returning its level histograms; only
+those small arrays travel back.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from spectraseg import NUM_CLASSES
+from spectraseg.align.cache import Cache, open_cache
+from spectraseg.align.masks import build_masks, has_mask
+from spectraseg.config import Config
+from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
+from spectraseg.evaluation.metrics import pixel_areas
+from spectraseg.evaluation.thresholds import jaccard_curves, tune_blend
+from spectraseg.features.split import run_scenes, run_split
+from spectraseg.inference.scene import PredictOptions
+from spectraseg.inference.tasks import tune_scene_task
+from spectraseg.parallel import Job, Runner, describe
+from spectraseg.runs import (
+    THRESHOLDS_FORMAT,
+    RunDir,
+    mtime_ns,
+    read_split,
+    read_thresholds,
+    thresholds_of,
+)
+
+THRESHOLD_CHOICES = ("auto", "retune", "config")
+"""Where thresholds come from, besides a mapping given by the caller."""
+
+
+def config_thresholds(config: Config) -> dict[int, float]:
+    """The config's ``predict.thresholds`` as ``{class: threshold}``."""
+    return {c: float(t) for c, t in enumerate(config.predict.thresholds, start=1)}
+
+
+def validation_scenes(run: RunDir, config: Config) -> list[str]:
+    """The scenes the run validated on: ``RUN/split.json``; for a run from before that file,
+    training's split recomputed from its config (:func:`spectraseg.features.split.run_split`)."""
+    split = read_split(run)
+    if split is not None:
+        return list(split.validation)
+    d = config.data
+    if not d.cache or (not d.val_scenes and d.val_fraction == 0):
+        return []
+    scenes = run_scenes(d, open_cache(d.cache))
+    if len(scenes) < 2 and not d.val_scenes:
+        return []
+    return run_split(scenes, d, config.train.seed)[1]
+
+
+def doc_matches(doc: Mapping[str, Any], run: RunDir, options: PredictOptions) -> bool:
+    """Whether a thresholds document was tuned for this checkpoint, pixel model and TTA."""
+    ckpt = run.checkpoint(options.checkpoint)
+    return (
+        doc.get("pixel_model_mtime_ns") == mtime_ns(run.pixel_model)
+        and doc.get("checkpoint") == options.checkpoint
+        and ckpt.is_file()
+        and doc.get("checkpoint_mtime_ns") == mtime_ns(ckpt)
+        and bool(doc.get("tta")) == bool(options.tta)
+    )
+
+
+@dataclass
+class ThresholdPlan:
+    """Thresholds decided before any scene runs: known ones, or the scenes to tune on."""
+
+    thresholds: dict[int, float]
+    source: str
+    doc: dict[str, Any] | None = None
+    """The thresholds document in use (read or, after tuning, written)."""
+    tune_scenes: list[str] | None = None
+    """Validation scenes to tune on; None when nothing is to be tuned."""
+
+
+def plan_thresholds(
+    run: RunDir,
+    config: Config,
+    options: PredictOptions,
+    choice: str | Mapping[int, float],
+) -> ThresholdPlan:
+    """Where the thresholds of a prediction come from (``choice`` as ``predict_run``'s
+    ``thresholds``): given, the config's, the run's document, or tuning to do."""
+    if isinstance(choice, Mapping):
+        return ThresholdPlan({int(k): float(v) for k, v in choice.items()}, "given")
+    if choice == "config":
+        return ThresholdPlan(config_thresholds(config), "config predict.thresholds")
+    if choice not in ("auto", "retune"):
+        raise ConfigError(f"thresholds {choice!r} must be auto, retune, config or a mapping")
+    doc = read_thresholds(run) if choice == "auto" else None
+    if doc is not None and not doc_matches(doc, run, options):
+        warnings.warn(
+            f"{run.thresholds} was tuned for another checkpoint or TTA setting; re-tuning",
+            SpectrasegWarning,
+            stacklevel=3,
+        )
+        doc = None
+    if doc is not None:
+        return ThresholdPlan(thresholds_of(doc), str(run.thresholds), doc)
+    scenes = validation_scenes(run, config)
+    if scenes:
+        return ThresholdPlan({}, "", tune_scenes=scenes)
+    if choice == "retune":
+        raise ConfigError("the run has no validation scenes to tune thresholds on")
+    warnings.warn(
+        "the run has no validation scenes: using the config's predict.thresholds",
+        SpectrasegWarning,
+        stacklevel=3,
+    )
+    return ThresholdPlan(
+        config_thresholds(config), "config predict.thresholds (no validation scenes)"
+    )
+
+
+def _tuning_jobs(
+    run: RunDir, cache: Cache, config: Config, options: PredictOptions, scenes: Sequence[str]
+) -> list[Job]:
+    """One :func:`tune_scene_task` per validation scene, weighted by its pixel area."""
+    d = config.data
+    areas = pixel_areas(cache, d.root, scenes)
+    return [(i, (str(run.root), str(cache.root), i, areas[i], options)) for i in scenes]
+
+
+def _summed_histograms(
+    runner: Runner, jobs: Sequence[Job], progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, neg)`` level histograms ``(B, 10, 256)`` summed over the tuning scenes."""
+    from tqdm import tqdm
+
+    pos = neg = None
+    with tqdm(total=len(jobs), desc="tune", unit="scene", disable=not progress) as bar:
+        for key, result, exc in runner.run(tune_scene_task, jobs):
+            bar.update()
+            if exc is not None:
+                raise DataError(f"cannot tune thresholds on {key}: {describe(exc)}")
+            p, n = result
+            pos, neg = (p, n) if pos is None else (pos + p, neg + n)
+    assert pos is not None and neg is not None
+    return pos, neg
+
+
+def tune_run(
+    runner: Runner,
+    run: RunDir,
+    config: Config,
+    options: PredictOptions,
+    scenes: Sequence[str],
+    progress: bool,
+) -> dict[str, Any]:
+    """Tune thresholds (and blend weights) on the run's validation scenes; returns the
+    thresholds document (:func:`spectraseg.runs.read_thresholds` lists its keys)."""
+    d = config.data
+    cache = open_cache(d.cache)
+    missing = [i for i in scenes if not has_mask(cache, i)]
+    if missing:
+        if not d.root:
+            raise DataError(
+                f"validation scene {missing[0]} has no label mask in {d.cache} and the run's "
+                "config has no data.root to rasterise it from"
+            )
+        build_masks(cache, d.root, missing, progress=progress)
+    opts = replace(options, threads=runner.threads or options.threads)
+    pos, neg = _summed_histograms(runner, _tuning_jobs(run, cache, config, opts, scenes), progress)
+    tuned = tune_blend(pos, neg, config.pixel.blend)
+    return _thresholds_doc(tuned, pos[-1], neg[-1], run, config, options, scenes)
+
+
+def _keyed(values: Mapping[int, Any] | None) -> dict[str, Any] | None:
+    return None if values is None else {str(k): v for k, v in values.items()}
+
+
+def _thresholds_doc(
+    tuned: Mapping[str, Any],
+    pos: np.ndarray,
+    neg: np.ndarray,
+    run: RunDir,
+    config: Config,
+    options: PredictOptions,
+    scenes: Sequence[str],
+) -> dict[str, Any]:
+    """The thresholds document of a tuning; ``pos``/``neg`` are the U-Net's own histograms,
+    for the diagnostic of how the config's thresholds would have scored."""
+    cfg = config_thresholds(config)
+    at_config = [
+        float(jaccard_curves(pos[k : k + 1], neg[k : k + 1], [cfg[k + 1]])[0, 0])
+        for k in range(NUM_CLASSES)
+    ]
+    return {
+        "format": THRESHOLDS_FORMAT,
+        "version": 1,
+        "thresholds": _keyed(tuned["thresholds"]),
+        "jaccard": _keyed(tuned["jaccard"]),
+        "tuned": _keyed(tuned["tuned"]),
+        "mean_jaccard": float(np.mean(list(tuned["jaccard"].values()))),
+        "blend": _keyed(tuned["blend"]),
+        "jaccard_unet": _keyed(tuned["jaccard_unet"]),
+        "thresholds_unet": _keyed(tuned["thresholds_unet"]),
+        "thresholds_pixel": _keyed(tuned["thresholds_pixel"]),
+        "pixel_model_mtime_ns": mtime_ns(run.pixel_model),
+        "jaccard_config": {str(k + 1): v for k, v in enumerate(at_config)},
+        "mean_jaccard_config": float(np.mean(at_config)),
+        "grid": tuned["grid"],
+        "scenes": list(scenes),
+        "checkpoint": options.checkpoint,
+        "checkpoint_mtime_ns": mtime_ns(run.checkpoint(options.checkpoint)),
+        "tta": bool(options.tta),
+        "tile": options.tile,
+        "margin": options.margin,
+        "metric": "raster (pixels on the RGB grid, weighted by pixel area), summed over scenes",
+    }

@@ -1,0 +1,410 @@
+"""The run directory of ``spectraseg train --out RUN``: the one owner of its layout.
+
+Training writes a run and prediction reads it; both go through this module, so file names,
+the checkpoint format and the documents kept beside it are written down once::
+
+    RUN/config.toml              the resolved config, every key (``spectraseg.config``)
+    RUN/stats.json               the normalisation statistics the run uses
+    RUN/split.json               the scenes it trained and validated on
+    RUN/checkpoints/latest.pt    the last checkpoint: every ``train.checkpoint_every`` steps,
+                                 at each epoch end, on Ctrl-C and at the end of the run
+    RUN/checkpoints/best.pt      the checkpoint with the best validation score
+                                 (the final one when there is no validation)
+    RUN/metrics.csv              one row per epoch (and for a final partial epoch)
+    RUN/metrics.json             the same rows plus the best epoch
+    RUN/pixelmodel.pkl           the per-pixel partner model (``pixel.enabled``)
+    RUN/thresholds.json          per-class thresholds and U-Net/pixel-model blend weights
+                                 (written by ``spectraseg predict``)
+
+Checkpoints (:class:`Checkpoint`) are written atomically and load with
+``torch.load(weights_only=True)``: they hold tensors and Python primitives only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from spectraseg import CLASS_NAMES, NUM_CLASSES
+from spectraseg.config import Config, from_dict, to_toml
+from spectraseg.data.files import atomic_output, write_text_atomic
+from spectraseg.errors import ConfigError, DataError
+from spectraseg.features.normalization import load_stats, save_stats
+from spectraseg.models.unet import UNet, build_model
+
+if TYPE_CHECKING:
+    from spectraseg.models.pixel import PixelModel
+
+CHECKPOINT_FORMAT = "spectraseg-checkpoint"
+CHECKPOINT_VERSION = 1
+THRESHOLDS_FORMAT = "spectraseg-thresholds"
+SPLIT_FORMAT = "spectraseg-split"
+CHECKPOINTS = ("best", "latest")
+"""The checkpoints a run keeps; ``best`` falls back to ``latest`` before any validation."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of a run directory (module docstring)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run: str | os.PathLike[str] | RunDir) -> RunDir:
+        """A :class:`RunDir` from a path (a :class:`RunDir` passes through)."""
+        return run if isinstance(run, RunDir) else cls(Path(run))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def latest(self) -> Path:
+        return self.root / "checkpoints" / "latest.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def pixel_model(self) -> Path:
+        return self.root / "pixelmodel.pkl"
+
+    @property
+    def thresholds(self) -> Path:
+        return self.root / "thresholds.json"
+
+    def checkpoint(self, which: str) -> Path:
+        """``best.pt`` or ``latest.pt``; ``best`` is ``latest`` until a validation chose one."""
+        if which not in CHECKPOINTS:
+            raise ConfigError(f"checkpoint {which!r} must be 'best' or 'latest'")
+        if which == "best" and not self.best.is_file():
+            return self.latest
+        return self.best if which == "best" else self.latest
+
+
+def mtime_ns(path: Path) -> int | None:
+    """A file's modification time in ns (None when absent): what run documents key on."""
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint holds: weights, optimizer and loop state, and the config.
+
+    ``model``/``optimizer``/``scaler``/``ema`` are state dicts; ``config`` is the TOML text;
+    ``rng`` one RNG state per rank (tensors); ``elapsed`` training seconds so far; ``best``
+    the best validation ``score``, ``step`` and ``epoch``; ``epoch_acc`` the sums of the
+    current epoch; ``history`` the metric rows so far. With ``train.ema``, ``ema`` holds the
+    averaged weights and BatchNorm statistics (the run's model) and ``ema_count`` the steps
+    averaged.
+    """
+
+    step: int
+    epoch: int
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    in_channels: int
+    config: str
+    rng: list[dict[str, torch.Tensor]]
+    elapsed: float
+    best: dict[str, Any]
+    epoch_acc: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    ema: dict[str, Any] | None = None
+    ema_count: int = 0
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """The run's model: the weight average when there is one (the raw weights resume)."""
+        return self.ema if self.ema is not None else self.model
+
+    def parsed_config(self, where: str = "the checkpoint") -> Config:
+        """The config the checkpoint was trained with; DataError naming ``where`` if broken."""
+        try:
+            return from_dict(tomllib.loads(self.config))
+        except (tomllib.TOMLDecodeError, ConfigError) as exc:
+            raise DataError(f"{where} holds no valid config ({exc})") from None
+
+    def to_state(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes (``ema`` keys only with a weight average)."""
+        state: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+        for name in (
+            "step",
+            "epoch",
+            "model",
+            "optimizer",
+            "scaler",
+            "in_channels",
+            "config",
+            "rng",
+            "elapsed",
+            "best",
+            "epoch_acc",
+            "history",
+        ):
+            state[name] = getattr(self, name)
+        if self.ema is not None:
+            state["ema"], state["ema_count"] = self.ema, self.ema_count
+        return state
+
+    @classmethod
+    def from_state(cls, state: Any, where: str) -> Checkpoint:
+        """A checkpoint from a loaded dict; DataError naming ``where`` if it is not one."""
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise DataError(f"{where} is not a spectraseg checkpoint")
+        try:
+            return cls(
+                step=int(state["step"]),
+                epoch=int(state["epoch"]),
+                model=state["model"],
+                optimizer=state["optimizer"],
+                scaler=state["scaler"],
+                in_channels=int(state["in_channels"]),
+                config=str(state["config"]),
+                rng=list(state["rng"]),
+                elapsed=float(state["elapsed"]),
+                best=dict(state["best"]),
+                epoch_acc={k: float(v) for k, v in state["epoch_acc"].items()},
+                history=[dict(r) for r in state["history"]],
+                ema=state.get("ema"),
+                ema_count=int(state.get("ema_count", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DataError(f"{where} lacks checkpoint field {exc}") from None
+
+
+def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> None:
+    """``torch.save`` a checkpoint to ``path`` atomically (a reader never sees half a file)."""
+    with atomic_output(path) as tmp:
+        torch.save(ckpt.to_state(), tmp)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Load a checkpoint with ``weights_only=True``; DataError if missing or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise DataError(f"checkpoint {path} cannot be loaded ({type(exc).__name__})") from None
+    return Checkpoint.from_state(state, str(path))
+
+
+def promote_latest(run_dir: str | os.PathLike[str] | RunDir) -> None:
+    """``best.pt`` := ``latest.pt``: without validation the best model is simply the last."""
+    run = RunDir.of(run_dir)
+    with atomic_output(run.best) as tmp:
+        shutil.copyfile(run.latest, tmp)
+
+
+def load_model(
+    run_dir: str | os.PathLike[str] | RunDir,
+    which: str = "best",
+    device: str | torch.device | None = None,
+) -> tuple[UNet, Config, dict[str, Any] | None]:
+    """Load a trained model from a run directory.
+
+    Args:
+        run_dir: the run directory.
+        which: ``"best"`` or ``"latest"`` (:meth:`RunDir.checkpoint`).
+        device: where to put the model (default CPU).
+
+    Returns:
+        ``(model in eval mode, config, statistics or None)``; the model returns logits.
+    """
+    run = RunDir.of(run_dir)
+    if not run.root.is_dir():
+        raise DataError(f"run directory {run.root} does not exist")
+    path = run.checkpoint(which)
+    ckpt = load_checkpoint(path)
+    config = ckpt.parsed_config(str(path))
+    model = build_model(config, ckpt.in_channels)
+    model.load_state_dict(ckpt.weights)
+    model.eval()
+    model.to(torch.device(device) if device is not None else torch.device("cpu"))
+    return model, config, read_stats(run)
+
+
+def load_pixel_model(run_dir: str | os.PathLike[str] | RunDir) -> PixelModel | None:
+    """The run's per-pixel model, or None when it has none."""
+    # Imported here: scikit-learn costs every process that loads a run ~0.5 s otherwise.
+    from spectraseg.models.pixel import PixelModel
+
+    path = RunDir.of(run_dir).pixel_model
+    return PixelModel.load(path) if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def write_config(run_dir: str | os.PathLike[str] | RunDir, config: Config) -> None:
+    """``RUN/config.toml``: the resolved config, every key."""
+    write_text_atomic(RunDir.of(run_dir).config, to_toml(config))
+
+
+def read_stats(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any] | None:
+    """``RUN/stats.json`` (None when the run has none)."""
+    path = RunDir.of(run_dir).stats
+    return load_stats(path) if path.is_file() else None
+
+
+def write_stats(run_dir: str | os.PathLike[str] | RunDir, stats: Mapping[str, Any]) -> None:
+    """``RUN/stats.json``, atomically."""
+    save_stats(stats, RunDir.of(run_dir).stats)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The scenes a run trained on and validated on (sorted ids)."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+
+
+def write_split(run_dir: str | os.PathLike[str] | RunDir, split: Split) -> None:
+    """``RUN/split.json``: what prediction tunes its thresholds on is what training validated on."""
+    doc = {
+        "format": SPLIT_FORMAT,
+        "version": 1,
+        "train": list(split.train),
+        "validation": list(split.validation),
+    }
+    write_text_atomic(RunDir.of(run_dir).split, json.dumps(doc, indent=1) + "\n")
+
+
+def read_split(run_dir: str | os.PathLike[str] | RunDir) -> Split | None:
+    """``RUN/split.json`` (None for a run written before it existed); DataError if malformed."""
+    path = RunDir.of(run_dir).split
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != SPLIT_FORMAT:
+            raise ValueError("not a split file")
+        train, val = doc["train"], doc["validation"]
+        if not all(isinstance(i, str) for i in [*train, *val]):
+            raise ValueError("scene ids must be strings")
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DataError(f"{path} is not a valid split file ({exc})") from None
+    return Split(tuple(train), tuple(val))
+
+
+def read_thresholds(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any] | None:
+    """``RUN/thresholds.json`` as a dict (None if absent); DataError if malformed.
+
+    Keys: ``format``, ``version``, ``thresholds`` (``{"1": t, ...}``), ``jaccard`` (tuned
+    per-class Jaccard), ``tuned`` (per class: had true pixels), ``mean_jaccard``,
+    ``mean_jaccard_config`` (at the config's thresholds), ``grid``, ``scenes``,
+    ``checkpoint``, ``checkpoint_mtime_ns``, ``tta``, ``tile``, ``margin``; with a pixel
+    model in the run, ``blend`` (per class the U-Net's weight in the blend, chosen with the
+    threshold), ``jaccard_unet`` (the U-Net alone), ``thresholds_unet`` and
+    ``thresholds_pixel`` (each model alone) and ``pixel_model_mtime_ns``.
+    """
+    path = RunDir.of(run_dir).thresholds
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("format") != THRESHOLDS_FORMAT:
+            raise ValueError("not a thresholds file")
+        thresholds_of(doc)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise DataError(f"{path} is not a valid thresholds file ({exc})") from None
+    return doc
+
+
+def thresholds_of(doc: Mapping[str, Any]) -> dict[int, float]:
+    """``{class: threshold}`` of a thresholds document (ValueError when incomplete)."""
+    out = {int(k): float(v) for k, v in doc["thresholds"].items()}
+    if sorted(out) != list(range(1, NUM_CLASSES + 1)) or not all(
+        0.0 <= v <= 1.0 for v in out.values()
+    ):
+        raise ValueError("thresholds must give classes 1..10 a value in [0, 1]")
+    return out
+
+
+def write_thresholds(run_dir: str | os.PathLike[str] | RunDir, doc: Mapping[str, Any]) -> Path:
+    """Write ``RUN/thresholds.json`` atomically."""
+    path = RunDir.of(run_dir).thresholds
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_bce",
+    "train_jaccard",
+    "patches_per_s",
+    "seconds",
+    "val_loss",
+    "val_mean",
+    "val_mean_tuned",
+)
+"""The leading columns of ``metrics.csv``; per-class validation Jaccard columns follow."""
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def write_metrics(
+    run_dir: str | os.PathLike[str] | RunDir,
+    history: Sequence[Mapping[str, Any]],
+    best: Mapping[str, Any],
+) -> None:
+    """``RUN/metrics.csv`` (one row per epoch) and ``RUN/metrics.json`` (rows and best)."""
+    run = RunDir.of(run_dir)
+    cols = list(METRIC_COLUMNS) + [f"val_jaccard_{c}" for c in range(1, NUM_CLASSES + 1)]
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for row in history:
+        jac = row.get("val_jaccard") or [None] * NUM_CLASSES
+        values = [row.get(k) for k in METRIC_COLUMNS] + list(jac)
+        w.writerow([_csv_cell(v) for v in values])
+    write_text_atomic(run.metrics_csv, buf.getvalue())
+    doc = {
+        "classes": [CLASS_NAMES[c] for c in range(1, NUM_CLASSES + 1)],
+        "epochs": list(history),
+        "best": dict(best),
+    }
+    write_text_atomic(run.metrics_json, json.dumps(doc, indent=1) + "\n")

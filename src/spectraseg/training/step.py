@@ -1,0 +1,97 @@
+"""One optimizer step with gradient accumulation (the seed team's scheme).
+
+Zero the gradients, run ``accumulate`` forward/backward passes, each on a freshly sampled
+micro-batch with its loss divided by ``accumulate``, then step the optimizer once. For a
+loss that is a mean over samples this is the gradient of one ``accumulate`` times larger
+batch (the batch-wide soft Jaccard of :mod:`spectraseg.models.losses` is, by design,
+computed per micro-batch), within the memory of one micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from spectraseg.models.losses import BCEJaccardLoss
+
+
+@dataclass
+class StepStats:
+    """Sums over the micro-batches of one optimizer step."""
+
+    loss: float = 0.0
+    bce: float = 0.0
+    jaccard: float = 0.0
+    batches: int = 0
+    samples: int = 0
+
+
+def _to_device(
+    batch: Mapping[str, Any], device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's image (float32, in the training memory format) and mask on ``device``."""
+    x = torch.as_tensor(batch["image"])
+    y = torch.as_tensor(batch["mask"])
+    nb = device.type == "cuda"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.to(device, dtype=torch.float32, non_blocking=nb).contiguous(memory_format=fmt)
+    y = y.to(device, non_blocking=nb)
+    return x, y
+
+
+def accumulation_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: BCEJaccardLoss,
+    batches: Sequence[Mapping[str, Any]] | Iterator[Mapping[str, Any]],
+    accumulate: int,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> StepStats:
+    """One optimizer step over ``accumulate`` micro-batches (the seed's accumulation).
+
+    Zeroes the gradients, runs forward/backward on each micro-batch with its loss divided
+    by ``accumulate`` (so the accumulated gradient is the mean over all micro-batches), then
+    steps the optimizer once. Under DDP gradients are synchronised only on the last
+    micro-batch. ``batches`` yields ``{"image": (N, C, S, S), "mask": (N, 10, S, S)}``;
+    exactly ``accumulate`` are consumed.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    stats = StepStats()
+    it = iter(batches)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    for k in range(accumulate):
+        try:
+            batch = next(it)
+        except StopIteration:
+            raise RuntimeError(f"accumulation step needs {accumulate} batches, got {k}") from None
+        x, y = _to_device(batch, device, channels_last)
+        sync = contextlib.nullcontext() if (not ddp or k == accumulate - 1) else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                logits = model(x)
+            loss = loss_fn(logits, y)  # float32: the loss upcasts the logits
+            scaled = loss / accumulate
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        stats.loss += float(loss.detach())
+        stats.bce += loss_fn.last_terms.get("bce", 0.0)
+        stats.jaccard += loss_fn.last_terms.get("jaccard", 0.0)
+        stats.batches += 1
+        stats.samples += int(x.shape[0])
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return stats
