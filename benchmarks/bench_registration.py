@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from spectraseg.align.cache import read_shifts
+from spectraseg.align.estimators import ecc_shift
 from spectraseg.align.fusion import align_dataset, align_scene
-from spectraseg.align.registration import ecc_shift
 from spectraseg.data.dstl import open_dataset, product_path
 from spectraseg.errors import SpectrasegWarning
 

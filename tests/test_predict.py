@@ -19,7 +19,6 @@ from spectraseg.evaluation.thresholds import (
     class_histograms,
     jaccard_curves,
     tune_details,
-    tune_thresholds,
 )
 from spectraseg.features.windows import DIHEDRAL, dihedral, dihedral_inverse, reflect_index
 from spectraseg.inference.outputs import scene_paths
@@ -307,7 +306,8 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
     # No threshold finds a true pixel: the highest one, fewest false positives.
     assert details["jaccard"][5] == 0.0 and details["tuned"][5]
     assert th[5] == pytest.approx(DEFAULT_GRID[-1])
-    assert tune_thresholds(scenes, truths) == th
+    # Lists and generators, with weights 1, tune alike.
+    assert tune_details(scenes, truths, weights=[1.0] * len(scenes))["thresholds"] == th
 
 
 def test_jaccard_curves_match_the_metric_on_masks() -> None:

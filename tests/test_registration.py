@@ -12,19 +12,19 @@ import rasterio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spectraseg.align.registration import (
+from spectraseg.align.estimators import (
     DEFAULT_CONFIG,
     Estimate,
-    ProductEstimate,
-    ShiftRow,
     compose,
     ecc_shift,
-    estimate_products,
-    grey,
-    matched_greys,
     phase_correlation_shift,
+)
+from spectraseg.align.greys import grey, matched_greys, snr
+from spectraseg.align.registration import (
+    ProductEstimate,
+    ShiftRow,
+    estimate_products,
     resolve_shifts,
-    snr,
 )
 from spectraseg.errors import SpectrasegWarning
 

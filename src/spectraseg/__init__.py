@@ -1,14 +1,14 @@
 """spectraseg: multispectral satellite imagery to vector maps of ground features.
 
-Pipeline stages, one module each: :mod:`io` (DSTL dataset reading), :mod:`geometry`
-(grid <-> pixel transforms, rasterisation), :mod:`synth` (synthetic DSTL-format data),
-:mod:`registration` (band alignment),
-:mod:`fusion` (20-channel fusion and the cache), :mod:`normalization`, :mod:`sampling`,
-:mod:`model`, :mod:`train`, :mod:`predict`, :mod:`vectorize`, :mod:`metrics`,
-:mod:`submission`, :mod:`report` and :mod:`cli`.
+The pipeline, one subpackage per stage, imports flowing one way (``docs/architecture.md``):
+:mod:`.data` (the DSTL layout, geometry, synthetic data), :mod:`.align` (registration,
+fusion, the cache), :mod:`.features` (normalisation, indices, windows, splits, patches),
+:mod:`.models`, :mod:`.evaluation` (metric, probability levels, threshold tuning),
+:mod:`.runs` (the run directory), :mod:`.training`, :mod:`.inference`, then
+:mod:`.vectorize`, :mod:`.submission`, :mod:`.report`, :mod:`.demo` and :mod:`.cli`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 CLASS_NAMES: dict[int, str] = {
     1: "Buildings",

@@ -16,7 +16,9 @@ loaded, so the resolved config saved in a run directory works from anywhere.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import itertools
 import math
 import os
@@ -612,9 +614,6 @@ def to_toml(config: Config, comments: bool = False) -> str:
 
 def field_docs() -> dict[str, str]:
     """``{"section.key": first docstring line}`` for documentation and ``--help`` output."""
-    import ast
-    import inspect
-
     docs: dict[str, str] = {}
     for name, cls in SECTIONS.items():
         tree = ast.parse(inspect.getsource(cls))

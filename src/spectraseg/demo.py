@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,9 +30,27 @@ from typing import Any
 
 import numpy as np
 
+from spectraseg import CLASS_NAMES
+from spectraseg.align.cache import SHIFTS, open_cache, read_shifts
+from spectraseg.align.fusion import align_dataset
+from spectraseg.align.masks import build_masks, mask_path
+from spectraseg.config import Config, from_dict, to_dict
+from spectraseg.data.dstl import PREDICTIONS_CSV, Dataset, open_dataset, read_predictions
 from spectraseg.data.files import write_text_atomic
+from spectraseg.data.geometry import rasterize_classes
+from spectraseg.data.synth import synthesize
 from spectraseg.errors import DataError
+from spectraseg.evaluation.levels import blend_levels, threshold_masks
+from spectraseg.evaluation.metrics import Evaluation, evaluate_masks, evaluate_polygons
+from spectraseg.features.indices import available_indices, band_ratio_indices
 from spectraseg.features.split import cv_plans, split_three
+from spectraseg.inference.outputs import scene_paths
+from spectraseg.inference.pipeline import predict_run
+from spectraseg.inference.scene import PredictOptions
+from spectraseg.report import SceneView, to_display, write_report
+from spectraseg.runs import RunDir, read_thresholds
+from spectraseg.submission import write_submission
+from spectraseg.training.loop import TrainResult, train
 
 SYNTH_DEFAULTS = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
 """The embedded synthetic default: small enough for 10 minutes on 2 CPU cores."""
@@ -95,8 +114,6 @@ class DemoResult:
 
 
 def _log(msg: str) -> None:
-    import sys
-
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
@@ -108,11 +125,9 @@ def build_config(
     val_ids: Sequence[str],
     minutes: float,
     presets: Sequence[str] = (),
-) -> Any:
+) -> Config:
     """The run's config: defaults, the demo's settings and ``presets``, then the user's
     overrides."""
-    from spectraseg.config import from_dict, to_dict
-
     raw = to_dict(from_dict({}))
     raw["data"].update(
         root=str(root), cache=str(cache), scenes=list(scenes), val_scenes=list(val_ids)
@@ -123,6 +138,8 @@ def build_config(
 
 
 def _stage(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` as the demo stage ``name``: logged on stderr, its seconds summed into
+    ``timings`` (over folds)."""
     _log(f"{name} ...")
     t0 = time.perf_counter()
     out = fn()
@@ -132,160 +149,141 @@ def _stage(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def run_demo(settings: DemoSettings) -> DemoResult:
-    """Run the whole pipeline into ``settings.out``; see the module docstring."""
-    from spectraseg.align.cache import open_cache, read_shifts
-    from spectraseg.align.fusion import align_dataset
-    from spectraseg.data.dstl import open_dataset, read_predictions
-    from spectraseg.evaluation.metrics import evaluate_polygons
-    from spectraseg.inference.pipeline import predict_run
-    from spectraseg.inference.scene import PredictOptions
-    from spectraseg.submission import write_submission
-    from spectraseg.training.loop import train
+Plan = tuple[list[str], list[str], list[str]]
+"""``(train, validation, test)`` scenes of one fold."""
 
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-    synthetic = settings.data is None
 
-    if synthetic:
-        from spectraseg.data.synth import synthesize
+@dataclass
+class _Demo:
+    """What the stages of one demo share."""
 
-        root = out / "data"
+    settings: DemoSettings
+    out: Path
+    root: Path
+    ds: Dataset
+    labelled: list[str]
+    cache_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def synthetic(self) -> bool:
+        return self.settings.data is None
+
+    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        return _stage(self.timings, name, fn)
+
+
+def _open_data(settings: DemoSettings, out: Path, timings: dict[str, float]) -> _Demo:
+    """The dataset: synthesized into ``OUT/data`` without ``--data``; at least 3 labelled
+    scenes."""
+    root = out / "data" if settings.data is None else Path(settings.data)
+    if settings.data is None:
         # Test, validation and training each take whole regions: at least three.
         regions = settings.regions or min(settings.scenes, max(3, math.ceil(settings.scenes / 4)))
         _stage(
             timings,
             "synthesize",
             lambda: synthesize(
-                root,
-                settings.scenes,
-                settings.size,
-                settings.seed,
-                regions=regions,
+                root, settings.scenes, settings.size, settings.seed, regions=regions,
                 progress=settings.progress,
             ),
-        )
-    else:
-        root = Path(settings.data)  # type: ignore[arg-type]
+        )  # fmt: skip
     ds = open_dataset(root)
     labelled = ds.labelled_ids
     if len(labelled) < 3:
         raise DataError(f"{root} has {len(labelled)} labelled scene(s); the demo needs at least 3")
+    return _Demo(settings, out, root, ds, labelled, out / "cache", timings)
 
-    cache_dir = out / "cache"
-    report = _stage(
-        timings,
+
+def _align(demo: _Demo) -> None:
+    """Register, fuse and rasterise the labels of every labelled scene into ``OUT/cache``."""
+    s = demo.settings
+    report = demo.stage(
         "align",
         lambda: align_dataset(
-            root, cache_dir, labelled, workers=settings.workers or None, progress=settings.progress
+            demo.root, demo.cache_dir, demo.labelled, workers=s.workers or None,
+            progress=s.progress,
         ),
-    )
+    )  # fmt: skip
     if report.failed:
-        reasons = "; ".join(f"{s.image_id}: {s.reason}" for s in report.failed)
+        reasons = "; ".join(f"{x.image_id}: {x.reason}" for x in report.failed)
         raise DataError(f"registration failed for {len(report.failed)} scene(s): {reasons}")
+    cache = open_cache(demo.cache_dir)
+    demo.stage("masks", lambda: build_masks(cache, demo.root, demo.labelled, progress=s.progress))
 
-    from spectraseg.align.masks import build_masks
 
-    _stage(
-        timings,
-        "masks",
-        lambda: build_masks(open_cache(cache_dir), root, labelled, progress=settings.progress),
-    )
-    minutes = settings.minutes
-    if minutes is None:
-        minutes = float(SYNTH_DEFAULTS["minutes"]) if synthetic else REAL_MINUTES
-    folds = settings.folds or (1 if synthetic else REAL_FOLDS)
-    val_arg = list(settings.val_scenes) or settings.val_fraction
+def _plans(demo: _Demo) -> list[Plan]:
+    """One split by region on synthetic data, ``REAL_FOLDS`` folds on real data."""
+    s = demo.settings
+    folds = s.folds or (1 if demo.synthetic else REAL_FOLDS)
+    val_arg = list(s.val_scenes) or s.val_fraction
     if folds > 1:
-        plans = cv_plans(labelled, folds, val_arg, settings.seed)
-    else:
-        test_arg = list(settings.test_scenes) or settings.test_fraction
-        plans = [split_three(labelled, test_arg, val_arg, settings.seed)]
-    presets: list[str] = []
-    if not synthetic:
-        from spectraseg.features.indices import available_indices, band_ratio_indices
+        return cv_plans(demo.labelled, folds, val_arg, s.seed)
+    test_arg = list(s.test_scenes) or s.test_fraction
+    return [split_three(demo.labelled, test_arg, val_arg, s.seed)]
 
-        channels = open_cache(cache_dir).channels(labelled[0])
-        names = available_indices(channels) + band_ratio_indices(channels)
-        presets = [*REAL_OVERRIDES, f"data.indices={json.dumps(names)}"]
 
-    pred: dict[str, Any] = {}
-    pooled: dict[str, list[Any]] = {}
-    results = []
-    for k, (train_ids, val_ids, test_ids) in enumerate(plans):
-        base = out if len(plans) == 1 else out / "folds" / str(k + 1)
-        tag = "" if len(plans) == 1 else f" (fold {k + 1}/{len(plans)})"
-        _log(
-            f"split{tag}: {len(train_ids)} train, {len(val_ids)} validation, "
-            f"{len(test_ids)} test scenes"
-        )
-        config = build_config(
-            settings,
-            root,
-            cache_dir,
-            train_ids + val_ids,
-            val_ids,
-            minutes / len(plans),
-            presets,
-        )
-        run_dir, pred_dir = base / "run", base / "pred"
-        resume = (run_dir / "checkpoints" / "latest.pt").is_file()
-        if resume:
-            _log(f"resuming the run in {run_dir}")
-        result = _stage(
-            timings,
-            "train",
-            lambda config=config, run_dir=run_dir, resume=resume: train(
-                None if resume else config, run_dir, resume=resume, progress=settings.progress
-            ),
-        )
-        if result.interrupted:
-            raise KeyboardInterrupt
-        results.append(result)
-        _stage(
-            timings,
-            "predict",
-            lambda run_dir=run_dir, pred_dir=pred_dir, test_ids=test_ids: predict_run(
-                run_dir,
-                root,
-                pred_dir,
-                image_ids=test_ids,
-                workers=settings.workers,
-                cache_dir=cache_dir,
-                options=PredictOptions(sources=True),
-                progress=settings.progress,
-            ),
-        )
-        pred.update(read_predictions(pred_dir / "predictions.csv"))
-        comparison = _stage(
-            timings,
-            "compare",
-            lambda run_dir=run_dir, pred_dir=pred_dir, test_ids=test_ids: compare_models(
-                run_dir, pred_dir, cache_dir, test_ids, ds
-            ),
-        )
-        for name, ev in comparison.items():
-            pooled.setdefault(name, []).append(ev)
-    if len(plans) > 1:
-        # The first fold's run is the demo's run: `spectraseg predict --run OUT/run` works.
-        link = out / "run"
-        if not link.exists():
-            link.symlink_to(Path("folds") / "1" / "run", target_is_directory=True)
-    test_all = sorted(i for _, _, test_ids in plans for i in test_ids)
-    truth = {i: ds.scene_labels(i) for i in test_all}
-    evaluation = _stage(
-        timings, "evaluate", lambda: evaluate_polygons(pred, truth, image_ids=test_all)
+def _presets(demo: _Demo) -> list[str]:
+    """Real data: the pixel model and every spectral index the products allow."""
+    if demo.synthetic:
+        return []
+    channels = open_cache(demo.cache_dir).channels(demo.labelled[0])
+    names = available_indices(channels) + band_ratio_indices(channels)
+    return [*REAL_OVERRIDES, f"data.indices={json.dumps(names)}"]
+
+
+@dataclass
+class _Fold:
+    """What one fold produced."""
+
+    result: TrainResult
+    pred: dict[str, dict[int, Any]]
+    comparison: dict[str, Any]
+
+
+def _run_fold(demo: _Demo, k: int, plans: Sequence[Plan], presets: Sequence[str]) -> _Fold:
+    """Train on fold ``k``'s training and validation scenes, predict its test scenes."""
+    s = demo.settings
+    train_ids, val_ids, test_ids = plans[k]
+    base = demo.out if len(plans) == 1 else demo.out / "folds" / str(k + 1)
+    tag = "" if len(plans) == 1 else f" (fold {k + 1}/{len(plans)})"
+    sizes = f"{len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test scenes"
+    _log(f"split{tag}: {sizes}")
+    minutes = s.minutes
+    if minutes is None:
+        minutes = float(SYNTH_DEFAULTS["minutes"]) if demo.synthetic else REAL_MINUTES
+    scenes = train_ids + val_ids
+    config = build_config(
+        s, demo.root, demo.cache_dir, scenes, val_ids, minutes / len(plans), presets
     )
-    models = {name: _concat(evs).to_dict() for name, evs in pooled.items()}
-    submission = out / "submission.csv"
-    if ds.sample_path is not None:
-        _stage(timings, "submit", lambda: write_submission(pred, ds.sample_path, submission))
+    run_dir, pred_dir = base / "run", base / "pred"
+    resume = RunDir.of(run_dir).latest.is_file()
+    if resume:
+        _log(f"resuming the run in {run_dir}")
+    result = demo.stage(
+        "train",
+        lambda: train(None if resume else config, run_dir, resume=resume, progress=s.progress),
+    )
+    if result.interrupted:
+        raise KeyboardInterrupt
+    demo.stage(
+        "predict",
+        lambda: predict_run(
+            run_dir, demo.root, pred_dir, image_ids=test_ids, workers=s.workers,
+            cache_dir=demo.cache_dir, options=PredictOptions(sources=True), progress=s.progress,
+        ),
+    )  # fmt: skip
+    comparison = demo.stage(
+        "compare", lambda: compare_models(run_dir, pred_dir, demo.cache_dir, test_ids, demo.ds)
+    )
+    return _Fold(result, read_predictions(pred_dir / PREDICTIONS_CSV), comparison)
 
-    cache = open_cache(cache_dir)
-    shifts_path = cache_dir / "shifts.csv"
-    shifts = [
+
+def _shifts_doc(demo: _Demo) -> list[dict[str, Any]]:
+    """The estimated shifts of the demo's scenes, for the report."""
+    path = demo.cache_dir / SHIFTS
+    keep = set(demo.labelled)
+    return [
         {
             "image_id": r.image_id,
             "product": r.product,
@@ -294,69 +292,110 @@ def run_demo(settings: DemoSettings) -> DemoResult:
             "corr": None if not math.isfinite(r.corr) else r.corr,
             "method": r.method,
         }
-        for r in (read_shifts(shifts_path) if shifts_path.is_file() else [])
-        if r.image_id in set(labelled)
+        for r in (read_shifts(path) if path.is_file() else [])
+        if r.image_id in keep
     ]
-    first_run = (out if len(plans) == 1 else out / "folds" / "1") / "run"
-    history = json.loads((first_run / "metrics.json").read_text()).get("epochs", [])
-    timings["total"] = round(time.perf_counter() - t_start, 2)
-    ev = evaluation.to_dict()
+
+
+def _split_doc(plans: Sequence[Plan]) -> dict[str, Any]:
     if len(plans) == 1:
         train_ids, val_ids, test_ids = plans[0]
-        split: dict[str, Any] = {"train": train_ids, "validation": val_ids, "test": test_ids}
-    else:
-        split = {
-            "test": test_all,
-            "folds": [{"train": a, "validation": b, "test": c} for a, b, c in plans],
-        }
-    extra = {
-        "data": "synthetic" if synthetic else str(root),
+        return {"train": train_ids, "validation": val_ids, "test": test_ids}
+    return {
+        "test": sorted(i for _, _, c in plans for i in c),
+        "folds": [{"train": a, "validation": b, "test": c} for a, b, c in plans],
+    }
+
+
+def _extra(
+    demo: _Demo, plans: Sequence[Plan], folds: Sequence[_Fold], models: dict[str, Any]
+) -> dict[str, Any]:
+    """The report's run facts: data, protocol, budget, split, timings, model comparison."""
+    test_all = sorted(i for _, _, c in plans for i in c)
+    extra: dict[str, Any] = {
+        "data": "synthetic" if demo.synthetic else str(demo.root),
         "protocol": (
             "one split by region"
             if len(plans) == 1
             else f"{len(plans)}-fold cross-validation by region, pooled over all scenes"
         ),
         "test scenes": ", ".join(test_all),
-        "training minutes": round(sum(r.seconds for r in results) / 60, 2),
-        "optimizer steps": sum(r.steps for r in results),
-        "total seconds": timings["total"],
-        "split": split,
-        "timings": timings,
+        "training minutes": round(sum(f.result.seconds for f in folds) / 60, 2),
+        "optimizer steps": sum(f.result.steps for f in folds),
+        "total seconds": demo.timings["total"],
+        "split": _split_doc(plans),
+        "timings": demo.timings,
     }
-    folds_doc = fold_means(evaluation, [c for _, _, c in plans]) if len(plans) > 1 else None
-    if folds_doc:
-        extra["per-fold means"] = folds_doc
     if models:
         extra["models"] = models
         for name, doc in models.items():
             extra[f"{name} mean (raster)"] = round(doc["mean"], 4)
-    views = _scene_views(ds, cache, pred, test_all, evaluation)
-    from spectraseg.report import write_report
+    return extra
 
-    html = _stage(
-        timings,
+
+def _report(
+    demo: _Demo,
+    evaluation: Evaluation,
+    pred: dict[str, dict[int, Any]],
+    test_all: Sequence[str],
+    history: list[dict[str, Any]],
+    extra: dict[str, Any],
+) -> Path:
+    """``OUT/report``: tables, curves, shifts and one panel per test scene."""
+    views = _scene_views(demo.ds, pred, test_all, evaluation)
+    title = "spectraseg demo: " + ("synthetic data" if demo.synthetic else demo.root.name)
+    return demo.stage(
         "report",
         lambda: write_report(
-            out / "report",
-            ev,
-            history=history,
-            shifts=shifts,
-            scenes=views,
-            title="spectraseg demo: " + ("synthetic data" if synthetic else root.name),
-            extra=extra,
+            demo.out / "report", evaluation.to_dict(), history=history,
+            shifts=_shifts_doc(demo), scenes=views, title=title, extra=extra,
         ),
-    )
+    )  # fmt: skip
+
+
+def run_demo(settings: DemoSettings) -> DemoResult:
+    """Run the whole pipeline into ``settings.out``; see the module docstring."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    demo = _open_data(settings, out, {})
+    _align(demo)
+    plans, presets = _plans(demo), _presets(demo)
+    folds = [_run_fold(demo, k, plans, presets) for k in range(len(plans))]
+    if len(plans) > 1:
+        # The first fold's run is the demo's run: `spectraseg predict --run OUT/run` works.
+        link = out / "run"
+        if not link.exists():
+            link.symlink_to(Path("folds") / "1" / "run", target_is_directory=True)
+    pred = {i: g for f in folds for i, g in f.pred.items()}
+    test_all = sorted(i for _, _, c in plans for i in c)
+    truth = {i: demo.ds.scene_labels(i) for i in test_all}
+    evaluation = demo.stage("evaluate", lambda: evaluate_polygons(pred, truth, image_ids=test_all))
+    models = {
+        name: _concat([f.comparison[name] for f in folds]).to_dict() for name in folds[0].comparison
+    }
+    if demo.ds.sample_path is not None:
+        sample = demo.ds.sample_path
+        demo.stage("submit", lambda: write_submission(pred, sample, out / "submission.csv"))
+    first_run = RunDir.of((out if len(plans) == 1 else out / "folds" / "1") / "run")
+    history = json.loads(first_run.metrics_json.read_text()).get("epochs", [])
+    demo.timings["total"] = round(time.perf_counter() - t_start, 2)
+    extra = _extra(demo, plans, folds, models)
+    folds_doc = fold_means(evaluation, [c for _, _, c in plans]) if len(plans) > 1 else None
+    if folds_doc:
+        extra["per-fold means"] = folds_doc
+    html = _report(demo, evaluation, pred, test_all, history, extra)
     summary = {
-        "evaluation": ev,
-        "split": split,
-        "timings": timings,
+        "evaluation": evaluation.to_dict(),
+        "split": extra["split"],
+        "timings": demo.timings,
         "models": models,
         "report": str(html),
     }
     if folds_doc:
         summary["per_fold"] = folds_doc
     write_text_atomic(out / "demo.json", json.dumps(summary, indent=2) + "\n")
-    return DemoResult(out, ev, html, split, timings)
+    return DemoResult(out, summary["evaluation"], html, extra["split"], demo.timings)
 
 
 def compare_models(
@@ -368,11 +407,6 @@ def compare_models(
     Reads each model's levels written by predict (``PredictOptions(sources=True)``).
     Empty when the run has no pixel model (the U-Net is then the whole prediction).
     """
-    from spectraseg.align.masks import mask_path
-    from spectraseg.evaluation.levels import blend_levels, threshold_masks
-    from spectraseg.evaluation.metrics import evaluate_masks
-    from spectraseg.inference.outputs import scene_paths
-    from spectraseg.runs import read_thresholds
 
     doc = read_thresholds(run_dir)
     if not doc or not doc.get("thresholds_pixel"):
@@ -413,18 +447,16 @@ def fold_means(evaluation: Any, folds: Sequence[Sequence[str]]) -> dict[str, Any
 
 def _concat(evaluations: Sequence[Any]) -> Any:
     """One :class:`~spectraseg.evaluation.metrics.Evaluation` over the images of several."""
-    from spectraseg.evaluation.metrics import Evaluation
 
     ids = tuple(i for ev in evaluations for i in ev.image_ids)
     counts = np.concatenate([ev.counts for ev in evaluations])
     return Evaluation(ids, counts, evaluations[0].method, evaluations[0].empty_score)
 
 
-def _scene_views(ds: Any, cache: Any, pred: dict, ids: Sequence[str], evaluation: Any) -> list:
+def _scene_views(
+    ds: Dataset, pred: dict[str, dict[int, Any]], ids: Sequence[str], evaluation: Evaluation
+) -> list[SceneView]:
     """Side-by-side panels: display RGB, truth and predicted polygons rasterised."""
-    from spectraseg.data.geometry import rasterize_classes
-    from spectraseg.report import SceneView, to_display
-
     views = []
     for image_id in ids:
         scene = ds.scene(image_id)
@@ -443,7 +475,6 @@ def _scene_views(ds: Any, cache: Any, pred: dict, ids: Sequence[str], evaluation
 
 def format_summary(result: DemoResult) -> str:
     """The per-class table (seed format) and where the report is."""
-    from spectraseg import CLASS_NAMES
 
     lines = [f"{'class':>5}  {'name':<26} {'Jaccard':>8} {'J/10':>8}"]
     for c in result.evaluation["classes"]:

@@ -52,7 +52,7 @@ class Runner:
                 except Exception as exc:  # one bad scene must not stop the others
                     yield key, None, exc
             return
-        from distributed import as_completed
+        from distributed import as_completed  # dask loads in ~1 s: only when a cluster runs
 
         futures = {
             self.client.submit(
@@ -84,7 +84,7 @@ def open_runner(workers: int | None, scheduler: str | None) -> Iterator[Runner]:
     if scheduler is None and not workers:
         yield Runner(None, None)
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # dask loads in ~1 s: only for a cluster
 
     if scheduler is not None:
         try:

@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,52 +53,35 @@ CHECKPOINTS = ("best", "latest")
 """The checkpoints a run keeps; ``best`` falls back to ``latest`` before any validation."""
 
 
+class _File:
+    """A file of the run directory: ``run.<name>`` is its path under ``run.root``."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, run: RunDir, owner: type | None = None) -> Path:
+        return run.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The paths of a run directory (module docstring)."""
 
     root: Path
+    config = _File("config.toml")
+    stats = _File("stats.json")
+    split = _File("split.json")
+    latest = _File("checkpoints", "latest.pt")
+    best = _File("checkpoints", "best.pt")
+    metrics_csv = _File("metrics.csv")
+    metrics_json = _File("metrics.json")
+    pixel_model = _File("pixelmodel.pkl")
+    thresholds = _File("thresholds.json")
 
     @classmethod
     def of(cls, run: str | os.PathLike[str] | RunDir) -> RunDir:
         """A :class:`RunDir` from a path (a :class:`RunDir` passes through)."""
         return run if isinstance(run, RunDir) else cls(Path(run))
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
-
-    @property
-    def split(self) -> Path:
-        return self.root / "split.json"
-
-    @property
-    def latest(self) -> Path:
-        return self.root / "checkpoints" / "latest.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.root / "checkpoints" / "best.pt"
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def metrics_json(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def pixel_model(self) -> Path:
-        return self.root / "pixelmodel.pkl"
-
-    @property
-    def thresholds(self) -> Path:
-        return self.root / "thresholds.json"
 
     def checkpoint(self, which: str) -> Path:
         """``best.pt`` or ``latest.pt``; ``best`` is ``latest`` until a validation chose one."""
@@ -306,21 +289,32 @@ def write_split(run_dir: str | os.PathLike[str] | RunDir, split: Split) -> None:
     write_text_atomic(RunDir.of(run_dir).split, json.dumps(doc, indent=1) + "\n")
 
 
-def read_split(run_dir: str | os.PathLike[str] | RunDir) -> Split | None:
-    """``RUN/split.json`` (None for a run written before it existed); DataError if malformed."""
-    path = RunDir.of(run_dir).split
+def _read_doc(path: Path, fmt: str, what: str, check: Callable[[dict[str, Any]], object]) -> Any:
+    """A JSON document of the run (None when absent): its ``format`` must be ``fmt`` and
+    ``check`` must accept it; DataError naming the file otherwise."""
     if not path.is_file():
         return None
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != SPLIT_FORMAT:
-            raise ValueError("not a split file")
-        train, val = doc["train"], doc["validation"]
-        if not all(isinstance(i, str) for i in [*train, *val]):
-            raise ValueError("scene ids must be strings")
+        if doc.get("format") != fmt:
+            raise ValueError(f"not a {what} file")
+        check(doc)
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise DataError(f"{path} is not a valid split file ({exc})") from None
+        raise DataError(f"{path} is not a valid {what} file ({exc})") from None
+    return doc
+
+
+def _split_of(doc: Mapping[str, Any]) -> Split:
+    train, val = doc["train"], doc["validation"]
+    if not all(isinstance(i, str) for i in [*train, *val]):
+        raise ValueError("scene ids must be strings")
     return Split(tuple(train), tuple(val))
+
+
+def read_split(run_dir: str | os.PathLike[str] | RunDir) -> Split | None:
+    """``RUN/split.json`` (None for a run written before it existed); DataError if malformed."""
+    doc = _read_doc(RunDir.of(run_dir).split, SPLIT_FORMAT, "split", _split_of)
+    return None if doc is None else _split_of(doc)
 
 
 def read_thresholds(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any] | None:
@@ -334,17 +328,7 @@ def read_thresholds(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any] 
     threshold), ``jaccard_unet`` (the U-Net alone), ``thresholds_unet`` and
     ``thresholds_pixel`` (each model alone) and ``pixel_model_mtime_ns``.
     """
-    path = RunDir.of(run_dir).thresholds
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("format") != THRESHOLDS_FORMAT:
-            raise ValueError("not a thresholds file")
-        thresholds_of(doc)
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise DataError(f"{path} is not a valid thresholds file ({exc})") from None
-    return doc
+    return _read_doc(RunDir.of(run_dir).thresholds, THRESHOLDS_FORMAT, "thresholds", thresholds_of)
 
 
 def thresholds_of(doc: Mapping[str, Any]) -> dict[int, float]:

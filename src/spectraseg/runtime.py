@@ -31,6 +31,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from spectraseg.errors import ConfigError
+
 if TYPE_CHECKING:  # torch is imported lazily: tune_memory must run before it loads
     import torch
 
@@ -69,8 +71,6 @@ def resolve_device(name: str, local_rank: int = 0, what: str = "train.device") -
     for ``cuda`` without CUDA and for a GPU index out of range.
     """
     import torch
-
-    from spectraseg.errors import ConfigError
 
     base, sep, index = name.partition(":")
     if base not in DEVICES or (sep and (base != "cuda" or not index.isdigit())):

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from spectraseg.align.cache import (
     MANIFEST,
@@ -48,23 +49,20 @@ from spectraseg.align.cache import (
     write_manifest,
     write_shifts,
 )
+from spectraseg.align.estimators import DEFAULT_CONFIG, RegistrationConfig
 from spectraseg.align.registration import (
-    DEFAULT_CONFIG,
     ProductEstimate,
-    RegistrationConfig,
     ShiftRow,
     estimate_products,
     resolve_shifts,
 )
-from spectraseg.data.dstl import PRODUCTS, Scene, check_image_id, open_dataset
+from spectraseg.data.dstl import PRODUCTS, Dataset, Scene, check_image_id, open_dataset
 from spectraseg.data.files import atomic_output
 from spectraseg.errors import DataError, SpectrasegError
-from spectraseg.parallel import describe, open_runner
+from spectraseg.parallel import Runner, describe, open_runner
 
 ASPECT_TOLERANCE = 0.03
 """Largest relative difference between a product's x and y scale to the reference grid."""
-
-"""How long to try to reach an existing Dask scheduler (``--scheduler``)."""
 
 Box = tuple[int, int, int, int]
 """``(row0, row1, col0, col1)``: a half-open box of reference-grid pixels."""
@@ -421,8 +419,6 @@ class AlignReport:
 
 
 def _bar(total: int, desc: str, progress: bool) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="scene", file=sys.stderr, disable=not progress)
 
 
@@ -455,21 +451,53 @@ def align_dataset(
     cache = Path(cache_dir)
     if cache.exists() and not cache.is_dir():
         raise DataError(f"cache path {cache} exists and is not a directory")
-    ids = list(ds.image_ids if image_ids is None else image_ids)
-    if not ids:
-        raise DataError(f"no scene to align under {ds.root} (three_band/ and sixteen_band/ empty)")
-    known_ids = set(ds.image_ids)
-    for image_id in ids:
-        check_image_id(image_id)
-        if image_id not in known_ids:
-            raise DataError(f"image id {image_id} has no product file under {ds.root}")
-    ids = list(dict.fromkeys(ids))
+    ids = ds.select(image_ids, "align")
     manifest = read_manifest(cache, missing_ok=True)
     shifts_path = cache / SHIFTS
     old_rows = read_shifts(shifts_path) if shifts_path.is_file() else []
 
     report = AlignReport(cache_dir=cache)
     status: dict[str, SceneStatus] = {}
+    todo = _scenes_to_align(ds, cache, ids, manifest, force, status)
+    if todo:
+        cache.mkdir(parents=True, exist_ok=True)
+        with open_runner(workers, scheduler) as runner:
+            run = _Run(runner, root, cache, status, progress)
+            estimates, seconds = _estimate_shifts(run, todo, config)
+            report.shifts = _resolve_fallbacks(shifts_path, todo, estimates, old_rows, config)
+            _fuse_scenes(run, report.shifts, seconds, manifest)
+    elif not (cache / MANIFEST).is_file():
+        # Nothing to do, but leave a valid (empty) cache behind.
+        cache.mkdir(parents=True, exist_ok=True)
+        write_manifest(cache, manifest)
+
+    report.scenes = [status[i] for i in ids]
+    report.seconds = time.perf_counter() - t_start
+    return report
+
+
+class _Run(NamedTuple):
+    """What every phase of one :func:`align_dataset` run shares. ``status``: the outcome of
+    each scene so far (``image_id -> SceneStatus``), filled in by the phases."""
+
+    runner: Runner
+    root: str
+    cache: Path
+    status: dict[str, SceneStatus]
+    progress: bool
+
+
+def _scenes_to_align(
+    ds: Dataset,
+    cache: Path,
+    ids: Sequence[str],
+    manifest: dict[str, Any],
+    force: bool,
+    status: dict[str, SceneStatus],
+) -> list[str]:
+    """The scenes of ``ids`` to (re)build, in order; the others get their status: ``skipped``
+    when complete in the cache (unless ``force``), ``failed`` when their products cannot be
+    opened."""
     todo: list[str] = []
     for image_id in ids:
         try:
@@ -482,56 +510,71 @@ def align_dataset(
             status[image_id] = SceneStatus(image_id, "skipped")
         else:
             todo.append(image_id)
+    return todo
 
-    if todo:
-        cache.mkdir(parents=True, exist_ok=True)
-        with open_runner(workers, scheduler) as runner:
-            estimates: list[ProductEstimate] = []
-            seconds: dict[str, float] = {}
-            with _bar(len(todo), "align: shifts", progress) as bar:
-                jobs = [(i, (root, i, config, runner.threads)) for i in todo]
-                for image_id, result, exc in runner.run(estimate_task, jobs):
-                    bar.update()
-                    if exc is not None or isinstance(result, str):
-                        reason = result if isinstance(result, str) else describe(exc)
-                        status[image_id] = SceneStatus(image_id, "failed", reason)
-                    else:
-                        estimates.extend(result[0])
-                        seconds[image_id] = result[1]
-            estimated = [i for i in todo if i not in status]
-            # Neighbours cached earlier take part in the region medians.
-            redo = set(todo)
-            known = [r for r in old_rows if r.image_id not in redo]
-            order = {i: n for n, i in enumerate(todo)}
-            estimates.sort(key=lambda e: order[e.image_id])
-            rows = resolve_shifts(estimates, known, config)
-            report.shifts = rows
-            write_shifts(shifts_path, known + rows)
 
-            by_scene: dict[str, list[ShiftRow]] = {i: [] for i in estimated}
-            for r in rows:
-                by_scene[r.image_id].append(r)
-            with _bar(len(estimated), "align: fuse", progress) as bar:
-                jobs = [(i, (root, str(cache), i, by_scene[i], runner.threads)) for i in estimated]
-                for image_id, result, exc in runner.run(fuse_task, jobs):
-                    bar.update()
-                    if exc is not None or isinstance(result, str):
-                        reason = result if isinstance(result, str) else describe(exc)
-                        status[image_id] = SceneStatus(image_id, "failed", reason)
-                        continue
-                    entry, fuse_seconds = result
-                    manifest["scenes"][image_id] = entry
-                    write_manifest(cache, manifest)
-                    total = seconds[image_id] + fuse_seconds
-                    status[image_id] = SceneStatus(image_id, "aligned", seconds=total)
-    elif not (cache / MANIFEST).is_file():
-        # Nothing to do, but leave a valid (empty) cache behind.
-        cache.mkdir(parents=True, exist_ok=True)
-        write_manifest(cache, manifest)
+def _estimate_shifts(
+    run: _Run, todo: Sequence[str], config: RegistrationConfig
+) -> tuple[list[ProductEstimate], dict[str, float]]:
+    """Phase 1 over the scenes ``todo``: their estimates and the seconds each scene took,
+    both in ``todo`` order; a scene that fails is marked ``failed`` in ``run.status``."""
+    estimates: list[ProductEstimate] = []
+    seconds: dict[str, float] = {}
+    with _bar(len(todo), "align: shifts", run.progress) as bar:
+        jobs = [(i, (run.root, i, config, run.runner.threads)) for i in todo]
+        for image_id, result, exc in run.runner.run(estimate_task, jobs):
+            bar.update()
+            if exc is not None or isinstance(result, str):
+                reason = result if isinstance(result, str) else describe(exc)
+                run.status[image_id] = SceneStatus(image_id, "failed", reason)
+            else:
+                estimates.extend(result[0])
+                seconds[image_id] = result[1]
+    order = {i: n for n, i in enumerate(todo)}
+    estimates.sort(key=lambda e: order[e.image_id])
+    return estimates, {i: seconds[i] for i in todo if i in seconds}
 
-    report.scenes = [status[i] for i in ids]
-    report.seconds = time.perf_counter() - t_start
-    return report
+
+def _resolve_fallbacks(
+    shifts_path: Path,
+    todo: Sequence[str],
+    estimates: Sequence[ProductEstimate],
+    old_rows: Sequence[ShiftRow],
+    config: RegistrationConfig,
+) -> list[ShiftRow]:
+    """Phase 2: the rows of this run's scenes, resolved with the rows of scenes cached
+    earlier as region neighbours; ``shifts.csv`` is rewritten (atomically) with both."""
+    # Neighbours cached earlier take part in the region medians.
+    redo = set(todo)
+    known = [r for r in old_rows if r.image_id not in redo]
+    rows = resolve_shifts(estimates, known, config)
+    write_shifts(shifts_path, known + rows)
+    return rows
+
+
+def _fuse_scenes(
+    run: _Run, rows: Sequence[ShiftRow], seconds: Mapping[str, float], manifest: dict[str, Any]
+) -> None:
+    """Phase 3: fuse and write every scene whose shifts were estimated (those in
+    ``seconds``, in that order); the manifest is merged and rewritten after each scene."""
+    by_scene: dict[str, list[ShiftRow]] = {i: [] for i in seconds}
+    for r in rows:
+        by_scene[r.image_id].append(r)
+    with _bar(len(by_scene), "align: fuse", run.progress) as bar:
+        jobs = [
+            (i, (run.root, str(run.cache), i, by_scene[i], run.runner.threads)) for i in by_scene
+        ]
+        for image_id, result, exc in run.runner.run(fuse_task, jobs):
+            bar.update()
+            if exc is not None or isinstance(result, str):
+                reason = result if isinstance(result, str) else describe(exc)
+                run.status[image_id] = SceneStatus(image_id, "failed", reason)
+                continue
+            entry, fuse_seconds = result
+            manifest["scenes"][image_id] = entry
+            write_manifest(run.cache, manifest)
+            total = seconds[image_id] + fuse_seconds
+            run.status[image_id] = SceneStatus(image_id, "aligned", seconds=total)
 
 
 __all__ = [

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from spectraseg import NUM_CLASSES
 from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir
 from spectraseg.data.dstl import check_image_id, open_dataset
 from spectraseg.data.files import atomic_output
+from spectraseg.data.geometry import rasterize_classes
 from spectraseg.errors import DataError
 
 
@@ -37,10 +39,6 @@ def build_masks(
 
     Returns the mask paths, in ``image_ids`` order.
     """
-    from tqdm import tqdm
-
-    from spectraseg.data.geometry import rasterize_classes
-
     cache = open_cache_dir(cache)
     ids = list(cache.image_ids) if image_ids is None else list(image_ids)
     paths = [mask_path(cache, i) for i in ids]
@@ -119,8 +117,6 @@ def labelled_scenes(cache: Any, root: str, progress: bool = False) -> list[str]:
     have = [i for i in ids if has_mask(cache, i)]
     if len(have) == len(ids) or not root:
         return have
-    from spectraseg.data.dstl import open_dataset
-
     labelled = set(open_dataset(root).labels)
     usable = [i for i in ids if i in labelled]
     build_masks(cache, root, usable, progress=progress)

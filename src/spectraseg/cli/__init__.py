@@ -1,8 +1,10 @@
 """The ``spectraseg`` command line: one verb per pipeline stage, thin over the library.
 
-Each verb lives in ``spectraseg.cli.<verb>`` with ``register(subparsers)`` (adds its parser
-and sets ``func``) and ``run(args) -> int``. Verb modules import heavy libraries (torch,
-dask) inside ``run`` so that ``spectraseg --help`` and light verbs start fast.
+Each verb lives in ``spectraseg.cli.<verb>``: its docstring's first line is the verb's help
+line and the rest its description (both shown by ``--help``); ``add_arguments(parser)`` adds
+its own options (those several verbs share come from :mod:`spectraseg.cli.options`) and
+``run(args) -> int`` does the work. Verb modules import heavy libraries (torch, dask) inside
+``run`` so that ``spectraseg --help`` and light verbs start fast.
 
 User mistakes (:class:`~spectraseg.errors.SpectrasegError`) print one line on stderr and
 exit 1; Ctrl-C exits 130; warnings print as ``warning: ...`` lines on stderr.
@@ -18,6 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 from spectraseg import __version__
+from spectraseg.cli import options
 from spectraseg.errors import SpectrasegError
 from spectraseg.runtime import tune_memory
 
@@ -38,6 +41,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+def add_verb(sub: argparse._SubParsersAction, verb: str) -> None:
+    """Add the parser of ``verb``, built from its module (see the module docstring)."""
+    module = importlib.import_module(f"spectraseg.cli.{verb}")
+    help_line, _, description = (module.__doc__ or "").strip().partition("\n")
+    p = sub.add_parser(verb, help=help_line, description=description.strip() or None)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available verb registered."""
     parser = argparse.ArgumentParser(
@@ -47,10 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spectraseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="VERB", required=True)
     for verb in VERBS:
-        name = f"spectraseg.cli.{verb}"
-        if importlib.util.find_spec(name) is None:
-            continue
-        importlib.import_module(name).register(sub)
+        if importlib.util.find_spec(f"spectraseg.cli.{verb}") is not None:
+            add_verb(sub, verb)
     return parser
 
 
@@ -61,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
     try:
+        options.check(args)
         return int(args.func(args) or 0)
     except SpectrasegError as exc:
         print(f"spectraseg {args.command}: error: {exc}", file=sys.stderr)

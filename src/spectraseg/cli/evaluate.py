@@ -1,10 +1,16 @@
-"""``spectraseg evaluate PRED --truth TRUTH``: the competition metric, per class."""
+"""score predictions against ground truth (per-class Jaccard)
+
+Score PRED against TRUTH (both ImageId,ClassType,MultipolygonWKT) with the competition metric:
+per class, intersection and union areas summed over the images in both files, then the mean of
+the 10 classes. A class whose union is empty over all scored images scores 0 and is marked '*'.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from spectraseg.cli.options import add_json
 from spectraseg.errors import ConfigError
 
 
@@ -17,15 +23,7 @@ def parse_split(text: str) -> tuple[str, list[str]]:
     return name.strip(), members
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="score predictions against ground truth (per-class Jaccard)",
-        description="Score PRED against TRUTH (both ImageId,ClassType,MultipolygonWKT) with "
-        "the competition metric: per class, intersection and union areas summed over the "
-        "images in both files, then the mean of the 10 classes. A class whose union is "
-        "empty over all scored images scores 0 and is marked '*'.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", help="prediction CSV, or a directory holding predictions.csv")
     p.add_argument("--truth", required=True, help="ground truth CSV (.csv or .csv.gz)")
     p.add_argument(
@@ -35,17 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=ID,ID",
         help="also score this subset of images as a named column (repeatable)",
     )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json(p)
     p.add_argument(
         "--raster",
         action="store_true",
         help="count pixels on each scene's RGB grid instead of exact polygon areas (needs --data)",
     )
     p.add_argument("--data", help="dataset root giving the RGB grid sizes for --raster")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.evaluation.metrics import evaluate_files, format_table
 
     splits: dict[str, list[str]] = {}

@@ -1,4 +1,8 @@
-"""``spectraseg inspect DATA``: scenes, products and per-class area shares of a dataset."""
+"""list the scenes, products and class area shares of a dataset
+
+List the scenes of a DSTL-layout dataset, the products each has with their shapes and dtypes,
+and the per-class area share of the labelled scenes.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,16 @@ import json
 import sys
 
 from spectraseg import CLASS_NAMES
+from spectraseg.cli.options import add_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "inspect",
-        help="list the scenes, products and class area shares of a dataset",
-        description="List the scenes of a DSTL-layout dataset, the products each has with "
-        "their shapes and dtypes, and the per-class area share of the labelled scenes.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset root (three_band/, sixteen_band/, grid_sizes.csv, ...)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead")
-    p.set_defaults(func=run)
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.data.inspection import summarize
 
     summary = summarize(args.data)

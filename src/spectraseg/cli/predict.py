@@ -1,9 +1,26 @@
-"""``spectraseg predict --run RUN DATA --out PRED``: whole scenes -> probabilities, polygons."""
+"""predict whole scenes with a trained run (probabilities, polygons, CSV)
+
+Align the scenes of DATA into a cache where needed, predict each whole scene tile by tile with
+the run's model, threshold per class and vectorise. Writes PRED/probs/{id}.npy (uint8
+probabilities x 255 on the RGB grid), PRED/polygons/{id}.geojson (coordinates in DSTL grid
+units, not lon/lat), PRED/predictions.csv (ImageId,ClassType,MultipolygonWKT) and
+PRED/predict.json. Thresholds: RUN/thresholds.json, tuned on the run's validation scenes on
+first use.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from spectraseg import CLASS_NAMES
+from spectraseg.cli.options import (
+    add_progress,
+    add_scenes,
+    add_threads,
+    add_workers,
+    at_least,
+    runner_args,
+)
 from spectraseg.errors import ConfigError
 
 
@@ -23,29 +40,12 @@ def parse_class_values(items: list[str], what: str) -> dict[int, float]:
     return out
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="predict whole scenes with a trained run (probabilities, polygons, CSV)",
-        description="Align the scenes of DATA into a cache where needed, predict each whole "
-        "scene tile by tile with the run's model, threshold per class and vectorise. Writes "
-        "PRED/probs/{id}.npy (uint8 probabilities x 255 on the RGB grid), "
-        "PRED/polygons/{id}.geojson (coordinates in DSTL grid units, not lon/lat), "
-        "PRED/predictions.csv (ImageId,ClassType,MultipolygonWKT) and PRED/predict.json. "
-        "Thresholds: RUN/thresholds.json, tuned on the run's validation scenes on first use.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset root (DSTL layout) holding the scenes to predict")
     p.add_argument("--run", required=True, help="training run directory")
     p.add_argument("--out", required=True, metavar="PRED", help="prediction directory")
-    p.add_argument("--images", nargs="+", metavar="ID", help="scenes to predict (default: all)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="local Dask worker processes (0: this process; default: one per core up to the "
-        "number of scenes)",
-    )
-    p.add_argument("--scheduler", metavar="ADDRESS", help="use an existing Dask cluster")
+    add_scenes(p, "--images", "scenes to predict (default: all)")
+    add_workers(p, "one per core up to the number of scenes", scheduler=True)
     p.add_argument("--cache", metavar="DIR", help="fused cache for DATA (default: see docs)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     p.add_argument(
@@ -77,13 +77,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto (CUDA when available, the default), cpu, cuda or cuda:K; on CUDA the "
         "scenes are predicted in this process unless --workers or --scheduler says otherwise",
     )
-    p.add_argument("--threads", type=int, help="torch threads per process")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    add_threads(p, "torch's default, or the cores shared among local workers")
+    add_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectraseg import CLASS_NAMES
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.inference.pipeline import predict_run
     from spectraseg.inference.scene import PredictOptions
     from spectraseg.vectorize import DEFAULT_TOLERANCE
@@ -94,10 +93,8 @@ def run(args: argparse.Namespace) -> int:
         if sorted(thresholds) != list(range(1, 11)):
             raise ConfigError("--thresholds must give all 10 classes, e.g. 1=0.4,2=0.3,...")
     min_area = parse_class_values(args.min_area, "--min-area") if args.min_area else None
-    for name in ("tile", "margin", "batch", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "margin" else 1):
-            raise ConfigError(f"--{name} {value} is out of range")
+    for name, minimum in (("tile", 1), ("margin", 0), ("batch", 1)):
+        at_least(f"--{name}", getattr(args, name), minimum)
     options = PredictOptions(
         checkpoint=args.checkpoint,
         tile=args.tile,
@@ -106,20 +103,19 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         device=args.device,
         tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
-        threads=args.threads,
+        threads=args.threads or None,  # 0: torch's default, as None
     )
     report = predict_run(
         args.run,
         args.data,
         args.out,
         image_ids=args.images,
-        workers=args.workers,
-        scheduler=args.scheduler,
         cache_dir=args.cache,
         options=options,
         thresholds=thresholds,  # type: ignore[arg-type]
         min_area=min_area,
-        progress=not args.no_progress,
+        progress=args.progress,
+        **runner_args(args),
     )
     ok = [s for s in report.scenes if s["status"] == "ok"]
     print(f"predicted {len(ok)} of {len(report.scenes)} scene(s) in {report.seconds:.1f} s")

@@ -1,20 +1,19 @@
-"""``spectraseg stats CACHE --mode MODE --out FILE.json``: per-channel normalisation statistics."""
+"""compute per-channel normalisation statistics of a fused cache
+
+Compute per-channel mean and standard deviation of the cached scenes in one streaming pass
+(fill pixels skipped), for every scene, every region and the whole set, and write them as JSON.
+MODE is the scope used to normalise a scene later: its own statistics (image), its 5 x 5 tile
+group's (region) or all scenes' (dataset).
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from spectraseg.cli.options import add_scenes
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "stats",
-        help="compute per-channel normalisation statistics of a fused cache",
-        description="Compute per-channel mean and standard deviation of the cached scenes "
-        "in one streaming pass (fill pixels skipped), for every scene, every region and the "
-        "whole set, and write them as JSON. MODE is the scope used to normalise a scene "
-        "later: its own statistics (image), its 5 x 5 tile group's (region) or all scenes' "
-        "(dataset).",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("cache", help="fused cache directory (written by `spectraseg align`)")
     p.add_argument(
         "--mode",
@@ -23,23 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="normalisation scope (default: region)",
     )
     p.add_argument("--out", required=True, help="statistics JSON file to write")
-    p.add_argument(
+    add_scenes(
+        p,
         "--images",
-        nargs="+",
-        metavar="ID",
-        help="scenes to use (normally the training scenes); default: every cached scene",
+        "scenes to use (normally the training scenes); default: every cached scene",
     )
-    p.add_argument(
+    add_scenes(
+        p,
         "--extra",
-        nargs="+",
-        metavar="ID",
-        help="scenes (e.g. validation or test scenes) that get their own image entry, and a "
-        "region entry where their region has none, without entering the other statistics",
+        "scenes (e.g. validation or test scenes) that get their own image entry, and a region "
+        "entry where their region has none, without entering the other statistics",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.features.normalization import compute_stats, extend_stats, save_stats
 
     stats = compute_stats(args.cache, args.images, mode=args.mode)

@@ -1,4 +1,11 @@
-"""``spectraseg submit``: write a submission in the sample's order, or check one."""
+"""write a submission in the sample's row order, or check one
+
+Write PRED (a prediction directory holding predictions.csv, or a CSV in the
+ImageId,ClassType,MultipolygonWKT format) as a submission with exactly the rows of the sample,
+in its order, MULTIPOLYGON EMPTY where nothing is predicted. With --check FILE, list every
+problem of an existing submission (ids, order, classes, WKT validity) and exit 1 if there is
+any.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,7 @@ import sys
 from spectraseg.errors import ConfigError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "submit",
-        help="write a submission in the sample's row order, or check one",
-        description="Write PRED (a prediction directory holding predictions.csv, or a CSV "
-        "in the ImageId,ClassType,MultipolygonWKT format) as a submission with exactly the "
-        "rows of the sample, in its order, MULTIPOLYGON EMPTY where nothing is predicted. "
-        "With --check FILE, list every problem of an existing submission (ids, order, "
-        "classes, WKT validity) and exit 1 if there is any.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", nargs="?", help="prediction directory or CSV")
     p.add_argument("--sample", required=True, help="sample_submission.csv (gives the rows)")
     p.add_argument("--out", help="submission to write (.csv or .csv.gz)")
@@ -25,10 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--decimals", type=int, default=8, help="decimals of grid coordinates (default 8)"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.submission import check_submission, write_submission
 
     if args.check:

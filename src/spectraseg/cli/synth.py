@@ -1,47 +1,31 @@
-"""``spectraseg synth --out DIR --scenes N --size H W --seed S``: a synthetic DSTL dataset."""
+"""write a synthetic dataset in the DSTL competition layout
+
+Write a synthetic dataset in the DSTL competition layout: RGB, P, M and A products,
+grid_sizes.csv, train_wkt_v4.csv, sample_submission.csv and the true band shifts in
+shifts.csv. The same arguments give the same bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from spectraseg.cli.options import add_progress, add_seed, add_synthetic
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "synth",
-        help="write a synthetic dataset in the DSTL competition layout",
-        description="Write a synthetic dataset in the DSTL competition layout: RGB, P, M and A "
-        "products, grid_sizes.csv, train_wkt_v4.csv, sample_submission.csv and the true band "
-        "shifts in shifts.csv. The same arguments give the same bytes.",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="dataset root to write")
-    p.add_argument("--scenes", type=int, default=8, metavar="N", help="number of scenes (8)")
-    p.add_argument(
-        "--size",
-        type=int,
-        nargs=2,
-        default=(512, 512),
-        metavar=("H", "W"),
-        help="RGB size in pixels, varied by a few pixels per scene (512 512; full size is "
-        "about 3348 3392)",
-    )
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
-    p.add_argument(
-        "--regions",
-        type=int,
-        default=None,
-        metavar="R",
-        help="number of regions the scenes are spread over (default: ceil(N / 4))",
-    )
+    add_synthetic(p, scenes=8, size=(512, 512))
+    add_seed(p, "the dataset")
     p.add_argument(
         "--products",
         default="RGB,P,M,A",
         help="comma-separated products to write (RGB,P,M,A)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    add_progress(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.data.synth import synthesize
 
     products = [p.strip() for p in args.products.split(",") if p.strip()]
@@ -53,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         regions=args.regions,
         products=products,
-        progress=not args.quiet,
+        progress=args.progress,
     )
     regions = len({i.rsplit("_", 2)[0] for i in ids})
     print(

@@ -1,9 +1,8 @@
-"""``spectraseg train``: train the U-Net into a run directory, or resume one.
+"""train the U-Net (or resume a run)
 
-spectraseg train --config run.toml [--set train.lr=3e-4 ...] --out RUN
-spectraseg train --resume RUN [--set train.epochs=20 ...]
-spectraseg train --config run.toml --print-config
-torchrun --standalone --nproc-per-node=2 -m spectraseg train --config run.toml --out RUN
+Train the U-Net on a fused cache into a run directory (config, statistics, checkpoints,
+metrics), or resume a stopped run exactly where it stopped. Under torchrun every process trains
+on its own patches (DDP); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -12,37 +11,30 @@ import argparse
 import os
 import sys
 
+from spectraseg import CLASS_NAMES
+from spectraseg.cli.options import add_overrides, add_progress, add_threads
+from spectraseg.config import load_config, to_toml
+from spectraseg.errors import ConfigError
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train the U-Net (or resume a run)",
-        description="Train the U-Net on a fused cache into a run directory (config, "
-        "statistics, checkpoints, metrics), or resume a stopped run exactly where it stopped. "
-        "Under torchrun every process trains on its own patches (DDP); rank 0 writes.",
-    )
+# spectraseg train --config run.toml [--set train.lr=3e-4 ...] --out RUN
+# spectraseg train --resume RUN [--set train.epochs=20 ...]
+# spectraseg train --config run.toml --print-config
+# torchrun --standalone --nproc-per-node=2 -m spectraseg train --config run.toml --out RUN
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="TOML", help="config file (default: built-in defaults)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. train.lr=3e-4 or data.val_scenes='[\"6010_1_2\"]' "
-        "(TOML value; repeatable)",
-    )
+    add_overrides(p)
     p.add_argument("--out", metavar="RUN", help="new run directory")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this directory")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (sets train.threads)")
+    add_threads(p, "the config's train.threads, which this sets")
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config (TOML) and exit"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    add_progress(p)
 
 
 def _summary(result, rank: int) -> None:
-    from spectraseg import CLASS_NAMES
 
     if rank != 0:
         return
@@ -64,8 +56,6 @@ def _summary(result, rank: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectraseg.config import load_config, to_toml
-    from spectraseg.errors import ConfigError
 
     overrides = list(args.overrides)
     if args.threads is not None:
@@ -87,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.resume:
         raise ConfigError("give --out RUN for a new run or --resume RUN to continue one")
 
+    # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.training.loop import train
 
     rank = int(os.environ.get("RANK", "0"))
     run_dir = args.resume or args.out
-    result = train(config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    result = train(config, run_dir, resume=bool(args.resume), progress=args.progress)
     if result.interrupted:
         if rank == 0:
             print(

@@ -110,12 +110,7 @@ def read_grid_sizes(path: str | os.PathLike[str]) -> dict[str, tuple[float, floa
     if len(header) != 3 or header[1:] != ["Xmax", "Ymin"] or header[0] not in ("", "ImageId"):
         raise DataError(f"{path} has columns {header}, expected ',Xmax,Ymin'")
     out: dict[str, tuple[float, float]] = {}
-    for n, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != 3:
-            raise DataError(f"{path} line {n} has {len(row)} fields, expected 3")
-        image_id = check_image_id(row[0].strip())
+    for n, image_id, row in _id_rows(path, rows):
         try:
             xmax, ymin = float(row[1]), float(row[2])
         except ValueError:
@@ -136,6 +131,18 @@ def write_grid_sizes(
     for image_id, (xmax, ymin) in sizes.items():
         w.writerow([image_id, repr(float(xmax)), repr(float(ymin))])
     write_text_atomic(path, buf.getvalue())
+
+
+def _id_rows(path: Path, rows: list[list[str]]) -> Iterator[tuple[int, str, list[str]]]:
+    """The rows after the header of a three-column CSV whose first column is an image id:
+    ``(line number, checked id, fields)``, blank lines skipped. DataError naming the line of
+    a row of another width; :func:`check_image_id`'s for an unsafe id."""
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 3:
+            raise DataError(f"{path} line {n} has {len(row)} fields, expected 3")
+        yield n, check_image_id(row[0].strip()), row
 
 
 def _read_csv(path: Path) -> list[list[str]]:
@@ -184,12 +191,7 @@ def read_wkt_rows(path: str | os.PathLike[str]) -> list[tuple[str, int, str]]:
         got = rows[0] if rows else []
         raise DataError(f"{path} has columns {got}, expected {','.join(WKT_HEADER)}")
     out: list[tuple[str, int, str]] = []
-    for n, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != 3:
-            raise DataError(f"{path} line {n} has {len(row)} fields, expected 3")
-        image_id = check_image_id(row[0].strip())
+    for n, image_id, row in _id_rows(path, rows):
         try:
             cls = int(row[1])
         except ValueError:
@@ -240,15 +242,22 @@ def read_wkt_csv(path: str | os.PathLike[str]) -> dict[str, dict[int, MultiPolyg
     Coordinates stay in the DSTL grid; holes are kept. Invalid polygons are repaired and
     counted in one :class:`~spectraseg.errors.SpectrasegWarning`.
     """
-    rows = read_wkt_rows(path)
-    labels, repaired = parse_wkt_rows(rows, path)
+    return _parse_and_warn(read_wkt_rows(path), path)
+
+
+def _parse_and_warn(
+    rows: list[tuple[str, int, str]], source: str | os.PathLike[str]
+) -> dict[str, dict[int, MultiPolygon]]:
+    """:func:`parse_wkt_rows`, the repairs counted in one SpectrasegWarning attributed to
+    the caller of the public reader that called this."""
+    out, repaired = parse_wkt_rows(rows, source)
     if repaired:
         warnings.warn(
-            f"{path}: repaired {repaired} invalid polygon(s) of {len(rows)}",
+            f"{source}: repaired {repaired} invalid polygon(s) of {len(rows)}",
             SpectrasegWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return labels
+    return out
 
 
 def read_sample_order(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
@@ -411,6 +420,26 @@ class Dataset:
         p = self.root / "sample_submission.csv"
         return p if p.is_file() else None
 
+    def select(
+        self, image_ids: Iterable[str] | None, verb: str, gridded: bool = False
+    ) -> list[str]:
+        """The scenes a command works on: ``image_ids`` (every scene when None), in order,
+        each once. DataError naming the first id without a product file (or, with
+        ``gridded``, without a ``grid_sizes.csv`` row), or when there is nothing to ``verb``."""
+        ids = list(dict.fromkeys(self.image_ids if image_ids is None else image_ids))
+        if not ids:
+            raise DataError(
+                f"no scene to {verb} under {self.root} (three_band/ and sixteen_band/ empty)"
+            )
+        known = set(self.image_ids)
+        for image_id in ids:
+            check_image_id(image_id)
+            if image_id not in known:
+                raise DataError(f"image id {image_id} has no product file under {self.root}")
+            if gridded and image_id not in self.grid_sizes:
+                raise DataError(f"image id {image_id} is not in {self.grid_path}")
+        return ids
+
     def scene(self, image_id: str) -> Scene:
         """The scene ``image_id`` with the headers of its products (no pixels read)."""
         check_image_id(image_id)
@@ -504,11 +533,4 @@ def read_predictions(path: str | os.PathLike[str]) -> dict[str, dict[int, MultiP
         if (image_id, cls) in seen:
             raise DataError(f"{src}: image {image_id} class {cls} appears twice")
         seen.add((image_id, cls))
-    pred, repaired = parse_wkt_rows(rows, src)
-    if repaired:
-        warnings.warn(
-            f"{src}: repaired {repaired} invalid polygon(s) of {len(rows)}",
-            SpectrasegWarning,
-            stacklevel=2,
-        )
-    return pred
+    return _parse_and_warn(rows, src)

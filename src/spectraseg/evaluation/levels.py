@@ -12,11 +12,19 @@ PROB_LEVELS = 255
 """Probabilities are stored as uint8 ``round(p * 255)``; thresholds apply to that grid."""
 
 
+def as_levels(channel: np.ndarray) -> np.ndarray:
+    """One channel as uint8 levels: stored levels pass through, float probabilities in
+    [0, 1] become ``round(p * 255)`` (same shape)."""
+    if channel.dtype == np.uint8:
+        return channel
+    return np.rint(np.clip(channel, 0.0, 1.0) * PROB_LEVELS).astype(np.uint8)
+
+
 def quantize(probs: np.ndarray) -> np.ndarray:
-    """float probabilities in [0, 1] -> uint8 ``round(p * 255)`` (same shape)."""
+    """float probabilities ``(K, ...)`` in [0, 1] -> uint8 ``round(p * 255)`` (same shape)."""
     out = np.empty(probs.shape, dtype=np.uint8)
     for k in range(probs.shape[0]):  # per channel: temporaries stay one channel big
-        out[k] = np.rint(np.clip(probs[k], 0.0, 1.0) * PROB_LEVELS)
+        out[k] = as_levels(probs[k])
     return out
 
 
@@ -36,11 +44,7 @@ def threshold_masks(probs: np.ndarray, thresholds: Mapping[int, float] | float) 
     out = np.empty(probs.shape, dtype=bool)
     for k in range(probs.shape[0]):
         t = thresholds.get(k + 1, 0.5) if isinstance(thresholds, Mapping) else thresholds
-        level = level_of(float(t))
-        ch = probs[k]
-        if ch.dtype != np.uint8:
-            ch = np.rint(np.clip(ch, 0.0, 1.0) * PROB_LEVELS)
-        np.greater_equal(ch, level, out=out[k])
+        np.greater_equal(as_levels(probs[k]), level_of(float(t)), out=out[k])
     return out
 
 

@@ -1,4 +1,14 @@
-"""The one threshold tuner: per-class thresholds (and blend weights) chosen on labelled scenes."""
+"""The one threshold tuner: per-class thresholds, and U-Net / pixel-model blend weights,
+chosen on labelled scenes.
+
+Scenes are reduced to per-class histograms of their probability levels on true and on
+false pixels (:func:`class_histograms`, weighted by pixel area), summed, and every
+threshold of the grid is scored from the sums (:func:`jaccard_curves`), so tuning costs
+one pass per scene and memory does not grow with the number of scenes.
+:func:`choose_thresholds` is the decision rule; training's validation
+(:mod:`spectraseg.training.validate`), ``spectraseg predict``
+(:mod:`spectraseg.inference.tuning`) and the demo all call it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from spectraseg.evaluation.levels import PROB_LEVELS, level_of
+from spectraseg.evaluation.levels import PROB_LEVELS, as_levels, level_of
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
 """Thresholds tried when tuning: 0.05, 0.10, ..., 0.95."""
@@ -32,9 +42,7 @@ def class_histograms(
     pos = np.zeros((k_, PROB_LEVELS + 1))
     neg = np.zeros((k_, PROB_LEVELS + 1))
     for k in range(k_):
-        q = probs[k]
-        if q.dtype != np.uint8:
-            q = np.rint(np.clip(q, 0.0, 1.0) * PROB_LEVELS).astype(np.uint8)
+        q = as_levels(probs[k])
         t = truth[k].astype(bool, copy=False)
         allc = np.bincount(q.ravel(), minlength=PROB_LEVELS + 1)
         pos[k] = np.bincount(q[t], minlength=PROB_LEVELS + 1)
@@ -47,7 +55,8 @@ def jaccard_curves(
 ) -> np.ndarray:
     """Per-class Jaccard at each threshold of ``grid`` from :func:`class_histograms` sums.
 
-    Returns float64 ``(10, len(grid))``; an empty union scores 0 (as in :mod:`metrics`).
+    Returns float64 ``(10, len(grid))``; an empty union scores 0 (as in
+    :mod:`spectraseg.evaluation.metrics`).
     """
     levels = [level_of(t) for t in grid]
     # Pixels at level >= L are positive: reverse cumulative sums give TP and FP per level.
@@ -60,12 +69,12 @@ def jaccard_curves(
         return np.where(union > 0, tp / union, 0.0)
 
 
-def tune_thresholds(
+def tune_details(
     probs_list: Iterable[np.ndarray],
     truth_masks_list: Iterable[np.ndarray],
     grid: Sequence[float] = DEFAULT_GRID,
     weights: Iterable[float] | None = None,
-) -> dict[int, float]:
+) -> dict[str, Any]:
     """Per-class thresholds maximising each class's Jaccard summed over scenes.
 
     Args:
@@ -76,21 +85,10 @@ def tune_thresholds(
         weights: per scene pixel area (squared grid units); default 1 (pixel counts).
 
     Returns:
-        ``{class: threshold}`` for classes 1..10. Ties go to the lowest threshold, except
-        that a class no threshold gets right (Jaccard 0 at every threshold) gets the highest,
-        and so does a class with no true pixel in any scene (it cannot be tuned).
+        :func:`choose_thresholds` of the summed histograms: ``thresholds`` (ties go to the
+        lowest; a class no threshold gets right, or without a true pixel, gets the highest),
+        ``jaccard``, ``curves`` (10 x len(grid)), ``tuned`` and ``grid``.
     """
-    return tune_details(probs_list, truth_masks_list, grid, weights)["thresholds"]
-
-
-def tune_details(
-    probs_list: Iterable[np.ndarray],
-    truth_masks_list: Iterable[np.ndarray],
-    grid: Sequence[float] = DEFAULT_GRID,
-    weights: Iterable[float] | None = None,
-) -> dict[str, Any]:
-    """:func:`tune_thresholds` with its evidence: ``thresholds``, ``jaccard`` (at the chosen
-    thresholds), ``curves`` (10 x len(grid)), ``tuned`` (per class: had true pixels)."""
     pos = neg = None
     ws = iter(weights) if weights is not None else None
     for probs, truth in zip(probs_list, truth_masks_list, strict=True):

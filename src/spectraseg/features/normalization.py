@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from spectraseg.align.cache import (
     CHANNEL_ORDER,
@@ -225,8 +226,6 @@ def compute_stats(
         (keyed by :func:`~spectraseg.data.dstl.region_of`) and ``image`` entries; means and stds in
         physical units, float64.
     """
-    from tqdm import tqdm
-
     if mode not in MODES:
         raise ConfigError(f"normalisation mode {mode!r} is not one of {', '.join(MODES)}")
     cache = open_cache_dir(cache)
@@ -291,8 +290,6 @@ def extend_stats(
     those of its tile group needs no labels, so doing this for unlabelled scenes is sound.
     Channels are those of ``stats``; one a scene lacks takes the dataset value.
     """
-    from tqdm import tqdm
-
     cache = open_cache_dir(cache)
     known = set(cache.image_ids)
     for i in image_ids:

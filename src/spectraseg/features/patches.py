@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from spectraseg import NUM_CLASSES
 from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir, scale_offset
@@ -85,6 +86,76 @@ class PatchPlan:
     gains: tuple[float, ...] | None = None
     """Photometric gain of each cache channel (physical values are multiplied by it before
     normalisation and indices), None for none."""
+
+
+def _check_args(
+    size: int,
+    length: int,
+    rare_share: float,
+    jitter: float,
+    photometric: float,
+    rare_classes: Sequence[int],
+    seed: int,
+    rank: int,
+) -> None:
+    """ConfigError naming the first patch-sampling setting out of range."""
+    checks = (
+        (size >= 1, f"patch size {size} must be positive"),
+        (length >= 0, f"patches per epoch {length} must not be negative"),
+        (0.0 <= rare_share <= 1.0, f"rare-class share {rare_share} must be in [0, 1]"),
+        (0.0 <= jitter < 0.5, f"rare-pixel jitter {jitter} must be in [0, 0.5)"),
+        (0.0 <= photometric <= 1.0, f"photometric augmentation {photometric} must be in [0, 1]"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for c in rare_classes:
+        if not 1 <= int(c) <= NUM_CLASSES:
+            raise ConfigError(f"rare class {c} is not in 1..{NUM_CLASSES}")
+    if seed < 0 or rank < 0:
+        raise ConfigError(f"seed {seed} and rank {rank} must not be negative")
+
+
+def _common_channels(cache: Cache, image_ids: Sequence[str]) -> list[str]:
+    """The one channel set of the training scenes; an error naming a scene that differs."""
+    known = set(cache.image_ids)
+    for i in image_ids:
+        if i not in known:
+            raise ConfigError(f"training scene {i} is not in the cache {cache.root}")
+    first = cache.channels(image_ids[0])
+    for i in image_ids[1:]:
+        if cache.channels(i) != first:
+            raise DataError(
+                f"scene {i} has channels {','.join(cache.channels(i))} but scene "
+                f"{image_ids[0]} has {','.join(first)}: a patch dataset needs one channel set"
+            )
+    return first
+
+
+def select_channels(
+    available: Sequence[str], channels: Sequence[str] | None, where: str
+) -> list[str]:
+    """The cache channels to use: ``channels`` in that order (all of ``available`` when None);
+    ConfigError naming a channel ``where`` (e.g. "the cache") lacks."""
+    use = list(available) if channels is None else list(channels)
+    for ch in use:
+        if ch not in available:
+            raise ConfigError(f"channel {ch!r} is not in {where} (it has {','.join(available)})")
+    return use
+
+
+def scene_norm(
+    stats: Mapping[str, Any], image_id: str, channels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A scene's float32 ``(mean, std)`` for ``channels`` (physical units), in the statistics'
+    scope (:func:`~spectraseg.features.normalization.lookup`)."""
+    stat_channels = list(stats["channels"])
+    missing = [c for c in channels if c not in stat_channels]
+    if missing:
+        raise ConfigError(f"the statistics have no entry for channel(s) {', '.join(missing)}")
+    pos = [stat_channels.index(c) for c in channels]
+    mean, std = lookup(stats, image_id)
+    return mean[pos], std[pos]
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -136,21 +207,7 @@ class PatchDataset(torch.utils.data.Dataset):
         data_root: str | os.PathLike[str] | None = None,
         progress: bool = False,
     ) -> None:
-        if size < 1:
-            raise ConfigError(f"patch size {size} must be positive")
-        if length < 0:
-            raise ConfigError(f"patches per epoch {length} must not be negative")
-        if not 0.0 <= rare_share <= 1.0:
-            raise ConfigError(f"rare-class share {rare_share} must be in [0, 1]")
-        if not 0.0 <= jitter < 0.5:
-            raise ConfigError(f"rare-pixel jitter {jitter} must be in [0, 0.5)")
-        if not 0.0 <= photometric <= 1.0:
-            raise ConfigError(f"photometric augmentation {photometric} must be in [0, 1]")
-        for c in rare_classes:
-            if not 1 <= int(c) <= NUM_CLASSES:
-                raise ConfigError(f"rare class {c} is not in 1..{NUM_CLASSES}")
-        if seed < 0 or rank < 0:
-            raise ConfigError(f"seed {seed} and rank {rank} must not be negative")
+        _check_args(size, length, rare_share, jitter, photometric, rare_classes, seed, rank)
         if not image_ids:
             raise ConfigError("no training scenes for the patch dataset")
         opened = open_cache_dir(cache)
@@ -168,43 +225,16 @@ class PatchDataset(torch.utils.data.Dataset):
         self.photometric = float(photometric)
         self.scale, self.offset = scale_offset(opened)
 
-        known = set(opened.image_ids)
-        for i in self.image_ids:
-            if i not in known:
-                raise ConfigError(f"training scene {i} is not in the cache {self.root}")
-        cache_channels = opened.channels(self.image_ids[0])
-        for i in self.image_ids[1:]:
-            if opened.channels(i) != cache_channels:
-                raise DataError(
-                    f"scene {i} has channels {','.join(opened.channels(i))} but scene "
-                    f"{self.image_ids[0]} has {','.join(cache_channels)}: a patch dataset "
-                    "needs one channel set"
-                )
-        use = list(cache_channels) if channels is None else list(channels)
-        for ch in use:
-            if ch not in cache_channels:
-                raise ConfigError(
-                    f"channel {ch!r} is not in the cache (it has {','.join(cache_channels)})"
-                )
+        cache_channels = _common_channels(opened, self.image_ids)
+        use = select_channels(cache_channels, channels, "the cache")
         self.cache_channels = list(cache_channels)
         self._select = np.array([cache_channels.index(c) for c in use], dtype=np.int64)
         self._plans: list[IndexPlan] = resolve_indices(list(indices), cache_channels)
         self.channel_names = use + [p.name for p in self._plans]
-
-        stat_channels = list(stats["channels"])
-        missing = [c for c in use if c not in stat_channels]
-        if missing:
-            raise ConfigError(f"the statistics have no entry for channel(s) {', '.join(missing)}")
-        pos = [stat_channels.index(c) for c in use]
-        means, stds, shapes = [], [], []
-        for i in self.image_ids:
-            mean, std = lookup(stats, i)
-            means.append(mean[pos])
-            stds.append(std[pos])
-            shapes.append(opened.load(i).shape[1:])
-        self._mean = np.stack(means)
-        self._std = np.stack(stds)
-        self._shapes = [(int(h), int(w)) for h, w in shapes]
+        norms = [scene_norm(stats, i, use) for i in self.image_ids]
+        self._mean = np.stack([m for m, _ in norms])
+        self._std = np.stack([sd for _, sd in norms])
+        self._shapes = [(int(h), int(w)) for h, w in (opened.load(i).shape[1:] for i in image_ids)]
         area = np.array([h * w for h, w in self._shapes], dtype=np.float64)
         self._area_p = area / area.sum()
 
@@ -229,8 +259,6 @@ class PatchDataset(torch.utils.data.Dataset):
         Cells are :data:`CELL`-pixel squares holding at least one pixel of the class; one
         pass over each mask, then only these small arrays are kept.
         """
-        from tqdm import tqdm
-
         out: dict[int, list[tuple[int, np.ndarray]]] = {}
         it = enumerate(self.image_ids)
         for s, image_id in tqdm(
@@ -383,22 +411,10 @@ def load_scene(
     if image_id not in set(opened.image_ids):
         raise ConfigError(f"scene {image_id} is not in the cache")
     cache_channels = opened.channels(image_id)
-    use = list(cache_channels) if channels is None else list(channels)
-    for ch in use:
-        if ch not in cache_channels:
-            raise ConfigError(
-                f"channel {ch!r} is not in cached scene {image_id} "
-                f"(it has {','.join(cache_channels)})"
-            )
-    stat_channels = list(stats["channels"])
-    missing = [c for c in use if c not in stat_channels]
-    if missing:
-        raise ConfigError(f"the statistics have no entry for channel(s) {', '.join(missing)}")
+    use = select_channels(cache_channels, channels, f"cached scene {image_id}")
     plans = resolve_indices(list(indices), cache_channels)
     select = [cache_channels.index(c) for c in use]
-    mean, std = lookup(stats, image_id)
-    pos = [stat_channels.index(c) for c in use]
-    mean, std = mean[pos], std[pos]
+    mean, std = scene_norm(stats, image_id, use)
     scale, offset = scale_offset(opened)
     arr = opened.load(image_id)
     _, h, w = arr.shape

@@ -133,8 +133,6 @@ def split_three(
     seed: int,
 ) -> tuple[list[str], list[str], list[str]]:
     """``(train, val, test)`` scenes, each a set of whole region groups (unless listed)."""
-    from spectraseg.features.split import split_scenes
-
     rest, test_ids = split_scenes(list(ids), test if test else 0.0, seed=seed)
     if not test_ids:
         raise ConfigError("the demo needs held-out test scenes: set --test-fraction above 0")
@@ -153,17 +151,13 @@ def region_folds(ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
     Groups (:func:`spectraseg.features.split.split_group`, near-duplicate regions together) are
     visited largest first, ties in a seeded order, each into the fold with fewest scenes.
     """
-    import random
-
-    from spectraseg.features.split import split_group
-
     groups: dict[str, list[str]] = {}
     for i in sorted(ids):
         groups.setdefault(split_group(i), []).append(i)
     if len(groups) < k:
         raise ConfigError(f"{k} folds need at least {k} region groups, the data has {len(groups)}")
     order = sorted(groups)
-    random.Random(seed).shuffle(order)
+    _random.Random(seed).shuffle(order)
     order.sort(key=lambda g: -len(groups[g]))
     folds: list[list[str]] = [[] for _ in range(k)]
     for g in order:
@@ -176,8 +170,6 @@ def cv_plans(
 ) -> list[tuple[list[str], list[str], list[str]]]:
     """``(train, val, test)`` per fold: each fold is the test set once; validation scenes
     (whole regions) come from the other folds."""
-    from spectraseg.features.split import split_scenes
-
     plans = []
     for test_ids in region_folds(ids, k, seed):
         rest = [i for i in ids if i not in set(test_ids)]

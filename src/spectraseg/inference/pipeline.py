@@ -18,11 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
-from spectraseg.data.dstl import Dataset, check_image_id, open_dataset
+from spectraseg.data.dstl import Dataset, open_dataset
 from spectraseg.data.files import write_text_atomic
-from spectraseg.errors import ConfigError, DataError
+from spectraseg.errors import ConfigError
 from spectraseg.features.normalization import complete_stats, save_stats
 from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
@@ -130,21 +132,6 @@ def _checked_options(
     return options, config, run_stats
 
 
-def _requested_scenes(ds: Dataset, image_ids: Sequence[str] | None) -> list[str]:
-    """The scenes to predict, each checked against the dataset (DataError naming a bad one)."""
-    ids = list(dict.fromkeys(ds.image_ids if image_ids is None else image_ids))
-    if not ids:
-        raise DataError(f"no scene to predict under {ds.root}")
-    known = set(ds.image_ids)
-    for i in ids:
-        check_image_id(i)
-        if i not in known:
-            raise DataError(f"image id {i} has no product file under {ds.root}")
-        if i not in ds.grid_sizes:
-            raise DataError(f"image id {i} is not in {ds.grid_path}")
-    return ids
-
-
 def _cache_for(
     config: Config, ds: Dataset, out: Path, cache_dir: str | os.PathLike[str] | None
 ) -> Path:
@@ -154,44 +141,6 @@ def _cache_for(
     d = config.data
     same = d.root and d.cache and Path(d.root).resolve() == ds.root.resolve()
     return Path(d.cache) if same else out / "cache"
-
-
-def plan_prediction(
-    run_dir: str | os.PathLike[str],
-    data_root: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    image_ids: Sequence[str] | None = None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    options: PredictOptions = PredictOptions(),
-    thresholds: str | Mapping[int, float] = "auto",
-    min_area: Mapping[int, float] | None = None,
-) -> PredictPlan:
-    """Check a prediction request (arguments as :func:`predict_run`) and decide its plan."""
-    run = RunDir.of(run_dir)
-    out = Path(out_dir)
-    options, config, run_stats = _checked_options(run, options, scheduler)
-    ds = open_dataset(data_root)
-    ids = _requested_scenes(ds, image_ids)
-    threshold_plan = plan_thresholds(run, config, options, thresholds)
-    areas = min_area if min_area is not None else dict(enumerate(config.predict.min_area, 1))
-    tuning = len(threshold_plan.tune_scenes or ())
-    gpu = options.device.startswith("cuda")
-    return PredictPlan(
-        run=run,
-        config=config,
-        dataset=ds,
-        ids=ids,
-        out=out,
-        cache_dir=_cache_for(config, ds, out, cache_dir),
-        options=options,
-        thresholds=threshold_plan,
-        min_area={int(k): float(v) for k, v in areas.items()},
-        workers=plan_workers(workers, scheduler, len(ids) + tuning, gpu),
-        scheduler=scheduler,
-        run_stats=run_stats,
-    )
 
 
 def predict_run(
@@ -235,9 +184,18 @@ def predict_run(
         progress: tqdm bars on stderr.
     """
     t0 = time.perf_counter()
-    plan = plan_prediction(
-        run_dir, data_root, out_dir, image_ids, workers, scheduler, cache_dir, options,
-        thresholds, min_area,
+    run, out = RunDir.of(run_dir), Path(out_dir)
+    options, config, run_stats = _checked_options(run, options, scheduler)
+    ds = open_dataset(data_root)
+    ids = ds.select(image_ids, "predict", gridded=True)
+    tp = plan_thresholds(run, config, options, thresholds)
+    areas = min_area if min_area is not None else dict(enumerate(config.predict.min_area, 1))
+    jobs = len(ids) + len(tp.tune_scenes or ())
+    plan = PredictPlan(
+        run, config, ds, ids, out, _cache_for(config, ds, out, cache_dir), options, tp,
+        {int(k): float(v) for k, v in areas.items()},
+        plan_workers(workers, scheduler, jobs, options.device.startswith("cuda")),
+        scheduler, run_stats,
     )  # fmt: skip
     report = PredictReport(out_dir=plan.out, min_area=plan.min_area, options=_options_doc(plan))
     align = align_dataset(
@@ -302,8 +260,6 @@ def _predict_scenes(
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
     """Run :func:`predict_scene_task` on every aligned scene; per scene its result or failure."""
-    from tqdm import tqdm
-
     results: dict[str, dict[str, Any]] = {
         i: {"image_id": i, "status": "failed", "reason": f"align: {why}"}
         for i, why in failed.items()

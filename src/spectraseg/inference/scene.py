@@ -101,21 +101,3 @@ def levels_to_polygons(
     """
     masks = threshold_masks(levels, thresholds)
     return masks_to_polygons(masks, xmax, ymin, options.tolerance, min_area, options.decimals)
-
-
-def predict_scene(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    xmax: float,
-    ymin: float,
-    thresholds: Mapping[int, float],
-    min_area: Mapping[int, float] | float = 0.0,
-    options: PredictOptions = PredictOptions(),
-) -> tuple[np.ndarray, dict[int, MultiPolygon]]:
-    """One normalised scene -> (uint8 probability levels ``(10, H, W)``, polygons).
-
-    :func:`scene_levels` then :func:`levels_to_polygons`; ``options`` must be resolved
-    (:func:`resolve_options`).
-    """
-    levels = scene_levels(model, image, options)
-    return levels, levels_to_polygons(levels, xmax, ymin, thresholds, min_area, options)

@@ -23,10 +23,13 @@ validation and prediction both call :func:`predict_probs`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from spectraseg import NUM_CLASSES
 from spectraseg.features.windows import DIHEDRAL, dihedral, dihedral_inverse, reflect_index
@@ -152,6 +155,74 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass
+class _Tiler:
+    """One scene's tiled inference: fills tiles, runs the model, writes kept centres."""
+
+    model: torch.nn.Module
+    image: np.ndarray
+    out: np.ndarray
+    """float32 ``(K, H, W)``: probabilities, or logits when ``fused``."""
+    margin: int
+    ry: np.ndarray
+    rx: np.ndarray
+    device: torch.device
+    transforms: range
+    """Dihedral symmetries averaged (TTA: all 8)."""
+    fused: bool
+    """Write logits; the caller applies the sigmoid to the whole output once."""
+    channels_last: bool
+
+    def run(self, th: int, tw: int, positions: list[tuple[int, int]], batch: int, bar: Any) -> None:
+        """Every tile of shape ``(th, tw)`` whose kept centre starts at ``positions``."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # One input buffer per tile shape, reused: a fresh allocation this large is mmap-ed
+        # and page-faulted anew on every batch (~15 ms per 40 MB).
+        buf = torch.empty((batch, self.image.shape[0], th, tw), memory_format=fmt)
+        # Channels-last memory is (N, h, w, C): interleave the planes with OpenCV, 7x faster
+        # than a strided torch copy from the (C, H, W) scene.
+        dst = buf.permute(0, 2, 3, 1).numpy() if self.channels_last else buf.numpy()
+        m = self.margin
+        for group in _batches(positions, batch):
+            for i, (y, x) in enumerate(group):
+                _fill_tile(self.image, dst[i], y, x, m, self.ry, self.rx, self.channels_last)
+            res = self.centres(buf[: len(group)].to(self.device), th, tw)
+            self.write(group, res)
+            if bar is not None:
+                bar.update(len(group))
+
+    def centres(self, x_in: torch.Tensor, th: int, tw: int) -> np.ndarray:
+        """The kept centres of a batch of tiles: logits when fused, else mean probabilities."""
+        m, n, k_out = self.margin, x_in.shape[0], self.out.shape[0]
+        acc: torch.Tensor | None = None
+        for k in self.transforms:
+            logits = dihedral_inverse(self.model(dihedral(x_in, k)), k)
+            if logits.shape != (n, k_out, th, tw):
+                raise ValueError(
+                    f"model returned shape {tuple(logits.shape)} for input "
+                    f"{tuple(x_in.shape)}; expected {(n, k_out)} and the input's height and width"
+                )
+            # Only the kept centre is used (never modified in place: a model may return a
+            # view, e.g. an expanded tensor).
+            centre = logits[:, :, m : th - m, m : tw - m]
+            if self.fused:
+                return centre.numpy()  # logits; the sigmoid runs once at the end
+            p = torch.sigmoid(centre.float())
+            acc = p if acc is None else acc.add_(p)
+        assert acc is not None
+        return acc.div_(len(self.transforms)).cpu().numpy()
+
+    def write(self, group: list[tuple[int, int]], res: np.ndarray) -> None:
+        """Copy each tile's centre into the output, cropped at the scene's far edges."""
+        h, w = self.out.shape[1:]
+        kh, kw = res.shape[2:]
+        for (y, x), pr in zip(group, res, strict=True):
+            hh, ww = min(kh, h - y), min(kw, w - x)
+            # numpy's transposing copy from channels-last memory: 3x faster than torch's
+            # copy_ (20x for small tiles).
+            self.out[:, y : y + hh, x : x + ww] = pr[:, :hh, :ww]
+
+
 def predict_probs(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -198,7 +269,6 @@ def predict_probs(
     if margin < 0 or batch < 1:
         raise ValueError(f"margin must be >= 0 and batch >= 1, got {margin}, {batch}")
     _, h, w = image.shape
-    step = tile - 2 * margin
     if multiple is None:
         multiple = getattr(model, "multiple", None)
     ys = tile_layout(h, tile, margin, multiple)
@@ -208,7 +278,6 @@ def predict_probs(
     ry = reflect_index(-margin, max(y + s for y, s in ys), h)
     rx = reflect_index(-margin, max(x + s for x, s in xs), w)
     dev = torch.device(device) if device is not None else _model_device(model)
-
     out = np.empty((num_classes, h, w), dtype=np.float32)
     # Tiles of one shape are batched together (at most 4 shapes: full and edge sizes).
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -218,57 +287,17 @@ def predict_probs(
     transforms = range(len(DIHEDRAL)) if tta else range(1)
     # On CPU without TTA, logits go straight to the output and the sigmoid runs there.
     fused = len(transforms) == 1 and dev.type == "cpu"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    tiler = _Tiler(model, image, out, margin, ry, rx, dev, transforms, fused, channels_last)
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=amp and dev.type == "cuda")
     was_training = model.training
     model.eval()
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(ys) * len(xs), desc="tiles", unit="tile", leave=False)
     try:
         with torch.inference_mode(), autocast:
             for (th, tw), positions in by_shape.items():
-                # One input buffer per tile shape, reused: a fresh allocation this large
-                # is mmap-ed and page-faulted anew on every batch (~15 ms per 40 MB).
-                buf = torch.empty((batch, image.shape[0], th, tw), memory_format=fmt)
-                # Channels-last memory is (N, h, w, C): interleave the planes with OpenCV,
-                # 7x faster than a strided torch copy from the (C, H, W) scene.
-                dst = buf.permute(0, 2, 3, 1).numpy() if channels_last else buf.numpy()
-                for group in _batches(positions, batch):
-                    for i, (y, x) in enumerate(group):
-                        _fill_tile(image, dst[i], y, x, margin, ry, rx, channels_last)
-                    x_in = buf[: len(group)].to(dev)
-                    kh, kw = min(step, th - 2 * margin), min(step, tw - 2 * margin)
-                    acc: torch.Tensor | None = None
-                    for k in transforms:
-                        logits = dihedral_inverse(model(dihedral(x_in, k)), k)
-                        if logits.shape != (len(group), num_classes, th, tw):
-                            raise ValueError(
-                                f"model returned shape {tuple(logits.shape)} for input "
-                                f"{tuple(x_in.shape)}; expected {(len(group), num_classes)} "
-                                "and the input's height and width"
-                            )
-                        # Only the kept centre is used (never modified in place: a model
-                        # may return a view, e.g. an expanded tensor).
-                        centre = logits[:, :, margin : margin + kh, margin : margin + kw]
-                        if fused:
-                            break
-                        p = torch.sigmoid(centre.float())
-                        acc = p if acc is None else acc.add_(p)
-                    if fused:
-                        res = centre.numpy()  # logits; the sigmoid runs once at the end
-                    else:
-                        assert acc is not None
-                        res = acc.div_(len(transforms)).cpu().numpy()
-                    for (y, x), pr in zip(group, res, strict=True):
-                        hh, ww = min(kh, h - y), min(kw, w - x)
-                        # numpy's transposing copy from channels-last memory: 3x faster
-                        # than torch's copy_ (20x for small tiles).
-                        out[:, y : y + hh, x : x + ww] = pr[:, :hh, :ww]
-                    if bar is not None:
-                        bar.update(len(group))
+                tiler.run(th, tw, positions, batch, bar)
         if fused:
             # One vectorised pass over the whole output: 3x faster than a sigmoid per
             # batch into a new tensor (and no parallel-region start-up per tile).

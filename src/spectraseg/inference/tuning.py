@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from spectraseg import NUM_CLASSES
 from spectraseg.align.cache import Cache, open_cache
@@ -138,8 +139,6 @@ def _summed_histograms(
     runner: Runner, jobs: Sequence[Job], progress: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(pos, neg)`` level histograms ``(B, 10, 256)`` summed over the tuning scenes."""
-    from tqdm import tqdm
-
     pos = neg = None
     with tqdm(total=len(jobs), desc="tune", unit="scene", disable=not progress) as bar:
         for key, result, exc in runner.run(tune_scene_task, jobs):

@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from spectraseg.config import Config
 from spectraseg.errors import ConfigError
@@ -347,8 +348,6 @@ class _Loop:
         self, progress: bool, callback: Callable[[int, dict[str, Any]], None] | None
     ) -> bool:
         """Steps until the planned end, the time budget or a stop request; True if stopped."""
-        from tqdm import tqdm
-
         s = self.state
         total = self.config.total_steps
         show = progress and self.is_main

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from spectraseg.align.cache import open_cache
 from spectraseg.align.masks import open_mask
@@ -29,8 +30,6 @@ def fit_run(
     Scenes are read from the run's cache (``data.cache``), normalised with the run's
     statistics exactly as the U-Net sees them, with their cached label masks.
     """
-    from tqdm import tqdm
-
     cache = open_cache(config.data.cache)
     indices = list(config.data.indices)
     channels = scene_channels(cache, image_ids[0], indices)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from spectraseg import NUM_CLASSES
 from spectraseg.config import Config
@@ -47,8 +48,6 @@ def validate(
     ``val_empty`` (10 bools: union empty over all scenes), ``val_mean_tuned``,
     ``val_jaccard_tuned`` (10), ``val_thresholds_tuned`` (10).
     """
-    from tqdm import tqdm
-
     assert data.load_val is not None
     p = config.predict
     thresholds = dict(enumerate(p.thresholds, start=1))

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from shapely.geometry.base import BaseGeometry
+from tqdm import tqdm
 
 from spectraseg import NUM_CLASSES
 from spectraseg.data.dstl import PRODUCTS, product_path, write_grid_sizes, write_wkt_csv
@@ -120,8 +121,6 @@ def synthesize(
     rewrite are removed, and ``out`` may not hold other scenes. See the package docstring
     (:mod:`spectraseg.data.synth`) for the layout, the shifts and determinism.
     """
-    from tqdm import tqdm
-
     regions = _check_run(scenes, size, seed, regions)
     products = check_products(products)
     out = Path(out)

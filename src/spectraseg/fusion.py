@@ -1,0 +1,12 @@
+"""Deprecated since 0.2: the 0.1 path of what is now :mod:`spectraseg.align.fusion` and
+:mod:`spectraseg.align.cache`."""
+
+from spectraseg._moved import moved
+
+__getattr__ = moved(
+    __name__,
+    (
+        "spectraseg.align.fusion",
+        "spectraseg.align.cache",
+    ),
+)

@@ -1,0 +1,8 @@
+"""Deprecated since 0.2: the 0.1 path of what is now :mod:`spectraseg.data.synth`."""
+
+from spectraseg._moved import moved
+
+__getattr__ = moved(
+    __name__,
+    ("spectraseg.data.synth",),
+)
