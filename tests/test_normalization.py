@@ -13,18 +13,14 @@ from spectraseg.align.cache import open_cache_dir
 from spectraseg.cli import main
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.normalization import (
-    MIN_STD,
     Moments,
     complete_stats,
     compute_stats,
     extend_stats,
-    load_stats,
-    lookup,
     normalize,
-    save_stats,
     scene_moments,
-    with_mode,
 )
+from spectraseg.features.stats import MIN_STD, Stats, load_stats, save_stats
 
 RGBA = ["R", "G", "B", "A1", "A2"]
 
@@ -93,33 +89,33 @@ def valid_pixels(scenes, ids):
 
 
 def check_entry(entry, pixels):
-    np.testing.assert_allclose(entry["mean"], [p.mean() for p in pixels], rtol=1e-12)
-    np.testing.assert_allclose(entry["std"], [p.std() for p in pixels], rtol=1e-10)
-    assert entry["counts"] == [p.size for p in pixels]
+    np.testing.assert_allclose(entry.mean, [p.mean() for p in pixels], rtol=1e-12)
+    np.testing.assert_allclose(entry.std, [p.std() for p in pixels], rtol=1e-10)
+    assert entry.counts == tuple(p.size for p in pixels)
 
 
 def test_stats_equal_numpy_in_every_scope(cache):
     root, scenes = cache
     stats = compute_stats(root, mode="region", progress=False)
-    assert stats["channels"] == RGBA
-    assert stats["mode"] == "region"
-    check_entry(stats["dataset"], valid_pixels(scenes, scenes))
-    assert sorted(stats["region"]) == ["6010", "6040", "6110"]
-    check_entry(stats["region"]["6010"], valid_pixels(scenes, ["6010_0_0", "6010_1_4"]))
-    check_entry(stats["region"]["6110"], valid_pixels(scenes, ["6110_3_1"]))
+    assert list(stats.channels) == RGBA
+    assert stats.mode == "region"
+    check_entry(stats.dataset, valid_pixels(scenes, scenes))
+    assert sorted(stats.region) == ["6010", "6040", "6110"]
+    check_entry(stats.region["6010"], valid_pixels(scenes, ["6010_0_0", "6010_1_4"]))
+    check_entry(stats.region["6110"], valid_pixels(scenes, ["6110_3_1"]))
     for i in scenes:
-        check_entry(stats["image"][i], valid_pixels(scenes, [i]))
-    assert stats["dataset"]["count"] == sum(a.shape[1] * a.shape[2] for a, _, _ in scenes.values())
+        check_entry(stats.image[i], valid_pixels(scenes, [i]))
+    assert stats.dataset.count == sum(a.shape[1] * a.shape[2] for a, _, _ in scenes.values())
     # No fill value reached the statistics.
-    assert max(stats["dataset"]["mean"]) < 16384
+    assert max(stats.dataset.mean) < 16384
 
 
 def test_stats_of_a_subset_of_scenes(cache):
     root, scenes = cache
     ids = ["6010_1_4", "6040_2_2"]
     stats = compute_stats(root, ids, mode="dataset", progress=False)
-    assert sorted(stats["image"]) == ids
-    check_entry(stats["dataset"], valid_pixels(scenes, ids))
+    assert sorted(stats.image) == ids
+    check_entry(stats.dataset, valid_pixels(scenes, ids))
 
 
 def test_streaming_blocks_match_one_pass(cache):
@@ -159,9 +155,9 @@ def test_constant_channel_gets_unit_std(tmp_path):
         tmp_path / "c", {"6010_0_0": (arr, RGBA, {"RGB": [0, 20, 0, 20], "A": [0, 20, 0, 20]})}
     )
     stats = compute_stats(root, mode="image", progress=False)
-    e = stats["image"]["6010_0_0"]
-    assert e["mean"][0] == 700.0 and e["std"][0] == 1.0
-    mean, std = lookup(stats, "6010_0_0")
+    e = stats.image["6010_0_0"]
+    assert e.mean[0] == 700.0 and e.std[0] == 1.0
+    mean, std = stats.lookup("6010_0_0")
     x = normalize(arr, mean, std)
     assert np.isfinite(x).all()
     assert np.all(x[0] == 0.0)
@@ -170,12 +166,12 @@ def test_constant_channel_gets_unit_std(tmp_path):
 
 
 def test_lookup_never_returns_zero_std():
-    stats = {
+    doc = {
         "mode": "dataset",
         "channels": ["R", "G"],
         "dataset": {"mean": [1.0, 2.0], "std": [0.0, 3.0], "count": 4},
     }
-    _, std = lookup(stats, "6010_0_0")
+    _, std = Stats.from_json(doc).lookup("6010_0_0")
     assert std.dtype == np.float32
     assert std.tolist() == [1.0, 3.0]
     assert (std >= MIN_STD).all()
@@ -184,25 +180,25 @@ def test_lookup_never_returns_zero_std():
 def test_lookup_scopes_and_fallback_warning(cache):
     root, _ = cache
     stats = compute_stats(root, ["6010_0_0", "6040_2_2"], mode="region", progress=False)
-    mean, _ = lookup(stats, "6010_3_3")  # an unseen tile of a known region: no warning
-    assert mean.tolist() == np.float32(stats["region"]["6010"]["mean"]).tolist()
+    mean, _ = stats.lookup("6010_3_3")  # an unseen tile of a known region: no warning
+    assert mean.tolist() == np.float32(stats.region["6010"].mean).tolist()
     with pytest.warns(SpectrasegWarning, match="no region statistics for '6170'"):
-        mean, std = lookup(stats, "6170_0_0")
-    assert mean.tolist() == np.float32(stats["dataset"]["mean"]).tolist()
-    assert std.tolist() == np.float32(stats["dataset"]["std"]).tolist()
+        mean, std = stats.lookup("6170_0_0")
+    assert mean.tolist() == np.float32(stats.dataset.mean).tolist()
+    assert std.tolist() == np.float32(stats.dataset.std).tolist()
 
-    image = with_mode(stats, "image")
+    image = stats.with_mode("image")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mean, _ = lookup(image, "6040_2_2")
-    assert mean.tolist() == np.float32(stats["image"]["6040_2_2"]["mean"]).tolist()
+        mean, _ = image.lookup("6040_2_2")
+    assert mean.tolist() == np.float32(stats.image["6040_2_2"].mean).tolist()
     with pytest.warns(SpectrasegWarning, match="no image statistics for '6010_3_3'"):
-        lookup(image, "6010_3_3")
+        image.lookup("6010_3_3")
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mean, _ = lookup(with_mode(stats, "dataset"), "6170_0_0")
-    assert mean.tolist() == np.float32(stats["dataset"]["mean"]).tolist()
+        mean, _ = stats.with_mode("dataset").lookup("6170_0_0")
+    assert mean.tolist() == np.float32(stats.dataset.mean).tolist()
 
 
 def test_extend_stats_adds_new_scenes_only(cache):
@@ -210,16 +206,16 @@ def test_extend_stats_adds_new_scenes_only(cache):
     train = ["6010_0_0", "6040_2_2"]
     stats = compute_stats(root, train, mode="image", progress=False)
     more = extend_stats(stats, root, ["6010_1_4", "6110_3_1"], progress=False)
-    assert more["dataset"] == stats["dataset"]
-    assert more["region"]["6010"] == stats["region"]["6010"]  # existing region kept
-    check_entry(more["region"]["6110"], valid_pixels(scenes, ["6110_3_1"]))
+    assert more.dataset == stats.dataset
+    assert more.region["6010"] == stats.region["6010"]  # existing region kept
+    check_entry(more.region["6110"], valid_pixels(scenes, ["6110_3_1"]))
     for i in ("6010_1_4", "6110_3_1"):
-        check_entry(more["image"][i], valid_pixels(scenes, [i]))
-    assert "6010_1_4" not in stats["image"]  # the input is not modified
+        check_entry(more.image[i], valid_pixels(scenes, [i]))
+    assert "6010_1_4" not in stats.image  # the input is not modified
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        mean, _ = lookup(more, "6110_3_1")
-    assert mean.tolist() == np.float32(more["image"]["6110_3_1"]["mean"]).tolist()
+        mean, _ = more.lookup("6110_3_1")
+    assert mean.tolist() == np.float32(more.image["6110_3_1"].mean).tolist()
     with pytest.raises(ConfigError, match="scene 6999_0_0 is not in the cache"):
         extend_stats(stats, root, ["6999_0_0"], progress=False)
 
@@ -231,19 +227,19 @@ def test_complete_stats_fills_only_missing_scope_entries(cache):
     done, computed = complete_stats(region, root, asked, progress=False)
     # Only the region the statistics lack is computed, from the request's scenes of it.
     assert computed == {"6110": ["6110_3_1"]}
-    check_entry(done["region"]["6110"], valid_pixels(scenes, ["6110_3_1"]))
-    assert done["region"]["6010"] == region["region"]["6010"]
-    assert done["dataset"] == region["dataset"]
-    image = with_mode(region, "image")
+    check_entry(done.region["6110"], valid_pixels(scenes, ["6110_3_1"]))
+    assert done.region["6010"] == region.region["6010"]
+    assert done.dataset == region.dataset
+    image = region.with_mode("image")
     done, computed = complete_stats(image, root, asked, progress=False)
     assert computed == {"6010_1_4": ["6010_1_4"], "6110_3_1": ["6110_3_1"]}
-    check_entry(done["image"]["6010_1_4"], valid_pixels(scenes, ["6010_1_4"]))
-    dataset = with_mode(region, "dataset")
+    check_entry(done.image["6010_1_4"], valid_pixels(scenes, ["6010_1_4"]))
+    dataset = region.with_mode("dataset")
     assert complete_stats(dataset, root, asked, progress=False) == (dataset, {})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every scene now has its own scope's entry
         for i in asked:
-            lookup(done, i)
+            done.lookup(i)
 
 
 def test_scale_and_offset_give_physical_statistics(tmp_path):
@@ -252,9 +248,9 @@ def test_scale_and_offset_give_physical_statistics(tmp_path):
     root = write_cache(tmp_path / "c", {"6010_0_0": (arr, channels, valid)}, scale=0.5, offset=-3)
     stats = compute_stats(root, mode="image", progress=False)
     phys = arr.astype(np.float64) * 0.5 - 3
-    np.testing.assert_allclose(stats["dataset"]["mean"], phys.mean(axis=(1, 2)), rtol=1e-12)
-    np.testing.assert_allclose(stats["dataset"]["std"], phys.std(axis=(1, 2)), rtol=1e-10)
-    mean, std = lookup(stats, "6010_0_0")
+    np.testing.assert_allclose(stats.dataset.mean, phys.mean(axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(stats.dataset.std, phys.std(axis=(1, 2)), rtol=1e-10)
+    mean, std = stats.lookup("6010_0_0")
     x = normalize(arr, mean, std, 0.5, -3)
     np.testing.assert_allclose(x.mean(axis=(1, 2)), 0, atol=1e-4)
     np.testing.assert_allclose(x.std(axis=(1, 2)), 1, rtol=1e-4)
@@ -266,10 +262,10 @@ def test_channel_without_valid_pixels_takes_dataset_value(tmp_path):
     b = make_scene(rng, 10, 10, (0, 0, 0, 0))  # A covers nothing
     root = write_cache(tmp_path / "c", {"6010_0_0": a, "6040_0_0": b})
     stats = compute_stats(root, mode="image", progress=False)
-    e, d = stats["image"]["6040_0_0"], stats["dataset"]
-    assert e["counts"][3:] == [0, 0]
-    assert e["mean"][3:] == d["mean"][3:] and e["std"][3:] == d["std"][3:]
-    assert d["counts"][3:] == [100, 100]
+    e, d = stats.image["6040_0_0"], stats.dataset
+    assert e.counts[3:] == (0, 0)
+    assert e.mean[3:] == d.mean[3:] and e.std[3:] == d.std[3:]
+    assert d.counts[3:] == (100, 100)
 
 
 def test_bad_arguments(cache, tmp_path):
@@ -292,8 +288,8 @@ def test_save_load_round_trip_and_validation(cache, tmp_path):
     save_stats(stats, path)
     assert load_stats(path) == stats
     assert not list(path.parent.glob(".*tmp"))  # atomic write left no temporary
-    bad = dict(stats, dataset={"mean": [0.0], "std": [1.0]})
-    save_stats(bad, path)
+    bad = dict(stats.to_json(), dataset={"mean": [0.0], "std": [1.0]})
+    path.write_text(json.dumps(bad))
     with pytest.raises(DataError, match=r"stats.json 'dataset' 'mean' must be a list of 5"):
         load_stats(path)
     path.write_text("{not json")
@@ -308,9 +304,9 @@ def test_cli_stats_writes_json_and_prints_table(cache, tmp_path, capsys):
     argv = ["stats", str(root), "--mode", "image", "--out", str(out), "--images", *ids]
     assert main([*argv, "--extra", "6040_2_2"]) == 0
     stats = load_stats(out)
-    assert stats["mode"] == "image" and sorted(stats["image"]) == sorted([*ids, "6040_2_2"])
-    check_entry(stats["dataset"], valid_pixels(scenes, ids))
-    check_entry(stats["image"]["6040_2_2"], valid_pixels(scenes, ["6040_2_2"]))
+    assert stats.mode == "image" and sorted(stats.image) == sorted([*ids, "6040_2_2"])
+    check_entry(stats.dataset, valid_pixels(scenes, ids))
+    check_entry(stats.image["6040_2_2"], valid_pixels(scenes, ["6040_2_2"]))
     text = capsys.readouterr().out
     assert "2 scene(s) in 2 region(s), mode image, with entries for 1 extra" in text
     assert text.count("\n") == 2 + len(RGBA)

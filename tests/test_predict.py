@@ -593,7 +593,8 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
     from spectraseg.data.dstl import region_of
     from spectraseg.data.synth import synthesize
     from spectraseg.errors import SpectrasegWarning
-    from spectraseg.features.normalization import extend_stats, load_stats, save_stats
+    from spectraseg.features.normalization import extend_stats
+    from spectraseg.features.stats import load_stats, save_stats
     from spectraseg.training.loop import train
 
     with warnings.catch_warnings():
@@ -622,7 +623,7 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
             ]
         )
         train(cfg, tmp_path / "run", progress=False)
-    assert regions[-1] not in load_stats(tmp_path / "run" / "stats.json")["region"]
+    assert regions[-1] not in load_stats(tmp_path / "run" / "stats.json").region
     thr = {c: 0.5 for c in range(1, 11)}
     data = tmp_path / "data"
     with warnings.catch_warnings(record=True) as caught:
@@ -644,14 +645,14 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
     written = json.loads((tmp_path / "pred" / "predict.json").read_text())
     assert written["normalization"]["computed"] == {regions[-1]: new}
     used = load_stats(tmp_path / "pred" / "stats.json")
-    assert regions[-1] in used["region"]
+    assert regions[-1] in used.region
 
     # The same region's statistics computed beforehand, by hand, in a copy of the run.
     shutil.copytree(tmp_path / "run", tmp_path / "run2")
     before = extend_stats(
         load_stats(tmp_path / "run" / "stats.json"), tmp_path / "cache", new, progress=False
     )
-    assert before["region"][regions[-1]] == used["region"][regions[-1]]
+    assert before.region[regions[-1]] == used.region[regions[-1]]
     save_stats(before, tmp_path / "run2" / "stats.json")
     again = predict_run(
         tmp_path / "run2",
@@ -670,7 +671,7 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
         np.testing.assert_array_equal(a, b)
     # Without the completion the scene would be normalised differently (the old fallback).
     run_stats = load_stats(tmp_path / "run" / "stats.json")
-    assert run_stats["dataset"]["mean"] != used["region"][regions[-1]]["mean"]
+    assert run_stats.dataset.mean != used.region[regions[-1]].mean
 
 
 def test_validation_tuned_score_is_what_predict_tunes(trained) -> None:

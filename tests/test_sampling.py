@@ -18,9 +18,10 @@ from spectraseg.data.dstl import write_grid_sizes, write_wkt_csv
 from spectraseg.data.geometry import rasterize_classes
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.indices import compute_indices
-from spectraseg.features.normalization import compute_stats, lookup, normalize
+from spectraseg.features.normalization import compute_stats, normalize
 from spectraseg.features.patches import PatchDataset, load_scene
 from spectraseg.features.split import split_scenes
+from spectraseg.features.stats import Stats, StatsEntry
 from spectraseg.features.windows import dihedral, read_window, reflect_index
 
 torch.set_num_threads(1)
@@ -50,13 +51,9 @@ def write_cache(root: Path, scenes: dict, masks: dict | None = None) -> Path:
     return root
 
 
-def identity_stats(n: int = 7):
+def identity_stats(n: int = 7) -> Stats:
     """Statistics that leave values unchanged (mean 0, std 1)."""
-    return {
-        "mode": "dataset",
-        "channels": CHANNELS[:n],
-        "dataset": {"mean": [0.0] * n, "std": [1.0] * n, "count": 1},
-    }
+    return Stats("dataset", tuple(CHANNELS[:n]), StatsEntry((0.0,) * n, (1.0,) * n, 1))
 
 
 @pytest.fixture
@@ -219,7 +216,7 @@ def test_index_channels_and_channel_selection(coord_cache):
         plan = ds.plan(i)
         image_id = ds.image_ids[plan.scene]
         raw = read_window(scenes[image_id], plan.row0, plan.col0, 16)
-        mean, std = lookup(stats, image_id)
+        mean, std = stats.lookup(image_id)
         img = ds[i]["image"].numpy()
         want = normalize(raw[[3, 0]], mean[[3, 0]], std[[3, 0]])
         np.testing.assert_allclose(img[:2], want, rtol=1e-6, atol=1e-6)
@@ -250,7 +247,7 @@ def test_photometric_gains_act_on_physical_values(coord_cache):
             image_id = ds.image_ids[plan.scene]
             phys = read_window(scenes[image_id], plan.row0, plan.col0, 16).astype(np.float32)
             phys *= np.asarray(plan.gains, np.float32)[:, None, None]
-            mean, std = lookup(stats, image_id)
+            mean, std = stats.lookup(image_id)
             img = ds[i]["image"].numpy()
             np.testing.assert_allclose(img[:7], normalize(phys, mean, std), rtol=1e-5, atol=1e-5)
             want_idx = compute_indices(phys, CHANNELS, ["NBR2", "ND:A1:A2"])
@@ -272,7 +269,7 @@ def test_load_scene_matches_patches(coord_cache):
     whole = load_scene(root, image_id, stats, indices=["NBR2"], block_rows=7)
     arr = scenes[image_id]
     assert whole.dtype == np.float32 and whole.shape == (len(CHANNELS) + 1, *arr.shape[1:])
-    mean, std = lookup(stats, image_id)
+    mean, std = stats.lookup(image_id)
     np.testing.assert_array_equal(whole[:-1], normalize(arr, mean, std))
     np.testing.assert_array_equal(whole[-1], compute_indices(arr, CHANNELS, ["NBR2"])[0])
     ds = PatchDataset(root, [image_id], stats, size=16, length=8, augment=False, indices=["NBR2"])
@@ -393,9 +390,9 @@ def test_real_scenes_end_to_end(dstl_lite, tmp_path):
         for i in ids
         for r0, r1, c0, c1 in [cache.valid(i)["A"]]
     ]
-    k = stats["channels"].index("A1")
-    np.testing.assert_allclose(stats["dataset"]["mean"][k], np.concatenate(a1).mean(), rtol=1e-12)
-    np.testing.assert_allclose(stats["dataset"]["std"][k], np.concatenate(a1).std(), rtol=1e-10)
+    k = stats.channels.index("A1")
+    np.testing.assert_allclose(stats.dataset.mean[k], np.concatenate(a1).mean(), rtol=1e-12)
+    np.testing.assert_allclose(stats.dataset.std[k], np.concatenate(a1).std(), rtol=1e-10)
     ds = PatchDataset(cache, ids, stats, size=64, length=60, rare_share=0.5, indices=["NBR2"])
     assert ds.rare_present == [2, 8, 10]  # structures, standing water, small vehicles
     assert ds.in_channels == 12

@@ -26,6 +26,7 @@ import torch
 
 from spectraseg.config import Config, load_config
 from spectraseg.errors import ConfigError, DataError
+from spectraseg.features.stats import Stats, StatsEntry
 from spectraseg.models.losses import BCEJaccardLoss
 from spectraseg.models.unet import UNet
 from spectraseg.runs import load_checkpoint, load_model
@@ -89,11 +90,9 @@ def toy_data(config: Config, world: int = 1) -> TrainData:
         in_channels=CHANNELS,
         val_scenes=sorted(scenes),
         load_val=load_val,
-        stats={
-            "mode": "dataset",
-            "channels": ["a", "b", "c"],
-            "dataset": {"mean": [0.0] * CHANNELS, "std": [1.0] * CHANNELS, "count": 1},
-        },
+        stats=Stats(
+            "dataset", ("a", "b", "c"), StatsEntry((0.0,) * CHANNELS, (1.0,) * CHANNELS, 1)
+        ),
     )
 
 
@@ -264,7 +263,7 @@ def test_run_directory_and_checkpoints(tmp_path: Path) -> None:
     # has an empty union there, reported as such.
     assert doc["best"]["score"] == max(r["val_mean"] for r in doc["epochs"])
     model, cfg, stats = load_model(run, "best")
-    assert cfg == config and stats is not None and stats["channels"] == ["a", "b", "c"]
+    assert cfg == config and stats is not None and stats.channels == ("a", "b", "c")
     with torch.no_grad():
         out = model(torch.zeros(1, CHANNELS, 16, 16))
     assert out.shape == (1, 10, 16, 16)

@@ -39,7 +39,7 @@ from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.config import Config, from_dict, to_toml
 from spectraseg.data.files import atomic_output, write_text_atomic
 from spectraseg.errors import ConfigError, DataError
-from spectraseg.features.normalization import load_stats, save_stats
+from spectraseg.features.stats import Stats, load_stats, save_stats
 from spectraseg.models.unet import UNet, build_model
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ def load_model(
     run_dir: str | os.PathLike[str] | RunDir,
     which: str = "best",
     device: str | torch.device | None = None,
-) -> tuple[UNet, Config, dict[str, Any] | None]:
+) -> tuple[UNet, Config, Stats | None]:
     """Load a trained model from a run directory.
 
     Args:
@@ -259,13 +259,13 @@ def write_config(run_dir: str | os.PathLike[str] | RunDir, config: Config) -> No
     write_text_atomic(RunDir.of(run_dir).config, to_toml(config))
 
 
-def read_stats(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any] | None:
+def read_stats(run_dir: str | os.PathLike[str] | RunDir) -> Stats | None:
     """``RUN/stats.json`` (None when the run has none)."""
     path = RunDir.of(run_dir).stats
     return load_stats(path) if path.is_file() else None
 
 
-def write_stats(run_dir: str | os.PathLike[str] | RunDir, stats: Mapping[str, Any]) -> None:
+def write_stats(run_dir: str | os.PathLike[str] | RunDir, stats: Stats) -> None:
     """``RUN/stats.json``, atomically."""
     save_stats(stats, RunDir.of(run_dir).stats)
 

@@ -37,20 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
-    from spectraseg.features.normalization import compute_stats, extend_stats, save_stats
+    from spectraseg.features.normalization import compute_stats, extend_stats
+    from spectraseg.features.stats import save_stats
 
     stats = compute_stats(args.cache, args.images, mode=args.mode)
     line = (
-        f"statistics of {len(stats['image'])} scene(s) in {len(stats['region'])} region(s), "
-        f"mode {stats['mode']}"
+        f"statistics of {len(stats.image)} scene(s) in {len(stats.region)} region(s), "
+        f"mode {stats.mode}"
     )
     if args.extra:
         stats = extend_stats(stats, args.cache, args.extra)
         line += f", with entries for {len(args.extra)} extra scene(s)"
     save_stats(stats, args.out)
     print(f"{line}: {args.out}")
-    ds = stats["dataset"]
+    ds = stats.dataset
     print(f"{'channel':<8} {'mean':>12} {'std':>12} {'pixels':>12}")
-    for k, ch in enumerate(stats["channels"]):
-        print(f"{ch:<8} {ds['mean'][k]:12.3f} {ds['std'][k]:12.3f} {ds['counts'][k]:12d}")
+    for k, ch in enumerate(stats.channels):
+        print(f"{ch:<8} {ds.mean[k]:12.3f} {ds.std[k]:12.3f} {ds.counts[k]:12d}")
     return 0

@@ -17,32 +17,22 @@ region and dataset values equal numpy's over the same pixels (to float rounding)
 ever holding more than one block in memory. Fill pixels (outside a product's ``valid``
 box, where the cache holds the channel's fill value) are skipped.
 
-The result is a JSON document (``docs/architecture.md``)::
-
-    {"mode": "region", "channels": ["R", ...],
-     "dataset": {"mean": [...], "std": [...], "count": N, "counts": [...]},
-     "region": {"6010": {...}, ...}, "image": {"6010_1_2": {...}, ...}}
-
-``count`` is the number of grid pixels the entry was computed over and ``counts`` the
-number of non-fill pixels per channel (the ones the moments use). A channel whose standard
-deviation is below :data:`MIN_STD` (a constant channel) has ``std`` 1.0, so normalising
-never divides by zero; a channel without any non-fill pixel in a scope takes the dataset
-value. :func:`lookup` gives a scene's ``(mean, std)`` in the statistics' mode, falling back
-to the dataset statistics with a :class:`~spectraseg.errors.SpectrasegWarning`.
-:func:`extend_stats` adds image and region entries for scenes outside the statistics
-(validation or test scenes: normalising needs no labels) without changing the others.
+The result is a :class:`~spectraseg.features.stats.Stats` (its JSON document:
+``docs/architecture.md``). A channel whose standard deviation is below
+:data:`~spectraseg.features.stats.MIN_STD` (a constant channel) has ``std`` 1.0, so
+normalising never divides by zero; a channel without any non-fill pixel in a scope takes
+the dataset value. :func:`extend_stats` adds image and region entries for scenes outside
+the statistics (validation or test scenes: normalising needs no labels) without changing
+the others; :func:`complete_stats` does it for exactly the scenes whose scope entry is
+missing, as prediction needs for a region the run never saw.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -55,15 +45,8 @@ from spectraseg.align.cache import (
     scale_offset,
 )
 from spectraseg.data.dstl import region_of
-from spectraseg.data.files import atomic_output
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
-
-MODES: tuple[str, ...] = ("image", "dataset", "region")
-"""The three normalisation scopes."""
-
-MIN_STD = 1e-6
-"""A channel with a smaller standard deviation (physical units) is constant: std becomes 1."""
-
+from spectraseg.features.stats import MIN_STD, MODES, Stats, StatsEntry, scope_key
 
 _BLOCK_VALUES = 1 << 22  # values per streamed block: 32 MiB of float64
 
@@ -185,26 +168,26 @@ def _order_channels(names: Iterable[str]) -> list[str]:
 
 
 def _entry(
-    m: Moments, pixels: int, scale: float, offset: float, fallback: dict[str, Any] | None
-) -> dict[str, Any]:
-    """One JSON stats entry in physical units, with constant and empty channels made safe."""
+    m: Moments, pixels: int, scale: float, offset: float, fallback: StatsEntry | None
+) -> StatsEntry:
+    """One entry in physical units, with constant and empty channels made safe."""
     mean = m.mean * scale + offset
     std = m.std * abs(scale)
     std = np.where(np.isfinite(std) & (std >= MIN_STD), std, 1.0)
     empty = m.n == 0
     if empty.any():
         if fallback is not None:
-            mean = np.where(empty, np.asarray(fallback["mean"]), mean)
-            std = np.where(empty, np.asarray(fallback["std"]), std)
+            mean = np.where(empty, np.asarray(fallback.mean), mean)
+            std = np.where(empty, np.asarray(fallback.std), std)
         else:
             mean = np.where(empty, 0.0, mean)
             std = np.where(empty, 1.0, std)
-    return {
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "count": int(pixels),
-        "counts": [int(v) for v in m.n],
-    }
+    return StatsEntry(
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        int(pixels),
+        tuple(int(v) for v in m.n),
+    )
 
 
 def compute_stats(
@@ -212,19 +195,19 @@ def compute_stats(
     image_ids: Sequence[str] | None = None,
     mode: str = "region",
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Stats:
     """Normalisation statistics of cached scenes in all three scopes, in one streaming pass.
 
     Args:
         cache: the cache directory (or an opened cache).
         image_ids: scenes to use (normally the training scenes); None uses every cached scene.
-        mode: the scope :func:`lookup` uses later: ``image``, ``dataset`` or ``region``.
+        mode: the scope :meth:`Stats.lookup` uses: ``image``, ``dataset`` or ``region``.
         progress: show a tqdm bar on stderr.
 
     Returns:
-        The JSON-ready statistics document (module docstring), with ``dataset``, ``region``
-        (keyed by :func:`~spectraseg.data.dstl.region_of`) and ``image`` entries; means and stds in
-        physical units, float64.
+        :class:`~spectraseg.features.stats.Stats` with ``dataset``, ``region`` (keyed by
+        :func:`~spectraseg.data.dstl.region_of`) and ``image`` entries; means and stds in
+        physical units.
     """
     if mode not in MODES:
         raise ConfigError(f"normalisation mode {mode!r} is not one of {', '.join(MODES)}")
@@ -265,23 +248,21 @@ def compute_stats(
             SpectrasegWarning,
             stacklevel=2,
         )
-    return {
-        "mode": mode,
-        "channels": channels,
-        "dataset": ds_entry,
-        "region": {
-            k: _entry(m, p, scale, offset, ds_entry) for k, (m, p) in sorted(regions.items())
-        },
-        "image": {k: _entry(m, p, scale, offset, ds_entry) for k, (m, p) in per_image.items()},
-    }
+    return Stats(
+        mode,
+        tuple(channels),
+        ds_entry,
+        {k: _entry(m, p, scale, offset, ds_entry) for k, (m, p) in sorted(regions.items())},
+        {k: _entry(m, p, scale, offset, ds_entry) for k, (m, p) in per_image.items()},
+    )
 
 
 def extend_stats(
-    stats: Mapping[str, Any],
+    stats: Stats,
     cache: str | os.PathLike[str] | Cache,
     image_ids: Sequence[str],
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Stats:
     """A copy of ``stats`` with entries for new scenes (e.g. test scenes at prediction time).
 
     Adds an ``image`` entry for each scene of ``image_ids``, and a ``region`` entry for each
@@ -295,41 +276,28 @@ def extend_stats(
     for i in image_ids:
         if i not in known:
             raise ConfigError(f"scene {i} is not in the cache")
-    channels = list(stats["channels"])
-    index = {c: k for k, c in enumerate(channels)}
+    index = {c: k for k, c in enumerate(stats.channels)}
     scale, offset = scale_offset(cache)
-    ds_entry = stats["dataset"]
-    out = dict(stats)
-    out["image"] = dict(stats.get("image", {}))
-    out["region"] = dict(stats.get("region", {}))
+    image, region = dict(stats.image), dict(stats.region)
     new_regions: dict[str, tuple[Moments, int]] = {}
     for image_id in tqdm(image_ids, desc="stats", unit="scene", disable=not progress, leave=False):
         m, pixels = _scene_in(cache, image_id, index)
-        out["image"][image_id] = _entry(m, pixels, scale, offset, ds_entry)
+        image[image_id] = _entry(m, pixels, scale, offset, stats.dataset)
         key = region_of(image_id)
-        if key not in out["region"]:
-            rm, rp = new_regions.get(key, (Moments.zeros(len(channels)), 0))
+        if key not in region:
+            rm, rp = new_regions.get(key, (Moments.zeros(len(index)), 0))
             new_regions[key] = (rm.merge(m), rp + pixels)
     for key, (m, pixels) in sorted(new_regions.items()):
-        out["region"][key] = _entry(m, pixels, scale, offset, ds_entry)
-    return out
-
-
-def scope_key(mode: str, image_id: str) -> str | None:
-    """The key of a scene's entry in the ``mode`` scope: its id, its region, or None (dataset)."""
-    if mode == "image":
-        return image_id
-    if mode == "region":
-        return region_of(image_id)
-    return None
+        region[key] = _entry(m, pixels, scale, offset, stats.dataset)
+    return replace(stats, region=region, image=image)
 
 
 def complete_stats(
-    stats: Mapping[str, Any],
+    stats: Stats,
     cache: str | os.PathLike[str] | Cache,
     image_ids: Sequence[str],
     progress: bool = True,
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
+) -> tuple[Stats, dict[str, list[str]]]:
     """``stats`` with an entry in its own scope for every scene of ``image_ids``.
 
     A scene whose image (``image`` mode) or region (``region`` mode) has no entry gets one
@@ -344,104 +312,15 @@ def complete_stats(
     Returns ``(stats, computed)``; ``computed`` maps each new entry's key (image id or
     region) to the scenes it was computed from (empty when nothing was missing).
     """
-    mode = stats.get("mode", "dataset")
     missing: dict[str, list[str]] = {}
     for image_id in dict.fromkeys(image_ids):
-        key = scope_key(mode, image_id)
-        if key is not None and key not in stats.get(mode, {}):
+        key = scope_key(stats.mode, image_id)
+        if key is not None and key not in stats.scope(stats.mode):
             missing.setdefault(key, []).append(image_id)
     if not missing:
-        return dict(stats), {}
+        return stats, {}
     scenes = [i for ids in missing.values() for i in ids]
     return extend_stats(stats, cache, scenes, progress=progress), missing
-
-
-def with_mode(stats: Mapping[str, Any], mode: str) -> dict[str, Any]:
-    """A copy of ``stats`` whose :func:`lookup` scope is ``mode`` (all scopes are stored)."""
-    if mode not in MODES:
-        raise ConfigError(f"normalisation mode {mode!r} is not one of {', '.join(MODES)}")
-    out = dict(stats)
-    out["mode"] = mode
-    return out
-
-
-def _check_entry(entry: Any, n: int, where: str) -> None:
-    if not isinstance(entry, dict) or not {"mean", "std"} <= set(entry):
-        raise DataError(f"{where} needs 'mean' and 'std' lists")
-    for key in ("mean", "std"):
-        v = entry[key]
-        if not isinstance(v, list) or len(v) != n:
-            raise DataError(f"{where} '{key}' must be a list of {n} numbers")
-        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
-            raise DataError(f"{where} '{key}' holds a non-finite or non-numeric value")
-
-
-def validate_stats(stats: Any, source: str = "statistics") -> dict[str, Any]:
-    """Check a statistics document's structure; DataError naming ``source`` if malformed."""
-    if not isinstance(stats, dict):
-        raise DataError(f"{source} is not a JSON object")
-    if stats.get("mode") not in MODES:
-        raise DataError(f"{source} has mode {stats.get('mode')!r}, expected one of {MODES}")
-    channels = stats.get("channels")
-    if not isinstance(channels, list) or not channels:
-        raise DataError(f"{source} has no 'channels' list")
-    n = len(channels)
-    _check_entry(stats.get("dataset"), n, f"{source} 'dataset'")
-    for scope in ("region", "image"):
-        entries = stats.get(scope, {})
-        if not isinstance(entries, dict):
-            raise DataError(f"{source} '{scope}' must be an object")
-        for key, entry in entries.items():
-            _check_entry(entry, n, f"{source} {scope} {key!r}")
-    return stats
-
-
-def save_stats(stats: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write statistics as JSON, atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
-
-
-def load_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a statistics JSON file written by :func:`save_stats`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"statistics file {path} does not exist")
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} cannot be read as JSON ({exc})") from None
-    return validate_stats(stats, str(path))
-
-
-def lookup(stats: Mapping[str, Any], image_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """A scene's ``(mean, std)``, float32 (C,) in ``stats["channels"]`` order, physical units.
-
-    Uses the statistics' ``mode``: the scene's own entry (``image``), its region's entry
-    (``region``) or the dataset entry. A missing image or region entry falls back to the
-    dataset entry with a :class:`~spectraseg.errors.SpectrasegWarning`. The returned std is
-    always finite and >= :data:`MIN_STD` (constant channels get 1).
-    """
-    mode = stats.get("mode", "dataset")
-    if mode not in MODES:
-        raise ConfigError(f"statistics mode {mode!r} is not one of {', '.join(MODES)}")
-    entry = stats["dataset"]
-    key = scope_key(mode, image_id)
-    if key is not None:
-        got = stats.get(mode, {}).get(key)
-        if got is None:
-            warnings.warn(
-                f"no {mode} statistics for {key!r}; scene {image_id} is normalised with "
-                "the dataset statistics",
-                SpectrasegWarning,
-                stacklevel=2,
-            )
-        else:
-            entry = got
-    mean = np.asarray(entry["mean"], dtype=np.float64)
-    std = np.asarray(entry["std"], dtype=np.float64)
-    std = np.where(np.isfinite(std) & (std >= MIN_STD), std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def normalize(

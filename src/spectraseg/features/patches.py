@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,8 @@ from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir,
 from spectraseg.align.masks import build_masks, open_mask
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.indices import IndexPlan, compute_plans, resolve_indices
-from spectraseg.features.normalization import lookup, normalize
+from spectraseg.features.normalization import normalize
+from spectraseg.features.stats import Stats
 from spectraseg.features.windows import dihedral, read_window
 
 RARE_CLASSES: tuple[int, ...] = (2, 7, 8, 9, 10)
@@ -145,16 +146,16 @@ def select_channels(
 
 
 def scene_norm(
-    stats: Mapping[str, Any], image_id: str, channels: Sequence[str]
+    stats: Stats, image_id: str, channels: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """A scene's float32 ``(mean, std)`` for ``channels`` (physical units), in the statistics'
-    scope (:func:`~spectraseg.features.normalization.lookup`)."""
-    stat_channels = list(stats["channels"])
+    scope (:meth:`~spectraseg.features.stats.Stats.lookup`)."""
+    stat_channels = list(stats.channels)
     missing = [c for c in channels if c not in stat_channels]
     if missing:
         raise ConfigError(f"the statistics have no entry for channel(s) {', '.join(missing)}")
     pos = [stat_channels.index(c) for c in channels]
-    mean, std = lookup(stats, image_id)
+    mean, std = stats.lookup(image_id)
     return mean[pos], std[pos]
 
 
@@ -190,7 +191,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self,
         cache: CacheLike,
         image_ids: Sequence[str],
-        stats: Mapping[str, Any],
+        stats: Stats,
         *,
         size: int = 256,
         length: int = 1024,
@@ -395,7 +396,7 @@ class PatchDataset(torch.utils.data.Dataset):
 def load_scene(
     cache: CacheLike,
     image_id: str,
-    stats: Mapping[str, Any],
+    stats: Stats,
     indices: Sequence[str] = (),
     channels: Sequence[str] | None = None,
     block_rows: int = 256,
@@ -403,7 +404,7 @@ def load_scene(
     """A whole normalised scene: float32 (C, H, W), the channels a :class:`PatchDataset` gives.
 
     ``C = len(channels) + len(indices)``: the cache channels (all, or ``channels`` in that
-    order) normalised with :func:`~spectraseg.features.normalization.lookup` statistics, then the
+    order) normalised with :meth:`~spectraseg.features.stats.Stats.lookup` statistics, then the
     spectral indices. Processed in blocks of ``block_rows`` rows, so the only full-size
     array is the result (about 0.9 GB for 20 channels at full DSTL resolution).
     """

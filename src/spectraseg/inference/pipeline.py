@@ -25,7 +25,8 @@ from spectraseg.config import Config
 from spectraseg.data.dstl import Dataset, open_dataset
 from spectraseg.data.files import write_text_atomic
 from spectraseg.errors import ConfigError
-from spectraseg.features.normalization import complete_stats, save_stats
+from spectraseg.features.normalization import complete_stats
+from spectraseg.features.stats import Stats, save_stats
 from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
 from spectraseg.inference.tasks import cached_model, predict_scene_task
@@ -112,12 +113,12 @@ class PredictPlan:
     min_area: dict[int, float]
     workers: int
     scheduler: str | None
-    run_stats: dict[str, Any] | None
+    run_stats: Stats | None
 
 
 def _checked_options(
     run: RunDir, options: PredictOptions, scheduler: str | None
-) -> tuple[PredictOptions, Config, dict[str, Any] | None]:
+) -> tuple[PredictOptions, Config, Stats | None]:
     """Options completed from the run's config; ConfigError for a tile the model cannot take."""
     model, config, run_stats = cached_model(run.root, options.checkpoint, "cpu")
     # Local workers resolve the device as this process does; a scheduler's workers their own.
@@ -255,7 +256,7 @@ def _predict_scenes(
     runner: Runner,
     plan: PredictPlan,
     report: PredictReport,
-    stats: dict[str, Any] | None,
+    stats: Stats | None,
     failed: Mapping[str, str],
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
@@ -286,7 +287,7 @@ def _predict_scenes(
 
 
 def _request_stats(
-    run_stats: Mapping[str, Any] | None,
+    run_stats: Stats | None,
     cache_dir: Path,
     image_ids: Sequence[str],
     out: Path,
@@ -306,7 +307,7 @@ def _request_stats(
     stats, computed = complete_stats(run_stats, cache_dir, image_ids, progress=progress)
     save_stats(stats, out / "stats.json")
     report.normalization = {
-        "mode": stats.get("mode", "dataset"),
+        "mode": stats.mode,
         "computed": computed,
         "stats": str(out / "stats.json"),
     }

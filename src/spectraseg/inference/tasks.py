@@ -24,6 +24,7 @@ from spectraseg.errors import DataError
 from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms
 from spectraseg.features.patches import load_scene
+from spectraseg.features.stats import Stats
 from spectraseg.inference.outputs import save_levels, scene_paths, write_scene_outputs
 from spectraseg.inference.scene import (
     PredictOptions,
@@ -39,13 +40,13 @@ if TYPE_CHECKING:
     from spectraseg.models.pixel import PixelModel
 
 
-_MODELS: dict[tuple[str, str, str, int | None], tuple[UNet, Config, dict[str, Any] | None]] = {}
+_MODELS: dict[tuple[str, str, str, int | None], tuple[UNet, Config, Stats | None]] = {}
 _PIXEL: dict[tuple[str, int | None], PixelModel | None] = {}
 
 
 def cached_model(
     run_dir: str | os.PathLike[str], which: str, device: str
-) -> tuple[UNet, Config, dict[str, Any] | None]:
+) -> tuple[UNet, Config, Stats | None]:
     """``load_model(run_dir, which, device)``, loaded once per process (per Dask worker).
 
     ``device`` as :attr:`PredictOptions.device` (``auto`` resolved here). Keyed by the
@@ -92,7 +93,7 @@ def _load_input(
     image_id: str,
     model: UNet,
     config: Config,
-    stats: Mapping[str, Any] | None,
+    stats: Stats | None,
 ) -> np.ndarray:
     """The scene normalised as the model's training scenes were; DataError if it cannot be."""
     if stats is None:
@@ -118,7 +119,7 @@ def predict_scene_task(
     min_area: Mapping[int, float],
     options: PredictOptions,
     blend: Mapping[int, float] | None = None,
-    stats: Mapping[str, Any] | None = None,
+    stats: Stats | None = None,
 ) -> dict[str, Any]:
     """Predict one cached scene and write its outputs (run by Dask workers or in-process).
 

@@ -4,7 +4,7 @@ random patches and whole validation scenes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,9 +16,10 @@ from spectraseg.align.masks import open_mask
 from spectraseg.config import Config
 from spectraseg.errors import ConfigError
 from spectraseg.evaluation.metrics import pixel_areas
-from spectraseg.features.normalization import compute_stats, load_stats, with_mode
+from spectraseg.features.normalization import compute_stats
 from spectraseg.features.patches import PatchDataset, load_scene
 from spectraseg.features.split import run_scenes, run_split
+from spectraseg.features.stats import Stats, load_stats
 from spectraseg.runs import RunDir, read_stats
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class TrainData:
     val_scenes: Sequence[str] = ()
     load_val: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None
     pixel_area: Callable[[str], float] | None = None
-    stats: Mapping[str, Any] | None = None
+    stats: Stats | None = None
     train_scenes: Sequence[str] = ()
 
 
@@ -60,7 +61,7 @@ def _from_rank0(value: T, world: int) -> T:
     return box[0]
 
 
-def _run_stats(config: Config, run: RunDir, cache: Cache, resume: bool, progress: bool) -> Any:
+def _run_stats(config: Config, run: RunDir, cache: Cache, resume: bool, progress: bool) -> Stats:
     """The run's own ``stats.json`` when resuming, else ``data.stats``, else computed over
     every cached scene: statistics describe imagery, not labels, so this gives validation
     and test scenes the entry of their own region, as prediction does for new regions."""
@@ -70,7 +71,7 @@ def _run_stats(config: Config, run: RunDir, cache: Cache, resume: bool, progress
         if stats is not None:
             return stats
     if d.stats:
-        return with_mode(load_stats(d.stats), d.norm)
+        return load_stats(d.stats).with_mode(d.norm)
     return compute_stats(cache, None, mode=d.norm, progress=progress)
 
 

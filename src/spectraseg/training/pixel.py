@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -14,6 +13,7 @@ from spectraseg.align.cache import open_cache
 from spectraseg.align.masks import open_mask
 from spectraseg.config import Config
 from spectraseg.features.patches import load_scene, scene_channels
+from spectraseg.features.stats import Stats
 from spectraseg.models.pixel import PixelModel
 from spectraseg.runs import RunDir
 
@@ -22,7 +22,7 @@ def fit_run(
     run_dir: str | os.PathLike[str] | RunDir,
     config: Config,
     image_ids: Sequence[str],
-    stats: Mapping[str, Any],
+    stats: Stats,
     progress: bool = True,
 ) -> Path:
     """Fit the pixel model of a run on its training scenes; write ``RUN/pixelmodel.pkl``.
