@@ -528,16 +528,16 @@ def test_pixel_model_is_blended_per_class(trained, tmp_path, mode: str) -> None:
             progress=False,
         )
     doc = read_thresholds(run)
-    assert doc is not None and doc["pixel_model_mtime_ns"] is not None
-    assert set(doc["blend"]) == {str(c) for c in range(1, 11)}
-    assert all(v in BLEND_GRID for v in doc["blend"].values())
-    assert report.blend == {int(k): v for k, v in doc["blend"].items()}
+    assert doc is not None and doc.pixel_model_mtime_ns is not None and doc.blend is not None
+    assert set(doc.blend) == set(range(1, 11))
+    assert all(v in BLEND_GRID for v in doc.blend.values())
+    assert report.blend == doc.blend
     if mode == "tuned":
         # The blended choice is at least as good as the U-Net alone on the tuning scenes.
         for c in range(1, 11):
-            assert doc["jaccard"][str(c)] >= doc["jaccard_unet"][str(c)] - 1e-12
+            assert doc.jaccard[c] >= doc.jaccard_unet[c] - 1e-12
     else:
-        assert set(doc["blend"].values()) == {0.5}
+        assert set(doc.blend.values()) == {0.5}
     # Written probabilities are the blend of the two models' levels.
     from spectraseg.features.patches import load_scene
     from spectraseg.inference.scene import PredictOptions, resolve_options
@@ -686,9 +686,9 @@ def test_validation_tuned_score_is_what_predict_tunes(trained) -> None:
     doc = report.tuning
     assert doc is not None
     split = read_split(run)
-    assert split is not None and doc["scenes"] == list(split.validation) != []
-    assert doc["mean_jaccard"] == row["val_mean_tuned"]
-    assert [doc["jaccard"][str(c)] for c in range(1, 11)] == row["val_jaccard_tuned"]
-    assert [doc["thresholds"][str(c)] for c in range(1, 11)] == row["val_thresholds_tuned"]
+    assert split is not None and doc.scenes == list(split.validation) != []
+    assert doc.mean_jaccard == row["val_mean_tuned"]
+    assert [doc.jaccard[c] for c in range(1, 11)] == row["val_jaccard_tuned"]
+    assert [doc.thresholds[c] for c in range(1, 11)] == row["val_thresholds_tuned"]
     # At the config's thresholds, validation scores what predict's diagnostic scores.
-    assert doc["mean_jaccard_config"] == pytest.approx(row["val_mean"], abs=1e-12)
+    assert doc.mean_jaccard_config == pytest.approx(row["val_mean"], abs=1e-12)

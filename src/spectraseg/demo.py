@@ -409,12 +409,12 @@ def compare_models(
     """
 
     doc = read_thresholds(run_dir)
-    if not doc or not doc.get("thresholds_pixel"):
+    if doc is None or not doc.thresholds_pixel or not doc.blend:
         return {}
     chosen = {
-        "unet": (dict.fromkeys(range(1, 11), 1.0), doc["thresholds_unet"]),
-        "pixel": (dict.fromkeys(range(1, 11), 0.0), doc["thresholds_pixel"]),
-        "blend": ({int(k): v for k, v in doc["blend"].items()}, doc["thresholds"]),
+        "unet": (dict.fromkeys(range(1, 11), 1.0), doc.thresholds_unet),
+        "pixel": (dict.fromkeys(range(1, 11), 0.0), doc.thresholds_pixel),
+        "blend": (doc.blend, doc.thresholds),
     }
     preds: dict[str, dict[str, np.ndarray]] = {k: {} for k in chosen}
     truth: dict[str, np.ndarray] = {}
@@ -424,7 +424,7 @@ def compare_models(
         truth[image_id] = np.load(mask_path(cache_dir, image_id))
         for name, (weights, thr) in chosen.items():
             levels = blend_levels(unet, pixel, weights)
-            preds[name][image_id] = threshold_masks(levels, {int(k): v for k, v in thr.items()})
+            preds[name][image_id] = threshold_masks(levels, thr)
     grid = {i: ds.grid_sizes[i] for i in ids}
     return {name: evaluate_masks(preds[name], truth, grid) for name in chosen}
 

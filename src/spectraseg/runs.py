@@ -317,34 +317,120 @@ def read_split(run_dir: str | os.PathLike[str] | RunDir) -> Split | None:
     return None if doc is None else _split_of(doc)
 
 
-def read_thresholds(run_dir: str | os.PathLike[str] | RunDir) -> dict[str, Any] | None:
-    """``RUN/thresholds.json`` as a dict (None if absent); DataError if malformed.
+def _per_class(values: Mapping[Any, Any] | None, kind: type = float) -> dict[int, Any] | None:
+    return None if values is None else {int(k): kind(v) for k, v in values.items()}
 
-    Keys: ``format``, ``version``, ``thresholds`` (``{"1": t, ...}``), ``jaccard`` (tuned
-    per-class Jaccard), ``tuned`` (per class: had true pixels), ``mean_jaccard``,
-    ``mean_jaccard_config`` (at the config's thresholds), ``grid``, ``scenes``,
-    ``checkpoint``, ``checkpoint_mtime_ns``, ``tta``, ``tile``, ``margin``; with a pixel
-    model in the run, ``blend`` (per class the U-Net's weight in the blend, chosen with the
-    threshold), ``jaccard_unet`` (the U-Net alone), ``thresholds_unet`` and
-    ``thresholds_pixel`` (each model alone) and ``pixel_model_mtime_ns``.
+
+def _keyed(values: Mapping[int, Any] | None) -> dict[str, Any] | None:
+    return None if values is None else {str(k): v for k, v in values.items()}
+
+
+RASTER_METRIC = "raster (pixels on the RGB grid, weighted by pixel area), summed over scenes"
+
+
+@dataclass(frozen=True)
+class TunedThresholds:
+    """``RUN/thresholds.json``: per-class thresholds (and blend weights) tuned on the run's
+    validation scenes, with the evidence and what they were tuned for.
+
+    Per-class mappings are keyed by 1-based class (strings in JSON). ``jaccard`` is each
+    class's tuned Jaccard on the tuning scenes (``mean_jaccard`` their mean), ``tuned``
+    whether it had true pixels there; ``jaccard_config`` scores the config's thresholds.
+    With a pixel model in the run, ``blend`` holds per class the U-Net's weight in the blend,
+    chosen with the threshold, and ``thresholds_unet``/``thresholds_pixel`` each model's own
+    thresholds. ``checkpoint``, ``checkpoint_mtime_ns``, ``pixel_model_mtime_ns`` and
+    ``tta`` say what it was tuned for: prediction re-tunes when one of them changes.
     """
-    return _read_doc(RunDir.of(run_dir).thresholds, THRESHOLDS_FORMAT, "thresholds", thresholds_of)
+
+    thresholds: dict[int, float]
+    jaccard: dict[int, float]
+    tuned: dict[int, bool]
+    mean_jaccard: float
+    jaccard_unet: dict[int, float]
+    thresholds_unet: dict[int, float]
+    jaccard_config: dict[int, float]
+    mean_jaccard_config: float
+    grid: list[float]
+    scenes: list[str]
+    checkpoint: str
+    checkpoint_mtime_ns: int | None
+    tta: bool
+    tile: int | None
+    margin: int | None
+    blend: dict[int, float] | None = None
+    thresholds_pixel: dict[int, float] | None = None
+    pixel_model_mtime_ns: int | None = None
+    metric: str = RASTER_METRIC
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document, keys in their written order."""
+        return {
+            "format": THRESHOLDS_FORMAT,
+            "version": 1,
+            "thresholds": _keyed(self.thresholds),
+            "jaccard": _keyed(self.jaccard),
+            "tuned": _keyed(self.tuned),
+            "mean_jaccard": self.mean_jaccard,
+            "blend": _keyed(self.blend),
+            "jaccard_unet": _keyed(self.jaccard_unet),
+            "thresholds_unet": _keyed(self.thresholds_unet),
+            "thresholds_pixel": _keyed(self.thresholds_pixel),
+            "pixel_model_mtime_ns": self.pixel_model_mtime_ns,
+            "jaccard_config": _keyed(self.jaccard_config),
+            "mean_jaccard_config": self.mean_jaccard_config,
+            "grid": list(self.grid),
+            "scenes": list(self.scenes),
+            "checkpoint": self.checkpoint,
+            "checkpoint_mtime_ns": self.checkpoint_mtime_ns,
+            "tta": self.tta,
+            "tile": self.tile,
+            "margin": self.margin,
+            "metric": self.metric,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> TunedThresholds:
+        """The document read back (ValueError/KeyError/TypeError when incomplete)."""
+        thresholds = _per_class(doc["thresholds"])
+        assert thresholds is not None
+        if sorted(thresholds) != list(range(1, NUM_CLASSES + 1)) or not all(
+            0.0 <= v <= 1.0 for v in thresholds.values()
+        ):
+            raise ValueError("thresholds must give classes 1..10 a value in [0, 1]")
+        return cls(
+            thresholds=thresholds,
+            jaccard=_per_class(doc["jaccard"]) or {},
+            tuned=_per_class(doc["tuned"], bool) or {},
+            mean_jaccard=float(doc["mean_jaccard"]),
+            jaccard_unet=_per_class(doc.get("jaccard_unet", doc["jaccard"])) or {},
+            thresholds_unet=_per_class(doc.get("thresholds_unet", doc["thresholds"])) or {},
+            jaccard_config=_per_class(doc.get("jaccard_config", {})) or {},
+            mean_jaccard_config=float(doc.get("mean_jaccard_config", 0.0)),
+            grid=[float(g) for g in doc["grid"]],
+            scenes=[str(i) for i in doc["scenes"]],
+            checkpoint=str(doc["checkpoint"]),
+            checkpoint_mtime_ns=doc.get("checkpoint_mtime_ns"),
+            tta=bool(doc.get("tta")),
+            tile=doc.get("tile"),
+            margin=doc.get("margin"),
+            blend=_per_class(doc.get("blend")),
+            thresholds_pixel=_per_class(doc.get("thresholds_pixel")),
+            pixel_model_mtime_ns=doc.get("pixel_model_mtime_ns"),
+            metric=str(doc.get("metric", RASTER_METRIC)),
+        )
 
 
-def thresholds_of(doc: Mapping[str, Any]) -> dict[int, float]:
-    """``{class: threshold}`` of a thresholds document (ValueError when incomplete)."""
-    out = {int(k): float(v) for k, v in doc["thresholds"].items()}
-    if sorted(out) != list(range(1, NUM_CLASSES + 1)) or not all(
-        0.0 <= v <= 1.0 for v in out.values()
-    ):
-        raise ValueError("thresholds must give classes 1..10 a value in [0, 1]")
-    return out
+def read_thresholds(run_dir: str | os.PathLike[str] | RunDir) -> TunedThresholds | None:
+    """``RUN/thresholds.json`` (None if absent); DataError if malformed."""
+    path = RunDir.of(run_dir).thresholds
+    doc = _read_doc(path, THRESHOLDS_FORMAT, "thresholds", TunedThresholds.from_json)
+    return None if doc is None else TunedThresholds.from_json(doc)
 
 
-def write_thresholds(run_dir: str | os.PathLike[str] | RunDir, doc: Mapping[str, Any]) -> Path:
+def write_thresholds(run_dir: str | os.PathLike[str] | RunDir, tuned: TunedThresholds) -> Path:
     """Write ``RUN/thresholds.json`` atomically."""
     path = RunDir.of(run_dir).thresholds
-    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(tuned.to_json(), indent=1) + "\n")
     return path
 
 

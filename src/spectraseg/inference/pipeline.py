@@ -32,7 +32,7 @@ from spectraseg.inference.scene import PredictOptions, resolve_options
 from spectraseg.inference.tasks import cached_model, predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
 from spectraseg.parallel import Job, Runner, describe, open_runner
-from spectraseg.runs import RunDir, thresholds_of, write_thresholds
+from spectraseg.runs import RunDir, TunedThresholds, write_thresholds
 
 
 def plan_workers(workers: int | None, scheduler: str | None, jobs: int, gpu: bool = False) -> int:
@@ -69,7 +69,7 @@ class PredictReport:
     thresholds: dict[int, float] = field(default_factory=dict)
     threshold_source: str = ""
     min_area: dict[int, float] = field(default_factory=dict)
-    tuning: dict[str, Any] | None = None
+    tuning: TunedThresholds | None = None
     normalization: dict[str, Any] = field(default_factory=dict)
     """``mode`` (the run's scope), ``computed`` (per new image or region entry, the scenes
     of this request it was computed from) and ``stats`` (the file holding what was used)."""
@@ -94,7 +94,7 @@ class PredictReport:
             "normalization": self.normalization,
             "seconds": self.seconds,
             "scenes": self.scenes,
-            "tuning": self.tuning,
+            "tuning": self.tuning.to_json() if self.tuning is not None else None,
         }
 
 
@@ -245,11 +245,11 @@ def _settle_thresholds(
     if tp.tune_scenes:
         tp.doc = tune_run(runner, plan.run, plan.config, plan.options, tp.tune_scenes, progress)
         write_thresholds(plan.run, tp.doc)
-        tp.thresholds = thresholds_of(tp.doc)
+        tp.thresholds = tp.doc.thresholds
         tp.source = f"tuned on {len(tp.tune_scenes)} validation scene(s)"
     report.thresholds, report.threshold_source, report.tuning = tp.thresholds, tp.source, tp.doc
-    if tp.doc and tp.doc.get("blend"):
-        report.blend = {int(k): float(v) for k, v in tp.doc["blend"].items()}
+    if tp.doc is not None and tp.doc.blend:
+        report.blend = dict(tp.doc.blend)
 
 
 def _predict_scenes(

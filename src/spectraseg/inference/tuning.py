@@ -31,12 +31,11 @@ from spectraseg.inference.scene import PredictOptions
 from spectraseg.inference.tasks import tune_scene_task
 from spectraseg.parallel import Job, Runner, describe
 from spectraseg.runs import (
-    THRESHOLDS_FORMAT,
     RunDir,
+    TunedThresholds,
     mtime_ns,
     read_split,
     read_thresholds,
-    thresholds_of,
 )
 
 THRESHOLD_CHOICES = ("auto", "retune", "config")
@@ -63,15 +62,15 @@ def validation_scenes(run: RunDir, config: Config) -> list[str]:
     return run_split(scenes, d, config.train.seed)[1]
 
 
-def doc_matches(doc: Mapping[str, Any], run: RunDir, options: PredictOptions) -> bool:
-    """Whether a thresholds document was tuned for this checkpoint, pixel model and TTA."""
+def doc_matches(doc: TunedThresholds, run: RunDir, options: PredictOptions) -> bool:
+    """Whether thresholds were tuned for this checkpoint, pixel model and TTA setting."""
     ckpt = run.checkpoint(options.checkpoint)
     return (
-        doc.get("pixel_model_mtime_ns") == mtime_ns(run.pixel_model)
-        and doc.get("checkpoint") == options.checkpoint
+        doc.pixel_model_mtime_ns == mtime_ns(run.pixel_model)
+        and doc.checkpoint == options.checkpoint
         and ckpt.is_file()
-        and doc.get("checkpoint_mtime_ns") == mtime_ns(ckpt)
-        and bool(doc.get("tta")) == bool(options.tta)
+        and doc.checkpoint_mtime_ns == mtime_ns(ckpt)
+        and doc.tta == bool(options.tta)
     )
 
 
@@ -81,8 +80,8 @@ class ThresholdPlan:
 
     thresholds: dict[int, float]
     source: str
-    doc: dict[str, Any] | None = None
-    """The thresholds document in use (read or, after tuning, written)."""
+    doc: TunedThresholds | None = None
+    """The tuned thresholds in use (read or, after tuning, written)."""
     tune_scenes: list[str] | None = None
     """Validation scenes to tune on; None when nothing is to be tuned."""
 
@@ -110,7 +109,7 @@ def plan_thresholds(
         )
         doc = None
     if doc is not None:
-        return ThresholdPlan(thresholds_of(doc), str(run.thresholds), doc)
+        return ThresholdPlan(doc.thresholds, str(run.thresholds), doc)
     scenes = validation_scenes(run, config)
     if scenes:
         return ThresholdPlan({}, "", tune_scenes=scenes)
@@ -158,9 +157,8 @@ def tune_run(
     options: PredictOptions,
     scenes: Sequence[str],
     progress: bool,
-) -> dict[str, Any]:
-    """Tune thresholds (and blend weights) on the run's validation scenes; returns the
-    thresholds document (:func:`spectraseg.runs.read_thresholds` lists its keys)."""
+) -> TunedThresholds:
+    """Tune thresholds (and blend weights) on the run's validation scenes."""
     d = config.data
     cache = open_cache(d.cache)
     missing = [i for i in scenes if not has_mask(cache, i)]
@@ -177,10 +175,6 @@ def tune_run(
     return _thresholds_doc(tuned, pos[-1], neg[-1], run, config, options, scenes)
 
 
-def _keyed(values: Mapping[int, Any] | None) -> dict[str, Any] | None:
-    return None if values is None else {str(k): v for k, v in values.items()}
-
-
 def _thresholds_doc(
     tuned: Mapping[str, Any],
     pos: np.ndarray,
@@ -189,34 +183,31 @@ def _thresholds_doc(
     config: Config,
     options: PredictOptions,
     scenes: Sequence[str],
-) -> dict[str, Any]:
-    """The thresholds document of a tuning; ``pos``/``neg`` are the U-Net's own histograms,
-    for the diagnostic of how the config's thresholds would have scored."""
+) -> TunedThresholds:
+    """The record of a tuning; ``pos``/``neg`` are the U-Net's own histograms, for the
+    diagnostic of how the config's thresholds would have scored."""
     cfg = config_thresholds(config)
-    at_config = [
-        float(jaccard_curves(pos[k : k + 1], neg[k : k + 1], [cfg[k + 1]])[0, 0])
+    at_config = {
+        k + 1: float(jaccard_curves(pos[k : k + 1], neg[k : k + 1], [cfg[k + 1]])[0, 0])
         for k in range(NUM_CLASSES)
-    ]
-    return {
-        "format": THRESHOLDS_FORMAT,
-        "version": 1,
-        "thresholds": _keyed(tuned["thresholds"]),
-        "jaccard": _keyed(tuned["jaccard"]),
-        "tuned": _keyed(tuned["tuned"]),
-        "mean_jaccard": float(np.mean(list(tuned["jaccard"].values()))),
-        "blend": _keyed(tuned["blend"]),
-        "jaccard_unet": _keyed(tuned["jaccard_unet"]),
-        "thresholds_unet": _keyed(tuned["thresholds_unet"]),
-        "thresholds_pixel": _keyed(tuned["thresholds_pixel"]),
-        "pixel_model_mtime_ns": mtime_ns(run.pixel_model),
-        "jaccard_config": {str(k + 1): v for k, v in enumerate(at_config)},
-        "mean_jaccard_config": float(np.mean(at_config)),
-        "grid": tuned["grid"],
-        "scenes": list(scenes),
-        "checkpoint": options.checkpoint,
-        "checkpoint_mtime_ns": mtime_ns(run.checkpoint(options.checkpoint)),
-        "tta": bool(options.tta),
-        "tile": options.tile,
-        "margin": options.margin,
-        "metric": "raster (pixels on the RGB grid, weighted by pixel area), summed over scenes",
     }
+    return TunedThresholds(
+        thresholds=tuned["thresholds"],
+        jaccard=tuned["jaccard"],
+        tuned=tuned["tuned"],
+        mean_jaccard=float(np.mean(list(tuned["jaccard"].values()))),
+        jaccard_unet=tuned["jaccard_unet"],
+        thresholds_unet=tuned["thresholds_unet"],
+        jaccard_config=at_config,
+        mean_jaccard_config=float(np.mean(list(at_config.values()))),
+        grid=tuned["grid"],
+        scenes=list(scenes),
+        checkpoint=options.checkpoint,
+        checkpoint_mtime_ns=mtime_ns(run.checkpoint(options.checkpoint)),
+        tta=bool(options.tta),
+        tile=options.tile,
+        margin=options.margin,
+        blend=tuned["blend"],
+        thresholds_pixel=tuned["thresholds_pixel"],
+        pixel_model_mtime_ns=mtime_ns(run.pixel_model),
+    )
