@@ -29,6 +29,7 @@ test-slow: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
-	rm -rf runs .pytest_cache build src/*.egg-info
+	rm -rf runs .pytest_cache .mypy_cache build src/*.egg-info

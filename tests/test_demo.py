@@ -11,8 +11,6 @@ import pytest
 from spectraseg.cli import main
 from spectraseg.data.dstl import read_sample_order, read_wkt_rows
 from spectraseg.demo import DemoSettings, run_demo
-from spectraseg.errors import ConfigError
-from spectraseg.features.split import split_three
 
 TINY = (
     "model.width=4",
@@ -106,39 +104,9 @@ def test_run_is_usable_by_predict(demo, tmp_path, capsys) -> None:
     assert (tmp_path / "pred" / "predictions.csv").is_file()
 
 
-def test_split_needs_test_scenes() -> None:
-    ids = [f"{r}_0_{j}" for r in (6010, 6020, 6030) for j in range(2)]
-    train, val, test = split_three(ids, 0.34, 0.34, seed=0)
-    assert len(test) == 2 and len(val) == 2 and len(train) == 2
-    with pytest.raises(ConfigError, match="needs held-out test scenes"):
-        split_three(ids, 0.0, 0.3, seed=0)
-
-
 def test_cli_refuses_too_few_scenes(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path), "--scenes", "2"]) == 1
     assert "--scenes 2 is too few" in capsys.readouterr().err
-
-
-def test_region_folds_partition_whole_groups() -> None:
-    from spectraseg.features.split import cv_plans, region_folds
-
-    ids = [
-        f"{r}_{i}_0"
-        for r, n in ((6010, 3), (6020, 2), (6030, 2), (6110, 2), (6140, 2))
-        for i in range(n)
-    ]
-    folds = region_folds(ids, 3, seed=0)
-    assert sorted(i for f in folds for i in f) == sorted(ids)
-    # 6110 and 6140 overlap on the ground: always in the same fold.
-    for f in folds:
-        groups = {i.split("_")[0] for i in f}
-        assert ("6110" in groups) == ("6140" in groups)
-    assert sorted(len(f) for f in folds) == [3, 4, 4]
-    for train, val, test in cv_plans(ids, 3, 0.2, seed=0):
-        assert sorted(train + val + test) == sorted(ids)
-        assert val and not set(val) & set(test)
-    with pytest.raises(ConfigError, match="5 folds need at least 5 region groups"):
-        region_folds(ids[:7], 5, seed=0)
 
 
 def test_fold_means_score_absent_classes_both_ways() -> None:

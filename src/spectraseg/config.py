@@ -497,14 +497,16 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 def _resolve_paths(config: Config, base: Path) -> Config:
     data = config.data
-    changes = {}
+    changes: dict[str, str] = {}
     for key in _PATH_KEYS:
         value = getattr(data, key)
         if value:
             changes[key] = str((base / os.path.expanduser(value)).resolve())
     if not changes:
         return config
-    return dataclasses.replace(config, data=dataclasses.replace(data, **changes))
+    # mypy checks a ** dict against every DataConfig field; these keys are its str paths.
+    resolved = dataclasses.replace(data, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(config, data=resolved)
 
 
 def load_config(
@@ -616,9 +618,9 @@ def field_docs() -> dict[str, str]:
     """``{"section.key": first docstring line}`` for documentation and ``--help`` output."""
     docs: dict[str, str] = {}
     for name, cls in SECTIONS.items():
-        tree = ast.parse(inspect.getsource(cls))
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in itertools.pairwise(body):
+        class_def = ast.parse(inspect.getsource(cls)).body[0]
+        assert isinstance(class_def, ast.ClassDef)  # the source of a dataclass
+        for node, nxt in itertools.pairwise(class_def.body):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)

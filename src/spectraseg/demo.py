@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -52,7 +52,16 @@ from spectraseg.runs import RunDir, read_thresholds
 from spectraseg.submission import write_submission
 from spectraseg.training.loop import TrainResult, train
 
-SYNTH_DEFAULTS = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
+
+class SynthDefaults(TypedDict):
+    """The synthetic dataset the demo makes: scene count, (height, width) and minutes."""
+
+    scenes: int
+    size: tuple[int, int]
+    minutes: float
+
+
+SYNTH_DEFAULTS: SynthDefaults = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
 """The embedded synthetic default: small enough for 10 minutes on 2 CPU cores."""
 
 REAL_MINUTES = 20.0
@@ -86,7 +95,7 @@ class DemoSettings:
     data: Path | None = None
     """A DSTL-layout dataset; None synthesizes one into ``OUT/data``."""
     scenes: int = int(SYNTH_DEFAULTS["scenes"])
-    size: tuple[int, int] = SYNTH_DEFAULTS["size"]  # type: ignore[assignment]
+    size: tuple[int, int] = SYNTH_DEFAULTS["size"]
     regions: int | None = None
     seed: int = 0
     minutes: float | None = None

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
@@ -100,10 +101,16 @@ def colour_masks(masks: np.ndarray, background: np.ndarray | None = None) -> np.
     return out.astype(np.uint8)
 
 
+def _unit_rgb(cls: int) -> tuple[float, float, float]:
+    """The colour of class ``cls`` with components in [0, 1], as matplotlib takes it."""
+    r, g, b = CLASS_COLOURS[cls]
+    return r / 255, g / 255, b / 255
+
+
 def _legend_handles() -> list[Patch]:
     return [
         Patch(
-            facecolor=np.array(CLASS_COLOURS[c]) / 255,
+            facecolor=_unit_rgb(c),
             edgecolor="black",
             linewidth=0.5,
             label=f"{c} {CLASS_NAMES[c]}",
@@ -112,7 +119,7 @@ def _legend_handles() -> list[Patch]:
     ]
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -230,7 +237,7 @@ def _shifts_html(shifts: Sequence[Mapping[str, Any]]) -> str:
         fallback = method not in ("", "ecc")
         cls = " class='fallback'" if fallback else ""
         corr = s.get("corr")
-        corr_txt = "" if corr in (None, "") else f"{float(corr):.3f}"
+        corr_txt = "" if corr is None or corr == "" else f"{float(corr):.3f}"
         rows.append(
             f"<tr{cls}><td>{html.escape(str(s['image_id']))}</td>"
             f"<td>{html.escape(str(s['product']))}</td>"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ class SubmissionSummary:
     not_in_sample: tuple[str, ...]
 
 
-def _open_write(path: Path, compress: bool):
+def _open_write(path: Path, compress: bool) -> io.TextIOWrapper:
     if compress:
         return gzip.open(path, "wt", encoding="utf-8", newline="")
     return open(path, "w", encoding="utf-8", newline="")
@@ -108,7 +109,7 @@ def write_submission(
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
         yield from enumerate(csv.reader(f), start=1)
 
 

@@ -232,7 +232,7 @@ def trace_mask(mask: np.ndarray) -> Ragged:
     if len(order) == 0:
         return Ragged.empty()
     order = order[np.lexsort((~shell[order], owner[order]))]  # each shell, then its holes
-    coords, ring_offsets, pinched = crack_rings([contours[i] for i in order], inverted)
+    coords, ring_offsets, pinched = crack_rings([contours[int(i)] for i in order], inverted)
     coords += (x0 - 1.0, y0 - 1.0)  # the box's place, less the frame
     rank = np.unique(owner[order], return_inverse=True)[1]
     rag = Ragged(coords, ring_offsets, _offsets(np.bincount(rank)))
@@ -384,7 +384,7 @@ def simplify_rings(rag: Ragged, tolerance: float) -> Ragged:
     return Ragged(coords[np.repeat(keep, counts)], _offsets(counts[keep]), _offsets(kept_per_poly))
 
 
-def round_coords(geom, decimals: int):
+def round_coords(geom: BaseGeometry | np.ndarray, decimals: int) -> BaseGeometry | np.ndarray:
     """Geometry (or array of them) with every coordinate rounded to ``decimals``.
 
     ``rint(x * 10**d) / 10**d`` is the double nearest to the decimal that WKT output with

@@ -111,7 +111,8 @@ def _ecc(
         cfg.ecc_iterations,
         cfg.ecc_epsilon,
     )
-    corr, warp = cv2.findTransformECC(
+    # OpenCV's stubs refuse None (no mask) for inputMask when gaussFiltSize follows it.
+    corr, warp = cv2.findTransformECC(  # type: ignore[call-overload]
         template, moving, warp, cv2.MOTION_TRANSLATION, criteria, None, cfg.gauss_filt_size
     )
     tx, ty = float(warp[0, 2]), float(warp[1, 2])

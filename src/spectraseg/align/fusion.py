@@ -525,7 +525,7 @@ def _estimate_shifts(
         for image_id, result, exc in run.runner.run(estimate_task, jobs):
             bar.update()
             if exc is not None or isinstance(result, str):
-                reason = result if isinstance(result, str) else describe(exc)
+                reason = describe(exc) if exc is not None else result
                 run.status[image_id] = SceneStatus(image_id, "failed", reason)
             else:
                 estimates.extend(result[0])
@@ -567,7 +567,7 @@ def _fuse_scenes(
         for image_id, result, exc in run.runner.run(fuse_task, jobs):
             bar.update()
             if exc is not None or isinstance(result, str):
-                reason = result if isinstance(result, str) else describe(exc)
+                reason = describe(exc) if exc is not None else result
                 run.status[image_id] = SceneStatus(image_id, "failed", reason)
                 continue
             entry, fuse_seconds = result

@@ -18,6 +18,7 @@ import importlib.util
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from spectraseg import __version__
 from spectraseg.cli import options
@@ -37,11 +38,18 @@ VERBS: tuple[str, ...] = (
 )
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def add_verb(sub: argparse._SubParsersAction, verb: str) -> None:
+def add_verb(sub: argparse._SubParsersAction[argparse.ArgumentParser], verb: str) -> None:
     """Add the parser of ``verb``, built from its module (see the module docstring)."""
     module = importlib.import_module(f"spectraseg.cli.{verb}")
     help_line, _, description = (module.__doc__ or "").strip().partition("\n")

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from spectraseg.inference.scene import PredictOptions
     from spectraseg.vectorize import DEFAULT_TOLERANCE
 
-    thresholds: object = args.thresholds
+    thresholds: str | dict[int, float] = args.thresholds
     if args.thresholds not in ("auto", "retune", "config"):
         thresholds = parse_class_values([args.thresholds], "--thresholds")
         if sorted(thresholds) != list(range(1, 11)):
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         image_ids=args.images,
         cache_dir=args.cache,
         options=options,
-        thresholds=thresholds,  # type: ignore[arg-type]
+        thresholds=thresholds,
         min_area=min_area,
         progress=args.progress,
         **runner_args(args),

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from spectraseg import CLASS_NAMES
 from spectraseg.cli.options import add_overrides, add_progress, add_threads
 from spectraseg.config import load_config, to_toml
 from spectraseg.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads in `run`, not with `spectraseg --help`
+    from spectraseg.training.loop import TrainResult
 
 # spectraseg train --config run.toml [--set train.lr=3e-4 ...] --out RUN
 # spectraseg train --resume RUN [--set train.epochs=20 ...]
@@ -34,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress(p)
 
 
-def _summary(result, rank: int) -> None:
+def _summary(result: TrainResult, rank: int) -> None:
 
     if rank != 0:
         return

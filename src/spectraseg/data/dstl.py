@@ -65,7 +65,7 @@ _ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 def _open_text(path: Path) -> _io.TextIOBase:
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
 
 

@@ -138,6 +138,12 @@ BLEND_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Candidate U-Net weights of the per-class blend with the pixel model (1: U-Net alone)."""
 
 
+def _best_weight(per_weight: Sequence[dict[str, Any]], weights: Sequence[float], c: int) -> int:
+    """Index of the weight whose best threshold scores highest on class ``c`` (ties: the
+    higher U-Net weight)."""
+    return max(range(len(weights)), key=lambda b: (per_weight[b]["jaccard"][c], weights[b]))
+
+
 def tune_blend(
     pos: np.ndarray, neg: np.ndarray, mode: str = "average", grid: Sequence[float] = DEFAULT_GRID
 ) -> dict[str, Any]:
@@ -167,12 +173,7 @@ def tune_blend(
     if len(weights) > 1 and mode == "average":
         best = dict.fromkeys(classes, weights.index(0.5))
     else:
-        best = {
-            c: max(
-                range(len(weights)), key=lambda b, c=c: (per_weight[b]["jaccard"][c], weights[b])
-            )
-            for c in classes
-        }
+        best = {c: _best_weight(per_weight, weights, c) for c in classes}
     out: dict[str, Any] = {
         key: {c: per_weight[best[c]][key][c] for c in classes}
         for key in ("thresholds", "jaccard", "tuned")

@@ -129,6 +129,7 @@ def resolve_indices(names: Sequence[str], channels: Sequence[str]) -> list[Index
             raise ConfigError(f"spectral index {name!r} is listed twice")
         seen.add(name)
         m = _ND.fullmatch(name)
+        bands: tuple[str, ...]
         if m:
             bands = (m.group(1), m.group(2))
             kind = "nd"

@@ -159,7 +159,7 @@ def scene_norm(
     return mean[pos], std[pos]
 
 
-class PatchDataset(torch.utils.data.Dataset):
+class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Random training patches from cached scenes, deterministic per ``(seed, rank, epoch, i)``.
 
     Args:

@@ -293,7 +293,7 @@ def _request_stats(
     out: Path,
     report: PredictReport,
     progress: bool,
-) -> dict[str, Any] | None:
+) -> Stats | None:
     """The run's statistics completed for the scenes to predict, saved as ``PRED/stats.json``.
 
     Scenes of a region (or, in ``image`` mode, scenes) the run's statistics lack get an

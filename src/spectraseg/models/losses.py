@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectraseg.config import LossConfig
+
 JACCARD_MODES: tuple[str, ...] = ("batch", "present", "sample")
 """Ways of summing the soft Jaccard (module docstring)."""
 
@@ -105,6 +107,9 @@ class BCEJaccardLoss(nn.Module):
     the soft Jaccard itself, not the loss term).
     """
 
+    pos_weight: torch.Tensor | None  # buffers (C,) float32, or None
+    class_weights: torch.Tensor | None
+
     def __init__(
         self,
         bce_weight: float = 1.0,
@@ -175,7 +180,7 @@ class BCEJaccardLoss(nn.Module):
         return loss
 
 
-def build_loss(cfg) -> BCEJaccardLoss:
+def build_loss(cfg: LossConfig) -> BCEJaccardLoss:
     """The loss described by a :class:`spectraseg.config.LossConfig`."""
     return BCEJaccardLoss(
         bce_weight=cfg.bce,

@@ -129,6 +129,7 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # The head is linear: a plain fan-in init keeps the initial logits near 0.
         nn.init.xavier_uniform_(self.head.weight)
+        assert self.head.bias is not None  # nn.Conv2d's default bias=True
         nn.init.zeros_(self.head.bias)
 
     @property

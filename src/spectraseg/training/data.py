@@ -104,6 +104,7 @@ def prepare_data(
     stats = _from_rank0(
         _run_stats(config, run, cache, resume, progress) if rank == 0 else None, world
     )
+    assert stats is not None  # rank 0's, on every rank
     dataset = PatchDataset(
         cache,
         train_ids,

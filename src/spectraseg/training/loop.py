@@ -197,7 +197,8 @@ def _build_parts(
             )
         model.load_state_dict(ckpt.model)
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=fmt)
+    # Module.to takes memory_format, but torch's overloads of it leave the keyword out.
+    model.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     net: nn.Module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -395,6 +396,7 @@ class _Loop:
         if self.is_main and not self.validating and self.run.latest.is_file():
             promote_latest(self.run)
         if self.is_main and self.config.pixel.enabled and not interrupted:
+            assert self.data.stats is not None  # checked by _train before the first step
             scenes = list(self.data.train_scenes)
             fit_run(self.run, self.config, scenes, self.data.stats, progress=progress)
 
@@ -483,6 +485,9 @@ def _train(
     _configure_torch(config, device)
     if data is None:
         data = prepare_data(config, run, ckpt is not None, rank, world, progress)
+    if config.pixel.enabled and (data.stats is None or not data.train_scenes):
+        # Only data given to train() can lack them; fail before training, not after.
+        raise ValueError("pixel.enabled needs the training data's statistics and scene ids")
     needed = t.steps_per_epoch * t.accumulate * t.batch_size * world
     if len(data.train) < needed:
         raise ValueError(

@@ -132,6 +132,7 @@ def gather_rng(world: int) -> list[dict[str, torch.Tensor]]:
 def rng_state() -> dict[str, torch.Tensor]:
     """This process's RNG states as tensors (torch CPU/CUDA, numpy, Python ``random``)."""
     np_state = np.random.get_state()  # noqa: NPY002 (the global state is what we save)
+    assert isinstance(np_state, tuple)  # the legacy form, get_state's default
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

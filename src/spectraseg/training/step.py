@@ -67,14 +67,14 @@ def accumulation_step(
     optimizer.zero_grad(set_to_none=True)
     stats = StepStats()
     it = iter(batches)
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) else None
     for k in range(accumulate):
         try:
             batch = next(it)
         except StopIteration:
             raise RuntimeError(f"accumulation step needs {accumulate} batches, got {k}") from None
         x, y = _to_device(batch, device, channels_last)
-        sync = contextlib.nullcontext() if (not ddp or k == accumulate - 1) else model.no_sync()
+        sync = ddp.no_sync() if ddp is not None and k < accumulate - 1 else contextlib.nullcontext()
         with sync:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = model(x)

@@ -49,7 +49,7 @@ Determinism
     The same arguments give the same bytes. Each region and scene draws from its own
     ``numpy.random.SeedSequence([seed, region, scene])`` stream, and each product's noise from
     its own child stream, so leaving a product out does not change the others. The order of
-    the random draws is therefore part of the format (``tests/test_synth.py`` pins digests).
+    the random draws is therefore part of the format (``tests/data/test_synth.py`` pins digests).
 
 Modules, in import order (each imports only those above it)
     :mod:`.spectra`      reflectance tables of the materials, the 16 band names

@@ -80,7 +80,7 @@ def _prepare_out(out: Path, planned: set[Path]) -> None:
     """Refuse to mix with foreign scenes; remove scenes a previous synth run left behind."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a directory")
-    existing = set()
+    existing: set[Path] = set()
     for sub, pattern in (("three_band", "*.tif"), ("sixteen_band", "*_[PMA].tif")):
         if (out / sub).is_dir():
             existing.update((out / sub).glob(pattern))

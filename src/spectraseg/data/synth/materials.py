@@ -9,9 +9,9 @@ shared by rendering (:mod:`.render`) and labels (:mod:`.labels`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypedDict, Unpack
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
@@ -54,6 +54,16 @@ class Entity:
     tall: bool = False  # casts a shadow
 
 
+class MaterialOptions(TypedDict, total=False):
+    """What some material kinds take (crop: theta; roof: all of them)."""
+
+    theta: float  # direction across the rows or ridge (radians)
+    depth: float  # roof depth in metres: the ridge period is twice it
+    centre: tuple[float, float] | None  # the roof ridge passes here
+    pitched: bool  # a pitched roof (default) or a flat one
+    material: str | None  # roof material; None draws one from the region's palette
+
+
 class Builder:
     """Collects objects per layer and draws their materials from ``rng``."""
 
@@ -73,14 +83,16 @@ class Builder:
         """The (16,) float32 weighted sum of named endmembers ``(name, weight)``."""
         return sum((_E[n] * np.float32(w) for n, w in parts), np.zeros(16, np.float32))
 
-    def add(self, layer: str | int, geom: BaseGeometry, kind: str, **kw: object) -> None:
+    def add(
+        self, layer: str | int, geom: BaseGeometry, kind: str, **kw: Unpack[MaterialOptions]
+    ) -> None:
         """Add ``geom`` (metres) to ``layer`` with a new material of ``kind``; empty or None
         geometries are skipped without drawing."""
         if geom is None or geom.is_empty:
             return
         self.layers[layer].append(self.material(geom, kind, **kw))
 
-    def material(self, geom: BaseGeometry, kind: str, **kw: object) -> Entity:
+    def material(self, geom: BaseGeometry, kind: str, **kw: Unpack[MaterialOptions]) -> Entity:
         """An entity of ``kind`` (grass, garden, yard, crop, tree, water, pond, track, road,
         roof, structure, car, truck) over ``geom``; ``kw`` as the kind needs (crop: theta;
         roof: theta, depth, centre, pitched, material)."""
@@ -101,27 +113,27 @@ class Builder:
 # One function per material kind; each draws from ``b.rng`` in a fixed order.
 
 
-def _grass(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _grass(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     dry = r.uniform(0.1, 0.45)
     sa = sp(b.mix(("green_veg", 1 - dry), ("dry_veg", dry)))
     return Entity(geom, sa, sp(_E["soil"]), r.uniform(0.55, 0.8), fn1=0.08, fn2=0.15)
 
 
-def _garden(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _garden(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     sa = sp(b.mix(("green_veg", 0.8), ("dry_veg", 0.2)))
     sb = sp(b.mix(("dry_veg", 0.5), ("soil", 0.4), ("concrete", 0.1)))
     return Entity(geom, sa, sb, r.uniform(0.55, 0.8), fn1=0.1, fn2=0.15)
 
 
-def _yard(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _yard(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     sa = sp(b.mix(("concrete", 0.6), ("dirt", 0.4)))
     return Entity(geom, sa, sp(_E["soil"]), r.uniform(0.5, 0.8), fn1=0.08, fn2=0.25)
 
 
-def _crop(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _crop(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     state = r.choice(3, p=[0.5, 0.25, 0.25])
     theta = float(kw["theta"])
@@ -140,7 +152,7 @@ def _crop(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
     )
 
 
-def _tree(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _tree(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     base = "conifer" if r.random() < 0.25 else "green_veg"
     sa = sp(_E[base] * np.float32(1.05))
@@ -148,36 +160,35 @@ def _tree(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
     return Entity(geom, sa, sb, 0.65, fn1=0.35, fn2=0.1, tall=True)
 
 
-def _water(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _water(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     sb = sp(_E["turbid"], 0.15)
     return Entity(geom, sp(_E["water"], 0.1), sb, r.uniform(0.4, 0.9), fn2=0.1)
 
 
-def _pond(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _pond(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     sa = sp(_E["water"] * np.float32(0.8), 0.1)
     return Entity(geom, sa, sp(_E["algae"], 0.15), r.uniform(0.5, 0.95), fn2=0.12)
 
 
-def _track(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _track(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     sb = sp(b.mix(("green_veg", 0.6), ("dry_veg", 0.4)))
     return Entity(geom, sp(_E["dirt"]), sb, r.uniform(0.75, 0.9), fn1=0.15, fn2=0.1)
 
 
-def _road(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _road(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     sa = sp(_E["asphalt"] * np.float32(r.uniform(0.85, 1.25)))
     return Entity(geom, sa, sp(_E["concrete"]), r.uniform(0.85, 0.97), fn1=0.05)
 
 
-def _roof(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _roof(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     mat = str(kw.get("material") or ROOFS[r.choice(4, p=b.region.roof_palette)])
     sa = sp(_E[mat])
     pitched = bool(kw.get("pitched", True)) and mat != "concrete"
-    centre = cast("tuple[float, float] | None", kw.get("centre"))
     return Entity(
         geom,
         sa,
@@ -187,31 +198,31 @@ def _roof(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
         fn1=0.05,
         theta=float(kw.get("theta", 0.0)),
         period=2 * float(kw.get("depth", 0.0)) if pitched else 0.0,
-        centre=centre,
+        centre=kw.get("centre"),
         tall=True,
     )
 
 
-def _structure(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _structure(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     r, sp = b.rng, b.spectrum
     mat = ("concrete", "metal", "slate", "white_paint")[r.choice(4, p=[0.4, 0.3, 0.2, 0.1])]
     sa = sp(_E[mat])
     return Entity(geom, sa, sa * np.float32(0.7), 0.7, fn1=0.1, tall=True)
 
 
-def _car(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _car(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     paint = CAR_PAINTS[b.rng.choice(5, p=CAR_PAINT_P)]
     sa = b.spectrum(_E[paint], 0.1)
     return Entity(geom, sa, sa * np.float32(0.5), 0.75, fn1=0.2, tall=False)
 
 
-def _truck(b: Builder, geom: BaseGeometry, kw: Mapping[str, object]) -> Entity:
+def _truck(b: Builder, geom: BaseGeometry, kw: MaterialOptions) -> Entity:
     paint = TRUCK_PAINTS[b.rng.choice(5)]
     sa = b.spectrum(_E[paint], 0.1)
     return Entity(geom, sa, sa * np.float32(0.5), 0.75, fn1=0.2, tall=True)
 
 
-_MATERIALS: dict[str, Callable[[Builder, BaseGeometry, Mapping[str, object]], Entity]] = {
+_MATERIALS: dict[str, Callable[[Builder, BaseGeometry, MaterialOptions], Entity]] = {
     "grass": _grass,
     "garden": _garden,
     "yard": _yard,

@@ -97,7 +97,9 @@ def _finish(
 ) -> np.ndarray:
     """Reflectance (h, w) float32 on a product grid -> DN (h, w) uint16: point-spread blur,
     sub-pixel shift, gain and offset, sensor noise, quantisation to the bit depth."""
-    out = cv2.GaussianBlur(img, (0, 0), _PSF_SIGMA[product], borderType=cv2.BORDER_REFLECT)
+    out: np.ndarray = cv2.GaussianBlur(
+        img, (0, 0), _PSF_SIGMA[product], borderType=cv2.BORDER_REFLECT
+    )
     if shift is not None and shift != (0.0, 0.0):
         # warpAffine maps source (x, y) to (x + dx, y + dy): content moves by +shift.
         warp = np.array([[1, 0, shift[0]], [0, 1, shift[1]]], dtype=np.float64)
@@ -286,7 +288,7 @@ def _brightness(
         dx, dy = math.cos(region.sun_azimuth), math.sin(region.sun_azimuth)
         for s in range(steps + 1):
             kernel[steps - round(s * dy), steps - round(s * dx)] = 1
-        shade = cv2.dilate(tall, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        shade: np.ndarray = cv2.dilate(tall, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
         shade &= 1 - tall
         m[shade.astype(bool)] *= np.float32(0.45)
     return m

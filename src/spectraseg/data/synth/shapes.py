@@ -28,7 +28,11 @@ def rot(xy: np.ndarray, angle: np.ndarray | float) -> np.ndarray:
 
 
 def rects(
-    cx: np.ndarray, cy: np.ndarray, length: np.ndarray, width: np.ndarray, angle: np.ndarray
+    cx: np.ndarray,
+    cy: np.ndarray,
+    length: np.ndarray | Sequence[float],
+    width: np.ndarray | Sequence[float],
+    angle: np.ndarray | Sequence[float],
 ) -> np.ndarray:
     """Rectangles (n,) centred at (cx, cy), ``length`` along ``angle``, ``width`` across."""
     n = len(cx)

@@ -1,7 +1,7 @@
 """Training in several processes: SIGKILL + resume, DDP under torchrun, Ctrl-C of the CLI.
 
-Each test starts processes (``tests/test_train.py`` is the worker script) and takes a few
-seconds to start them.
+Each test starts processes (``train_worker.py`` beside this file is the worker script)
+and takes a few seconds to start them.
 """
 
 from __future__ import annotations
@@ -15,19 +15,13 @@ import time
 from pathlib import Path
 
 import torch
+from toy import CHANNELS, assert_same_weights, cache_config, tiny_config, toy_data, weights
 
 from spectraseg.models.unet import UNet
 from spectraseg.runs import load_checkpoint
 from spectraseg.training.loop import train
-from test_train import (
-    CHANNELS,
-    HERE,
-    assert_same_weights,
-    cache_config,
-    tiny_config,
-    toy_data,
-    weights,
-)
+
+WORKER = Path(__file__).resolve().with_name("train_worker.py")
 
 
 def _worker_env() -> dict[str, str]:
@@ -42,7 +36,7 @@ def test_sigkill_then_resume_ends_with_identical_weights(tmp_path: Path) -> None
     full = tmp_path / "full"
     train(tiny_config(epochs=3), full, progress=False, data=toy_data(tiny_config(epochs=3)))
     run = tmp_path / "killed"
-    cmd = [sys.executable, str(HERE), str(run), str(tmp_path / "w"), "--epochs", "3"]
+    cmd = [sys.executable, str(WORKER), str(run), str(tmp_path / "w"), "--epochs", "3"]
     # Killed right after step 5: latest.pt is from step 4 (checkpoint_every=2).
     proc = subprocess.run(
         [*cmd, "--kill-at", "5"], env=_worker_env(), capture_output=True, text=True, timeout=60
@@ -63,7 +57,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path: Path) -> None:
     out = tmp_path / "w"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(HERE), str(run), str(out), "--accumulate", "2", "--epochs", "1",
+        str(WORKER), str(run), str(out), "--accumulate", "2", "--epochs", "1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

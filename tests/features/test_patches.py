@@ -1,59 +1,21 @@
+"""Training patches and whole scenes from the fused cache (``spectraseg.features.patches``)."""
+
 from __future__ import annotations
 
-import json
 import pickle
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from shapely.geometry import MultiPolygon, box
 
-from spectraseg.align.masks import build_masks
-from spectraseg.data.dstl import write_grid_sizes, write_wkt_csv
-from spectraseg.data.geometry import rasterize_classes
+from fused_cache import CHANNELS, identity_stats, write_cache
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.indices import compute_indices
 from spectraseg.features.normalization import compute_stats, normalize
 from spectraseg.features.patches import PatchDataset, load_scene
-from spectraseg.features.split import split_scenes
-from spectraseg.features.stats import Stats, StatsEntry
 from spectraseg.features.windows import dihedral, read_window, reflect_index
 
 torch.set_num_threads(1)
-
-CHANNELS = ["R", "G", "B", "A1", "A2", "A3", "A6"]
-
-
-def write_cache(root: Path, scenes: dict, masks: dict | None = None) -> Path:
-    """A cache in the documented format (``{id}.npy`` + manifest.json, optional masks)."""
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    manifest = {"format": "spectraseg-cache", "version": 1, "dtype": "uint16", "scale": 1.0}
-    manifest["offset"] = 0.0
-    manifest["scenes"] = {}
-    for image_id, arr in scenes.items():
-        np.save(root / f"{image_id}.npy", arr.astype(np.uint16))
-        h, w = arr.shape[1:]
-        manifest["scenes"][image_id] = {
-            "channels": CHANNELS[: arr.shape[0]],
-            "height": h,
-            "width": w,
-            "products": ["RGB", "A"],
-            "valid": {"RGB": [0, h, 0, w], "A": [0, h, 0, w]},
-        }
-        if masks is not None:
-            np.save(root / "masks" / f"{image_id}.npy", masks[image_id].astype(np.uint8))
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
-
-
-def identity_stats(n: int = 7) -> Stats:
-    """Statistics that leave values unchanged (mean 0, std 1)."""
-    return Stats("dataset", tuple(CHANNELS[:n]), StatsEntry((0.0,) * n, (1.0,) * n, 1))
 
 
 @pytest.fixture
@@ -74,41 +36,6 @@ def coord_cache(tmp_path):
     masks["6010_0_0"][8, 10, 60] = 1
     masks["6040_1_1"][1, 30:33, 5:8] = 1
     return write_cache(tmp_path / "cache", scenes, masks), scenes, masks
-
-
-# --------------------------------------------------------------------------- windows
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.integers(1, 12), st.integers(-30, 30), st.integers(1, 30))
-def test_reflect_index_matches_numpy_pad(n, start, size):
-    pad = 70
-    ref = np.pad(np.arange(n), pad, mode="reflect") if n > 1 else np.zeros(n + 2 * pad, int)
-    assert reflect_index(start, size, n).tolist() == ref[start + pad : start + pad + size].tolist()
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(-20, 30), st.integers(-20, 30), st.integers(1, 24))
-def test_read_window_is_reflect_padding(row0, col0, size):
-    arr = np.arange(2 * 9 * 13, dtype=np.uint16).reshape(2, 9, 13)
-    p = 64  # wider than any window reaches
-    padded = np.pad(arr, ((0, 0), (p, p), (p, p)), mode="reflect")
-    want = padded[:, row0 + p : row0 + p + size, col0 + p : col0 + p + size]
-    got = read_window(arr, row0, col0, size)
-    assert got.dtype == arr.dtype and np.array_equal(got, want)
-
-
-def test_dihedral_gives_the_eight_symmetries():
-    x = np.arange(9).reshape(1, 3, 3)
-    outs = {dihedral(x, k).tobytes() for k in range(8)}
-    assert len(outs) == 8
-    assert np.array_equal(dihedral(x, 0), x)
-    assert np.array_equal(dihedral(x, 4)[0], x[0].T)
-    with pytest.raises(ValueError):
-        dihedral(x, 8)
-
-
-# --------------------------------------------------------------------------- patches
 
 
 def test_image_and_mask_stay_aligned_exactly(coord_cache):
@@ -316,136 +243,3 @@ def test_missing_masks_are_a_data_error(tmp_path):
     root = write_cache(tmp_path / "c", {"6010_0_0": arr})
     with pytest.raises(DataError, match=r"masks/6010_0_0.npy does not exist"):
         PatchDataset(root, ["6010_0_0"], identity_stats())
-
-
-# --------------------------------------------------------------------------- masks
-
-
-def test_build_masks_rasterizes_labels_once(tmp_path):
-    data = tmp_path / "data"
-    (data / "three_band").mkdir(parents=True)
-    ids = {"6010_0_0": (30, 40), "6040_0_0": (25, 20)}
-    write_grid_sizes(data / "grid_sizes.csv", {i: (0.009, -0.009) for i in ids})
-    for i, (h, w) in ids.items():
-        tifffile.imwrite(
-            data / "three_band" / f"{i}.tif",
-            np.zeros((3, h, w), np.uint16),
-            planarconfig="separate",
-            photometric="rgb",
-        )
-    labels = {
-        i: {
-            c: box(0, -0.0009 * c, 0.0011 * c, 0) if c in (1, 8) else MultiPolygon()
-            for c in range(1, 11)
-        }
-        for i in ids
-    }
-    write_wkt_csv(
-        data / "train_wkt_v4.csv", [(i, c, g) for i, d in labels.items() for c, g in d.items()]
-    )
-    root = write_cache(
-        tmp_path / "cache", {i: np.zeros((len(CHANNELS), h, w)) for i, (h, w) in ids.items()}
-    )
-    paths = build_masks(root, data, progress=False)
-    for (i, (h, w)), p in zip(sorted(ids.items()), paths, strict=True):
-        assert p == root / "masks" / f"{i}.npy"
-        m = np.load(p)
-        assert m.dtype == np.uint8 and m.shape == (10, h, w)
-        assert np.array_equal(m, rasterize_classes(labels[i], w, h, 0.009, -0.009))
-        assert m[0].any() and m[7].any() and not m[1].any()
-    stamp = paths[0].stat().st_mtime_ns
-    build_masks(root, data, progress=False)  # already there: not rewritten
-    assert paths[0].stat().st_mtime_ns == stamp
-    assert not list((root / "masks").glob(".*"))
-
-    # The dataset builds missing masks itself when given the data root.
-    paths[1].unlink()
-    PatchDataset(root, sorted(ids), identity_stats(), size=8, length=2, data_root=data)
-    assert paths[1].is_file()
-
-    write_wkt_csv(data / "train_wkt_v4.csv", [("6010_0_0", 1, MultiPolygon())])
-    paths[1].unlink()
-    with pytest.raises(DataError, match="scene 6040_0_0 has no labels in"):
-        build_masks(root, data, progress=False)
-
-
-@pytest.mark.filterwarnings("ignore:.*repaired.*invalid polygon")
-def test_real_scenes_end_to_end(dstl_lite, tmp_path):
-    """Real RGB + SWIR aligned into a cache, masks from the real labels, stats, patches."""
-    from spectraseg.align.cache import open_cache
-    from spectraseg.align.fusion import align_dataset
-
-    ids = ["6110_1_2", "6170_2_4"]
-    assert align_dataset(dstl_lite, tmp_path / "cache", ids, progress=False).ok
-    cache = open_cache(tmp_path / "cache")
-    for i, p in zip(ids, build_masks(cache, dstl_lite, progress=False), strict=True):
-        m = np.load(p, mmap_mode="r")
-        assert m.shape[1:] == cache.load(i).shape[1:]
-        share = m.reshape(10, -1).mean(axis=1)
-        assert 0.4 < share[5] < 0.6  # crops: about half of both scenes (label areas)
-    stats = compute_stats(cache, mode="region", progress=False)
-    # Dataset statistics equal numpy's over the real non-fill pixels.
-    a1 = [
-        cache.load(i)[cache.channels(i).index("A1"), r0:r1, c0:c1].astype(np.float64).ravel()
-        for i in ids
-        for r0, r1, c0, c1 in [cache.valid(i)["A"]]
-    ]
-    k = stats.channels.index("A1")
-    np.testing.assert_allclose(stats.dataset.mean[k], np.concatenate(a1).mean(), rtol=1e-12)
-    np.testing.assert_allclose(stats.dataset.std[k], np.concatenate(a1).std(), rtol=1e-10)
-    ds = PatchDataset(cache, ids, stats, size=64, length=60, rare_share=0.5, indices=["NBR2"])
-    assert ds.rare_present == [2, 8, 10]  # structures, standing water, small vehicles
-    assert ds.in_channels == 12
-    for i in range(len(ds)):
-        plan, item = ds.plan(i), ds[i]
-        assert torch.isfinite(item["image"]).all()
-        if plan.cls is not None:
-            assert item["mask"][plan.cls - 1].any()
-
-
-# --------------------------------------------------------------------------- split
-
-LITE_IDS = [
-    "6010_1_2", "6010_4_2", "6010_4_4", "6040_1_0", "6040_1_3", "6040_2_2", "6040_4_4",
-    "6060_2_3", "6100_1_3", "6100_2_2", "6110_1_2", "6110_3_1", "6110_4_0", "6120_2_0",
-    "6140_1_2", "6140_3_1", "6150_2_3", "6160_2_1", "6170_2_4", "6170_4_1",
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_split_by_region_groups(seed):
-    train, val = split_scenes(LITE_IDS, 0.2, seed=seed)
-    assert sorted(train + val) == LITE_IDS and not set(train) & set(val)
-    assert 1 <= len(val) <= 7
-    group = lambda i: "6110" if i[:4] == "6140" else i[:4]  # noqa: E731
-    assert not {group(i) for i in train} & {group(i) for i in val}
-    assert split_scenes(LITE_IDS, 0.2, seed=seed) == (train, val)
-
-
-def test_split_grouping_override_and_sizes():
-    seeds = range(30)
-    vals = [set(split_scenes(LITE_IDS, 0.2, seed=s)[1]) for s in seeds]
-    assert len({frozenset(v) for v in vals}) > 3  # the seed changes the choice
-    mean = np.mean([len(v) for v in vals])
-    assert 2.5 <= mean <= 5.5  # close to 20% of 20 scenes on average
-    # Without the alias 6110 and 6140 are separate groups and can be split apart.
-    apart = [split_scenes(LITE_IDS, 0.2, seed=s, groups={})[1] for s in seeds]
-    assert any(
-        any(i.startswith("6110") for i in v) != any(i.startswith("6140") for i in v) for v in apart
-    )
-    assert split_scenes(LITE_IDS, 0.0) == (LITE_IDS, [])
-
-
-def test_split_explicit_list():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        train, val = split_scenes(LITE_IDS, ["6170_2_4", "6170_4_1"])
-    assert val == ["6170_2_4", "6170_4_1"] and len(train) == 18
-    with pytest.warns(SpectrasegWarning, match="6110 have scenes in both"):
-        split_scenes(LITE_IDS, ["6140_1_2"])
-    with pytest.raises(ConfigError, match="validation scene 6999_0_0 is not among"):
-        split_scenes(LITE_IDS, ["6999_0_0"])
-    with pytest.raises(ConfigError, match=r"share 1.0 must be in \[0, 1\)"):
-        split_scenes(LITE_IDS, 1.0)
-    with pytest.raises(ConfigError, match="all 2 scenes are in one region group"):
-        split_scenes(["6010_0_0", "6010_0_1"], 0.5)

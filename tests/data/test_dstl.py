@@ -18,7 +18,6 @@ from spectraseg.data.dstl import (
     write_grid_sizes,
     write_wkt_csv,
 )
-from spectraseg.data.files import atomic_output
 from spectraseg.errors import DataError, SpectrasegWarning
 
 
@@ -132,19 +131,6 @@ def test_real_dstl_lite_opens(dstl_lite) -> None:
     assert all(g.is_valid for v in labels.values() for g in v.values())
     order = ds.sample_order()
     assert len(order) == 4290 and order[0] == ("6120_2_4", 1)
-
-
-def test_atomic_output_leaves_nothing_on_failure(tmp_path) -> None:
-    target = tmp_path / "out.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("boom")
-    assert target.read_text() == "old"
-    assert list(tmp_path.iterdir()) == [target]
-    with atomic_output(target) as tmp:
-        tmp.write_text("new")
-    assert target.read_text() == "new"
 
 
 def test_format_wkt() -> None:

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shifted_scenes import make_scene
 
 from spectraseg import parallel
 from spectraseg.align import fusion
@@ -29,7 +30,6 @@ from spectraseg.align.registration import ShiftRow
 from spectraseg.cli import main
 from spectraseg.data.dstl import open_dataset, product_path, write_grid_sizes
 from spectraseg.errors import ConfigError, DataError
-from test_registration import make_scene  # tests/ is on sys.path (rootdir conftest)
 
 # --------------------------------------------------------------------------- fixtures
 

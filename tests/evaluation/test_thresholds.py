@@ -1,0 +1,52 @@
+"""The one threshold tuner (``spectraseg.evaluation.thresholds``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spectraseg.evaluation.levels import level_of, quantize, threshold_masks
+from spectraseg.evaluation.metrics import mask_counts
+from spectraseg.evaluation.thresholds import (
+    DEFAULT_GRID,
+    class_histograms,
+    jaccard_curves,
+    tune_details,
+)
+
+
+def test_tune_thresholds_finds_the_separating_threshold() -> None:
+    rng = np.random.default_rng(5)
+    scenes = [rng.random((10, 40, 50)).astype(np.float32) for _ in range(3)]
+    truths = []
+    for p in scenes:
+        t = np.zeros(p.shape, np.uint8)
+        t[0] = quantize(p[:1])[0] >= level_of(0.3)  # perfectly separable at 0.3
+        t[1] = quantize(p[1:2])[0] >= level_of(0.85)
+        t[2] = p[2] > 2  # never true: untunable
+        t[3] = rng.random(p[3].shape) < 0.5  # noise: best is to predict everything
+        t[4] = quantize(p[4:5])[0] < level_of(0.02)  # true only below every threshold
+        truths.append(t)
+    details = tune_details(iter(scenes), iter(truths))
+    th = details["thresholds"]
+    assert th[1] == pytest.approx(0.3) and details["jaccard"][1] == pytest.approx(1.0)
+    assert th[2] == pytest.approx(0.85) and details["jaccard"][2] == pytest.approx(1.0)
+    assert th[3] == pytest.approx(DEFAULT_GRID[-1]) and not details["tuned"][3]
+    assert th[4] == pytest.approx(0.05)
+    # No threshold finds a true pixel: the highest one, fewest false positives.
+    assert details["jaccard"][5] == 0.0 and details["tuned"][5]
+    assert th[5] == pytest.approx(DEFAULT_GRID[-1])
+    # Lists and generators, with weights 1, tune alike.
+    assert tune_details(scenes, truths, weights=[1.0] * len(scenes))["thresholds"] == th
+
+
+def test_jaccard_curves_match_the_metric_on_masks() -> None:
+    rng = np.random.default_rng(6)
+    probs = quantize(rng.random((10, 30, 30)))
+    truth = (rng.random((10, 30, 30)) < 0.3).astype(np.uint8)
+    pos, neg = class_histograms(probs, truth, weight=2.5)
+    curves = jaccard_curves(pos, neg, [0.2, 0.6])
+    for j, t in enumerate([0.2, 0.6]):
+        counts = mask_counts(threshold_masks(probs, t), truth)
+        want = counts[:, 0] / counts.sum(1)
+        np.testing.assert_allclose(curves[:, j], want)

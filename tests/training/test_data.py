@@ -1,0 +1,40 @@
+"""Training on a fused cache through the CLI: statistics, split and patches prepared from the
+cache (``spectraseg.training.data``), then resumed and extended."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from toy import cache_config
+
+from spectraseg.cli import main
+from spectraseg.runs import load_checkpoint
+
+
+def test_cli_train_and_resume_on_a_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    config = cache_config(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "6 steps, 2 epoch(s)" in out and "best validation mean Jaccard" in out
+    stats = json.loads((run / "stats.json").read_text())
+    assert stats["mode"] == "region" and stats["channels"] == ["R", "G", "B", "A1"]
+    assert sorted(stats["region"]) == ["6010", "6020", "6030"]  # the held-out region too
+    doc = json.loads((run / "metrics.json").read_text())
+    assert len(doc["epochs"]) == 2 and doc["best"]["score"] is not None
+    # Extending a finished run: two more epochs.
+    args = ["train", "--resume", str(run), "--set", "train.epochs=4", "--no-progress"]
+    assert main(args) == 0
+    assert "12 steps, 4 epoch(s)" in capsys.readouterr().out
+    assert load_checkpoint(run / "checkpoints" / "latest.pt").step == 12
+    assert main(["train", "--resume", str(run), "--set", "model.width=8", "--no-progress"]) == 1
+    assert "a resumed run keeps its model" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--out", str(run)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 1
+    assert "is not a run directory" in capsys.readouterr().err
