@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import resource
 import sys
 import time
@@ -227,7 +228,7 @@ def _scene_peak(threads: int, tile: int, batch: int, queue) -> None:
     rss = _peak_rss
     base = rss()
     image = smooth_scene(1)
-    opts = PredictOptions(tile=tile, margin=16, batch=batch, tta=False)
+    opts = PredictOptions(tile=tile, margin=16, batch=batch, tta=False, device="cpu")
     t0 = time.perf_counter()
     levels = scene_levels(model, image, opts)
     t1 = time.perf_counter() - t0
@@ -255,7 +256,13 @@ def bench_memory(threads: int, tile: int = 256, batch: int = 8) -> None:
     q = ctx.Queue()
     p = ctx.Process(target=_scene_peak, args=(threads, tile, batch, q))
     p.start()
-    base, peak1, peak2, nbytes, t1, t2, parts = q.get()
+    while True:  # a child that dies must not leave this process waiting forever
+        try:
+            base, peak1, peak2, nbytes, t1, t2, parts = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"the memory child died (exit code {p.exitcode})") from None
     p.join()
     gb = 2**30
     log(
