@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("spectraseg.evaluation", "spectraseg.vectorize", "spectraseg.inference.tiling"),
     ("spectraseg.runs",),
     ("spectraseg.training", "spectraseg.inference"),
-    ("spectraseg.submission", "spectraseg.report"),
+    ("spectraseg.submission", "spectraseg.report", "spectraseg.crossval"),
     ("spectraseg.demo",),
     ("spectraseg.cli",),
     ("spectraseg.__main__",),

@@ -6,24 +6,16 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 
 from spectraseg.cli import main
 from spectraseg.data.dstl import read_sample_order, read_wkt_rows
 from spectraseg.demo import DemoSettings, run_demo
+from spectraseg.runs import RunDir
+from tiny import TINY_RUN
 
-TINY = (
-    "model.width=4",
-    "model.depth=2",
-    "train.patch_size=32",
-    "train.batch_size=2",
-    "train.steps_per_epoch=3",
-    "train.epochs=2",
-    "train.minutes=0",
-    "train.threads=1",
-    "predict.tile=64",
-    "predict.margin=8",
-)
+TINY = (*TINY_RUN, "train.steps_per_epoch=3", "train.epochs=2", "train.minutes=0")
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +118,37 @@ def test_fold_means_score_absent_classes_both_ways() -> None:
     assert got["absent 1"] == [round((4 / 6 + 9) / 10, 4), 1.0]
     assert got["mean, absent 0"] == round((4 / 60 + 0.1) / 2, 4)
     assert got["mean, absent 1"] == round(((4 / 6 + 9) / 10 + 1.0) / 2, 4)
+
+
+def test_cross_validated_demo_scores_every_scene_out_of_fold(tmp_path) -> None:
+    """With --folds, the demo is spectraseg train --folds: every scene is a test scene,
+    predicted by a fold model that never saw its region at its fold's nested decisions."""
+    from spectraseg.crossval import oof_levels
+    from spectraseg.evaluation.levels import threshold_masks
+    from spectraseg.runs import read_cv
+
+    extra = (*TINY, "pixel.enabled=true", "pixel.samples=200", "pixel.max_iter=5")
+    settings = DemoSettings(
+        out=tmp_path, scenes=6, size=(192, 192), regions=3, folds=3, overrides=extra,
+        progress=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_demo(settings)
+    cv = read_cv(tmp_path / "run")
+    assert cv is not None and len(cv.folds) == 3
+    assert sorted(result.split["test"]) == sorted(i for f in cv.folds for i in f)
+    doc = json.loads((tmp_path / "demo.json").read_text())
+    assert doc["cross_validation"]["cross-validation (raster, pooled)"]["nested mean"] == round(
+        cv.scores["nested"]["mean"], 4
+    )
+    assert set(doc["models"]) == {"unet", "pixel", "blend"}
+    assert doc["models"]["blend"]["mean"] == pytest.approx(cv.scores["nested"]["mean"])
+    # The written probabilities are the out-of-fold blend the polygons were traced from.
+    image_id = cv.folds[0][0]
+    levels = np.load(tmp_path / "pred" / "probs" / f"{image_id}.npy")
+    np.testing.assert_array_equal(
+        levels, oof_levels(RunDir.of(tmp_path / "run"), image_id, dict.fromkeys(range(1, 11), 0.5))
+    )
+    assert threshold_masks(levels, 0.5).shape == levels.shape
+    assert (tmp_path / "submission.csv").is_file() and (tmp_path / "pred/predictions.csv").is_file()

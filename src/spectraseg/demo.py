@@ -35,6 +35,7 @@ from spectraseg.align.cache import SHIFTS, open_cache, read_shifts
 from spectraseg.align.fusion import align_dataset
 from spectraseg.align.masks import build_masks, mask_path
 from spectraseg.config import Config, from_dict, to_dict
+from spectraseg.crossval import CVResult, oof_levels, train_folds
 from spectraseg.data.dstl import PREDICTIONS_CSV, Dataset, open_dataset, read_predictions
 from spectraseg.data.files import write_text_atomic
 from spectraseg.data.geometry import rasterize_classes
@@ -43,14 +44,14 @@ from spectraseg.errors import DataError
 from spectraseg.evaluation.levels import blend_levels, threshold_masks
 from spectraseg.evaluation.metrics import Evaluation, evaluate_masks, evaluate_polygons
 from spectraseg.features.indices import available_indices, band_ratio_indices
-from spectraseg.features.split import cv_plans, split_three
-from spectraseg.inference.outputs import scene_paths
+from spectraseg.features.split import split_three
+from spectraseg.inference.outputs import scene_paths, write_predictions_csv, write_scene_outputs
 from spectraseg.inference.pipeline import predict_run
-from spectraseg.inference.scene import PredictOptions
+from spectraseg.inference.scene import PredictOptions, levels_to_polygons, resolve_options
 from spectraseg.report import SceneView, to_display, write_report
-from spectraseg.runs import RunDir, read_thresholds
+from spectraseg.runs import RunDir, read_config, read_thresholds
 from spectraseg.submission import write_submission
-from spectraseg.training.loop import TrainResult, train
+from spectraseg.training.loop import train
 
 
 class SynthDefaults(TypedDict):
@@ -221,15 +222,16 @@ def _align(demo: _Demo) -> None:
     demo.stage("masks", lambda: build_masks(cache, demo.root, demo.labelled, progress=s.progress))
 
 
-def _plans(demo: _Demo) -> list[Plan]:
-    """One split by region on synthetic data, ``REAL_FOLDS`` folds on real data."""
-    s = demo.settings
-    folds = s.folds or (1 if demo.synthetic else REAL_FOLDS)
-    val_arg = list(s.val_scenes) or s.val_fraction
-    if folds > 1:
-        return cv_plans(demo.labelled, folds, val_arg, s.seed)
-    test_arg = list(s.test_scenes) or s.test_fraction
-    return [split_three(demo.labelled, test_arg, val_arg, s.seed)]
+def _folds(demo: _Demo) -> int:
+    """``--folds``, else one split on synthetic data and ``REAL_FOLDS`` on real data."""
+    return demo.settings.folds or (1 if demo.synthetic else REAL_FOLDS)
+
+
+def _minutes(demo: _Demo) -> float:
+    """The training budget of the whole demo (all folds together)."""
+    if demo.settings.minutes is not None:
+        return demo.settings.minutes
+    return float(SYNTH_DEFAULTS["minutes"]) if demo.synthetic else REAL_MINUTES
 
 
 def _presets(demo: _Demo) -> list[str]:
@@ -242,30 +244,33 @@ def _presets(demo: _Demo) -> list[str]:
 
 
 @dataclass
-class _Fold:
-    """What one fold produced."""
+class _Outcome:
+    """What training and predicting produced, whichever the protocol."""
 
-    result: TrainResult
+    plans: list[Plan]
     pred: dict[str, dict[int, Any]]
-    comparison: dict[str, Any]
+    """Polygons of every test scene."""
+    models: dict[str, Evaluation]
+    """Raster scores of the U-Net alone, the per-pixel model alone and their blend."""
+    history: list[dict[str, Any]]
+    """The first run's metric rows."""
+    steps: int
+    seconds: float
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_fold(demo: _Demo, k: int, plans: Sequence[Plan], presets: Sequence[str]) -> _Fold:
-    """Train on fold ``k``'s training and validation scenes, predict its test scenes."""
+def _one_split(demo: _Demo, presets: Sequence[str]) -> _Outcome:
+    """Train on training + validation regions, predict the held-out test region(s)."""
     s = demo.settings
-    train_ids, val_ids, test_ids = plans[k]
-    base = demo.out if len(plans) == 1 else demo.out / "folds" / str(k + 1)
-    tag = "" if len(plans) == 1 else f" (fold {k + 1}/{len(plans)})"
+    val_arg = list(s.val_scenes) or s.val_fraction
+    test_arg = list(s.test_scenes) or s.test_fraction
+    train_ids, val_ids, test_ids = split_three(demo.labelled, test_arg, val_arg, s.seed)
     sizes = f"{len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test scenes"
-    _log(f"split{tag}: {sizes}")
-    minutes = s.minutes
-    if minutes is None:
-        minutes = float(SYNTH_DEFAULTS["minutes"]) if demo.synthetic else REAL_MINUTES
-    scenes = train_ids + val_ids
+    _log(f"split: {sizes}")
     config = build_config(
-        s, demo.root, demo.cache_dir, scenes, val_ids, minutes / len(plans), presets
+        s, demo.root, demo.cache_dir, train_ids + val_ids, val_ids, _minutes(demo), presets
     )
-    run_dir, pred_dir = base / "run", base / "pred"
+    run_dir, pred_dir = demo.out / "run", demo.out / "pred"
     resume = RunDir.of(run_dir).latest.is_file()
     if resume:
         _log(f"resuming the run in {run_dir}")
@@ -282,10 +287,62 @@ def _run_fold(demo: _Demo, k: int, plans: Sequence[Plan], presets: Sequence[str]
             cache_dir=demo.cache_dir, options=PredictOptions(sources=True), progress=s.progress,
         ),
     )  # fmt: skip
-    comparison = demo.stage(
+    models = demo.stage(
         "compare", lambda: compare_models(run_dir, pred_dir, demo.cache_dir, test_ids, demo.ds)
     )
-    return _Fold(result, read_predictions(pred_dir / PREDICTIONS_CSV), comparison)
+    pred = read_predictions(pred_dir / PREDICTIONS_CSV)
+    plans = [(train_ids, val_ids, test_ids)]
+    return _Outcome(plans, pred, models, result.history, result.steps, result.seconds)
+
+
+def _cross_validated(demo: _Demo, presets: Sequence[str]) -> _Outcome:
+    """K-fold cross-validation by region (:func:`spectraseg.crossval.train_folds`): every
+    scene predicted out of fold, scored with the decisions fitted on the other folds."""
+    s, k = demo.settings, _folds(demo)
+    config = build_config(
+        s, demo.root, demo.cache_dir, demo.labelled, [], _minutes(demo) / k, presets
+    )
+    run = RunDir.of(demo.out / "run")
+    resume = run.cv.is_file()
+    if resume:
+        _log(f"resuming the cross-validated run in {run.root}")
+    result: CVResult = demo.stage(
+        "train",
+        lambda: train_folds(None if resume else config, run.root, k, resume, s.progress),
+    )
+    config = read_config(run)  # the run's own when resumed
+    pred = demo.stage("polygons", lambda: _nested_polygons(demo, run, result, config))
+    history = json.loads((run.root / "folds" / "1" / "metrics.json").read_text())["epochs"]
+    plans: list[Plan] = [
+        ([i for f in result.folds if f is not t for i in f], [], t) for t in result.folds
+    ]
+    models = {**result.models, "blend": result.nested} if result.models else {}
+    steps = sum(result.steps)
+    notes = {"cross-validation (raster, pooled)": {
+        "nested mean": round(result.nested.mean, 4), "plain mean": round(result.plain.mean, 4),
+    }}  # fmt: skip
+    return _Outcome(plans, pred, models, history, steps, result.seconds, notes)
+
+
+def _nested_polygons(
+    demo: _Demo, run: RunDir, result: CVResult, config: Config
+) -> dict[str, dict[int, Any]]:
+    """Every scene's out-of-fold levels at its fold's nested decisions, vectorised and
+    written to ``OUT/pred`` as ``spectraseg predict`` writes a prediction directory."""
+    out = demo.out / "pred"
+    options = resolve_options(PredictOptions(), config, here=False)
+    min_area = dict(enumerate(config.predict.min_area, start=1))
+    pred: dict[str, dict[int, Any]] = {}
+    for fold, decided in zip(result.folds, result.fold_decisions, strict=True):
+        for image_id in fold:
+            levels = oof_levels(run, image_id, decided["blend"])
+            xmax, ymin = demo.ds.grid_sizes[image_id]
+            thresholds = decided["thresholds"]
+            polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, options)
+            write_scene_outputs(out, image_id, levels, polygons, xmax, ymin, thresholds)
+            pred[image_id] = dict(polygons)
+    write_predictions_csv(out, sorted(pred))
+    return pred
 
 
 def _shifts_doc(demo: _Demo) -> list[dict[str, Any]]:
@@ -316,24 +373,25 @@ def _split_doc(plans: Sequence[Plan]) -> dict[str, Any]:
     }
 
 
-def _extra(
-    demo: _Demo, plans: Sequence[Plan], folds: Sequence[_Fold], models: dict[str, Any]
-) -> dict[str, Any]:
+def _extra(demo: _Demo, outcome: _Outcome, models: dict[str, Any]) -> dict[str, Any]:
     """The report's run facts: data, protocol, budget, split, timings, model comparison."""
+    plans = outcome.plans
     test_all = sorted(i for _, _, c in plans for i in c)
     extra: dict[str, Any] = {
         "data": "synthetic" if demo.synthetic else str(demo.root),
         "protocol": (
             "one split by region"
             if len(plans) == 1
-            else f"{len(plans)}-fold cross-validation by region, pooled over all scenes"
+            else f"{len(plans)}-fold cross-validation by region: every scene predicted out of "
+            "fold, thresholds fitted on the other folds (nested), pooled over all scenes"
         ),
         "test scenes": ", ".join(test_all),
-        "training minutes": round(sum(f.result.seconds for f in folds) / 60, 2),
-        "optimizer steps": sum(f.result.steps for f in folds),
+        "training minutes": round(outcome.seconds / 60, 2),
+        "optimizer steps": outcome.steps,
         "total seconds": demo.timings["total"],
         "split": _split_doc(plans),
         "timings": demo.timings,
+        **outcome.notes,
     }
     if models:
         extra["models"] = models
@@ -369,37 +427,29 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     t_start = time.perf_counter()
     demo = _open_data(settings, out, {})
     _align(demo)
-    plans, presets = _plans(demo), _presets(demo)
-    folds = [_run_fold(demo, k, plans, presets) for k in range(len(plans))]
-    if len(plans) > 1:
-        # The first fold's run is the demo's run: `spectraseg predict --run OUT/run` works.
-        link = out / "run"
-        if not link.exists():
-            link.symlink_to(Path("folds") / "1" / "run", target_is_directory=True)
-    pred = {i: g for f in folds for i, g in f.pred.items()}
+    presets = _presets(demo)
+    outcome = _one_split(demo, presets) if _folds(demo) == 1 else _cross_validated(demo, presets)
+    pred, plans = outcome.pred, outcome.plans
     test_all = sorted(i for _, _, c in plans for i in c)
     truth = {i: demo.ds.scene_labels(i) for i in test_all}
     evaluation = demo.stage("evaluate", lambda: evaluate_polygons(pred, truth, image_ids=test_all))
-    models = {
-        name: _concat([f.comparison[name] for f in folds]).to_dict() for name in folds[0].comparison
-    }
+    models = {name: ev.to_dict() for name, ev in outcome.models.items()}
     if demo.ds.sample_path is not None:
         sample = demo.ds.sample_path
         demo.stage("submit", lambda: write_submission(pred, sample, out / "submission.csv"))
-    first_run = RunDir.of((out if len(plans) == 1 else out / "folds" / "1") / "run")
-    history = json.loads(first_run.metrics_json.read_text()).get("epochs", [])
     demo.timings["total"] = round(time.perf_counter() - t_start, 2)
-    extra = _extra(demo, plans, folds, models)
+    extra = _extra(demo, outcome, models)
     folds_doc = fold_means(evaluation, [c for _, _, c in plans]) if len(plans) > 1 else None
     if folds_doc:
         extra["per-fold means"] = folds_doc
-    html = _report(demo, evaluation, pred, test_all, history, extra)
+    html = _report(demo, evaluation, pred, test_all, outcome.history, extra)
     summary = {
         "evaluation": evaluation.to_dict(),
         "split": extra["split"],
         "timings": demo.timings,
         "models": models,
         "report": str(html),
+        **({"cross_validation": outcome.notes} if outcome.notes else {}),
     }
     if folds_doc:
         summary["per_fold"] = folds_doc
@@ -408,8 +458,8 @@ def run_demo(settings: DemoSettings) -> DemoResult:
 
 
 def compare_models(
-    run_dir: Path, pred_dir: Path, cache_dir: Path, ids: Sequence[str], ds: Any
-) -> dict[str, Any]:
+    run_dir: Path, pred_dir: Path, cache_dir: Path, ids: Sequence[str], ds: Dataset
+) -> dict[str, Evaluation]:
     """Raster scores on the test scenes of the U-Net alone, the pixel model alone and their
     blend, each with its own thresholds tuned on the validation scenes.
 
@@ -452,14 +502,6 @@ def fold_means(evaluation: Any, folds: Sequence[Sequence[str]]) -> dict[str, Any
         out[label] = [round(m, 4) for m in means]
         out[f"mean, {label}"] = round(float(np.mean(means)), 4)
     return out
-
-
-def _concat(evaluations: Sequence[Any]) -> Any:
-    """One :class:`~spectraseg.evaluation.metrics.Evaluation` over the images of several."""
-
-    ids = tuple(i for ev in evaluations for i in ev.image_ids)
-    counts = np.concatenate([ev.counts for ev in evaluations])
-    return Evaluation(ids, counts, evaluations[0].method, evaluations[0].empty_score)
 
 
 def _scene_views(

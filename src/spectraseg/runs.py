@@ -34,21 +34,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.config import Config, from_dict, to_toml
 from spectraseg.data.files import atomic_output, write_text_atomic
 from spectraseg.errors import ConfigError, DataError
 from spectraseg.features.stats import Stats, load_stats, save_stats
+from spectraseg.models.ensemble import ProbabilityMean
 from spectraseg.models.unet import UNet, build_model
 
 if TYPE_CHECKING:
-    from spectraseg.models.pixel import PixelModel
+    from spectraseg.models.pixel import PixelEnsemble, PixelModel
 
 CHECKPOINT_FORMAT = "spectraseg-checkpoint"
 CHECKPOINT_VERSION = 1
 THRESHOLDS_FORMAT = "spectraseg-thresholds"
 SPLIT_FORMAT = "spectraseg-split"
+CV_FORMAT = "spectraseg-cv"
 CHECKPOINTS = ("best", "latest")
 """The checkpoints a run keeps; ``best`` falls back to ``latest`` before any validation."""
 
@@ -77,6 +80,8 @@ class RunDir:
     metrics_json = _File("metrics.json")
     pixel_model = _File("pixelmodel.pkl")
     thresholds = _File("thresholds.json")
+    cv = _File("cv.json")
+    oof = _File("oof")
 
     @classmethod
     def of(cls, run: str | os.PathLike[str] | RunDir) -> RunDir:
@@ -214,15 +219,48 @@ def promote_latest(run_dir: str | os.PathLike[str] | RunDir) -> None:
         shutil.copyfile(run.latest, tmp)
 
 
+def members(run_dir: str | os.PathLike[str] | RunDir) -> list[RunDir]:
+    """The runs whose models make up this run's model: the fold runs of a cross-validated
+    run (``RUN/cv.json``), else the run itself."""
+    run = RunDir.of(run_dir)
+    cv = read_cv(run)
+    return [run] if cv is None else [RunDir(run.root / m) for m in cv.members]
+
+
+def _newest(paths: Sequence[Path]) -> int | None:
+    times = [mtime_ns(p) for p in paths]
+    return None if None in times else max(t for t in times if t is not None)
+
+
+def model_mtime_ns(run_dir: str | os.PathLike[str] | RunDir, which: str) -> int | None:
+    """When the run's model last changed (the newest checkpoint of its members), in ns."""
+    return _newest([m.checkpoint(which) for m in members(run_dir)])
+
+
+def pixel_mtime_ns(run_dir: str | os.PathLike[str] | RunDir) -> int | None:
+    """When the run's per-pixel model last changed (None: it has none), in ns."""
+    return _newest([m.pixel_model for m in members(run_dir)])
+
+
+def _load_unet(run: RunDir, which: str) -> tuple[UNet, Config]:
+    path = run.checkpoint(which)
+    ckpt = load_checkpoint(path)
+    config = ckpt.parsed_config(str(path))
+    model = build_model(config, ckpt.in_channels)
+    model.load_state_dict(ckpt.weights)
+    return model, config
+
+
 def load_model(
     run_dir: str | os.PathLike[str] | RunDir,
     which: str = "best",
     device: str | torch.device | None = None,
-) -> tuple[UNet, Config, Stats | None]:
+) -> tuple[nn.Module, Config, Stats | None]:
     """Load a trained model from a run directory.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory; a cross-validated run gives the mean of its fold models
+            (:class:`~spectraseg.models.ensemble.ProbabilityMean`).
         which: ``"best"`` or ``"latest"`` (:meth:`RunDir.checkpoint`).
         device: where to put the model (default CPU).
 
@@ -232,23 +270,24 @@ def load_model(
     run = RunDir.of(run_dir)
     if not run.root.is_dir():
         raise DataError(f"run directory {run.root} does not exist")
-    path = run.checkpoint(which)
-    ckpt = load_checkpoint(path)
-    config = ckpt.parsed_config(str(path))
-    model = build_model(config, ckpt.in_channels)
-    model.load_state_dict(ckpt.weights)
+    loaded = [_load_unet(m, which) for m in members(run)]
+    model: nn.Module = loaded[0][0] if len(loaded) == 1 else ProbabilityMean([m for m, _ in loaded])
+    config = loaded[0][1] if read_cv(run) is None else read_config(run)
     model.eval()
     model.to(torch.device(device) if device is not None else torch.device("cpu"))
     return model, config, read_stats(run)
 
 
-def load_pixel_model(run_dir: str | os.PathLike[str] | RunDir) -> PixelModel | None:
-    """The run's per-pixel model, or None when it has none."""
+def load_pixel_model(run_dir: str | os.PathLike[str] | RunDir) -> PixelModel | PixelEnsemble | None:
+    """The run's per-pixel model (a cross-validated run: the mean of its folds'), or None."""
     # Imported here: scikit-learn costs every process that loads a run ~0.5 s otherwise.
-    from spectraseg.models.pixel import PixelModel
+    from spectraseg.models.pixel import PixelEnsemble, PixelModel
 
-    path = RunDir.of(run_dir).pixel_model
-    return PixelModel.load(path) if path.is_file() else None
+    paths = [m.pixel_model for m in members(run_dir)]
+    if not all(p.is_file() for p in paths):
+        return None
+    loaded = [PixelModel.load(p) for p in paths]
+    return loaded[0] if len(loaded) == 1 else PixelEnsemble(loaded)
 
 
 # --------------------------------------------------------------------------- documents
@@ -257,6 +296,17 @@ def load_pixel_model(run_dir: str | os.PathLike[str] | RunDir) -> PixelModel | N
 def write_config(run_dir: str | os.PathLike[str] | RunDir, config: Config) -> None:
     """``RUN/config.toml``: the resolved config, every key."""
     write_text_atomic(RunDir.of(run_dir).config, to_toml(config))
+
+
+def read_config(run_dir: str | os.PathLike[str] | RunDir) -> Config:
+    """``RUN/config.toml``; DataError when missing or invalid."""
+    path = RunDir.of(run_dir).config
+    if not path.is_file():
+        raise DataError(f"run config {path} does not exist")
+    try:
+        return from_dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        raise DataError(f"{path} is not a valid run config ({exc})") from None
 
 
 def read_stats(run_dir: str | os.PathLike[str] | RunDir) -> Stats | None:
@@ -309,6 +359,50 @@ def _split_of(doc: Mapping[str, Any]) -> Split:
     if not all(isinstance(i, str) for i in [*train, *val]):
         raise ValueError("scene ids must be strings")
     return Split(tuple(train), tuple(val))
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """``RUN/cv.json`` of a cross-validated run (:func:`spectraseg.crossval.train_folds`).
+
+    ``folds``: the held-out scenes of each fold (whole region groups); ``members``: each
+    fold's run directory, relative to ``RUN``; ``scores``: what cross-validation measured
+    (JSON-ready, written when every fold is done; empty before).
+    """
+
+    folds: tuple[tuple[str, ...], ...]
+    members: tuple[str, ...]
+    scores: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": CV_FORMAT,
+            "version": 1,
+            "folds": [list(f) for f in self.folds],
+            "members": list(self.members),
+            "scores": dict(self.scores),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CrossValidation:
+        folds = tuple(tuple(str(i) for i in f) for f in doc["folds"])
+        members = tuple(str(m) for m in doc["members"])
+        if len(folds) != len(members) or not members:
+            raise ValueError("one member run per fold is needed")
+        if any(Path(m).is_absolute() or ".." in Path(m).parts for m in members):
+            raise ValueError("member runs must lie inside the run directory")
+        return cls(folds, members, dict(doc.get("scores", {})))
+
+
+def write_cv(run_dir: str | os.PathLike[str] | RunDir, cv: CrossValidation) -> None:
+    """``RUN/cv.json``, atomically."""
+    write_text_atomic(RunDir.of(run_dir).cv, json.dumps(cv.to_json(), indent=1) + "\n")
+
+
+def read_cv(run_dir: str | os.PathLike[str] | RunDir) -> CrossValidation | None:
+    """``RUN/cv.json`` (None for a run that is not cross-validated); DataError if malformed."""
+    doc = _read_doc(RunDir.of(run_dir).cv, CV_FORMAT, "cross-validation", CrossValidation.from_json)
+    return None if doc is None else CrossValidation.from_json(doc)
 
 
 def read_split(run_dir: str | os.PathLike[str] | RunDir) -> Split | None:

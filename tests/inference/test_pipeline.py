@@ -17,6 +17,7 @@ from spectraseg.evaluation.thresholds import DEFAULT_GRID
 from spectraseg.inference.outputs import scene_paths
 from spectraseg.inference.pipeline import plan_workers, predict_run
 from spectraseg.inference.scene import PredictOptions
+from tiny import tiny_config
 
 torch.set_num_threads(1)
 
@@ -33,25 +34,9 @@ def test_workers_default_to_this_process_on_cuda() -> None:
 
 def train_tiny_run(base: Path, val_fraction: float) -> None:
     """Train a tiny run on ``base/data`` and ``base/cache`` into ``base/run`` (about 3 s)."""
-    from spectraseg.config import Config
     from spectraseg.training.loop import train
 
-    cfg = Config().replace(
-        [
-            f"data.root={base / 'data'}",
-            f"data.cache={base / 'cache'}",
-            f"data.val_fraction={val_fraction}",
-            "model.width=4",
-            "model.depth=2",
-            "train.patch_size=32",
-            "train.batch_size=2",
-            "train.steps_per_epoch=2",
-            "train.epochs=1",
-            "train.threads=1",
-            "predict.tile=64",
-            "predict.margin=8",
-        ]
-    )
+    cfg = tiny_config(base, f"data.val_fraction={val_fraction}")
     train(cfg, base / "run", progress=False)
 
 

@@ -12,7 +12,7 @@ one pass per scene and memory does not grow with the number of scenes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -186,4 +186,28 @@ def tune_blend(
         thresholds_unet=unet["thresholds"],
         thresholds_pixel=pixel["thresholds"] if len(weights) > 1 else None,
     )
+    return out
+
+
+def counts_at(
+    pos: np.ndarray,
+    neg: np.ndarray,
+    thresholds: Mapping[int, float],
+    blend: Mapping[int, float] | None = None,
+) -> np.ndarray:
+    """TP, FP and FN areas float64 ``(K, 3)`` of one scene's level histograms at per-class
+    decisions: class ``c`` thresholded at ``thresholds[c]`` in the histograms of its blend
+    weight ``blend[c]`` (:data:`BLEND_GRID`; None: the U-Net alone, the last row).
+
+    ``pos``/``neg`` are ``(B, K, 256)`` as :func:`tune_blend` takes them, for one scene or
+    summed over several. The areas are those :func:`choose_thresholds` scores, so decisions
+    fitted on some scenes can be scored on others without predicting them again.
+    """
+    weights = BLEND_GRID if pos.shape[0] > 1 else (1.0,)
+    out = np.zeros((pos.shape[1], 3))
+    for k in range(pos.shape[1]):
+        b = weights.index(blend[k + 1]) if blend is not None else len(weights) - 1
+        level = level_of(thresholds[k + 1])
+        tp = pos[b, k, level:].sum()
+        out[k] = (tp, neg[b, k, level:].sum(), pos[b, k].sum() - tp)
     return out

@@ -165,18 +165,3 @@ def region_folds(ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
     return [sorted(f) for f in folds]
 
 
-def cv_plans(
-    ids: Sequence[str], k: int, val: Sequence[str] | float, seed: int
-) -> list[tuple[list[str], list[str], list[str]]]:
-    """``(train, val, test)`` per fold: each fold is the test set once; validation scenes
-    (whole regions) come from the other folds."""
-    plans = []
-    for test_ids in region_folds(ids, k, seed):
-        rest = [i for i in ids if i not in set(test_ids)]
-        if isinstance(val, float):
-            share = min(0.5, val * len(ids) / max(len(rest), 1))
-            train_ids, val_ids = split_scenes(rest, share, seed=seed + 1)
-        else:
-            train_ids, val_ids = split_scenes(rest, [v for v in val if v in rest], seed=seed)
-        plans.append((train_ids, val_ids, test_ids))
-    return plans

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from spectraseg import NUM_CLASSES
 from spectraseg.align.masks import open_mask
@@ -32,40 +33,40 @@ from spectraseg.inference.scene import (
     resolve_options,
     scene_levels,
 )
-from spectraseg.models.unet import UNet
-from spectraseg.runs import RunDir, load_model, load_pixel_model, mtime_ns
+from spectraseg.runs import load_model, load_pixel_model, members, model_mtime_ns, mtime_ns
 from spectraseg.runtime import resolve_device
 
 if TYPE_CHECKING:
-    from spectraseg.models.pixel import PixelModel
+    from spectraseg.models.pixel import PixelEnsemble, PixelModel
+
+    PixelLike = PixelModel | PixelEnsemble
 
 
-_MODELS: dict[tuple[str, str, str, int | None], tuple[UNet, Config, Stats | None]] = {}
-_PIXEL: dict[tuple[str, int | None], PixelModel | None] = {}
+_MODELS: dict[tuple[str, str, str, int | None], tuple[nn.Module, Config, Stats | None]] = {}
+_PIXEL: dict[tuple[str, tuple[int | None, ...]], PixelLike | None] = {}
 
 
 def cached_model(
     run_dir: str | os.PathLike[str], which: str, device: str
-) -> tuple[UNet, Config, Stats | None]:
+) -> tuple[nn.Module, Config, Stats | None]:
     """``load_model(run_dir, which, device)``, loaded once per process (per Dask worker).
 
     ``device`` as :attr:`PredictOptions.device` (``auto`` resolved here). Keyed by the
-    checkpoint's path and modification time, so a rewritten checkpoint is reloaded; only
-    the last model is kept.
+    checkpoints' modification time (every fold's, for a cross-validated run), so a
+    rewritten checkpoint is reloaded; only the last model is kept.
     """
     device = str(resolve_device(device, what="--device"))
-    ckpt = RunDir.of(run_dir).checkpoint(which)
-    key = (str(Path(run_dir).resolve()), which, device, mtime_ns(ckpt))
+    key = (str(Path(run_dir).resolve()), which, device, model_mtime_ns(run_dir, which))
     if key not in _MODELS:
         _MODELS.clear()
         _MODELS[key] = load_model(run_dir, which=which, device=device)
     return _MODELS[key]
 
 
-def cached_pixel_model(run_dir: str | os.PathLike[str]) -> PixelModel | None:
+def cached_pixel_model(run_dir: str | os.PathLike[str]) -> PixelLike | None:
     """The run's pixel model loaded once per process, or None when the run has none."""
-    path = RunDir.of(run_dir).pixel_model
-    key = (str(path.resolve()), mtime_ns(path))
+    times = tuple(mtime_ns(m.pixel_model) for m in members(run_dir))
+    key = (str(Path(run_dir).resolve()), times)
     if key not in _PIXEL:
         _PIXEL.clear()
         _PIXEL[key] = load_pixel_model(run_dir)
@@ -73,7 +74,7 @@ def cached_pixel_model(run_dir: str | os.PathLike[str]) -> PixelModel | None:
 
 
 def run_levels(
-    run_dir: str, model: UNet, image: np.ndarray, opts: PredictOptions
+    run_dir: str, model: nn.Module, image: np.ndarray, opts: PredictOptions
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """U-Net levels of a scene and, when the run has a pixel model, its levels too."""
     levels = scene_levels(model, image, opts)
@@ -91,7 +92,7 @@ def _set_threads(threads: int | None) -> None:
 def _load_input(
     cache_dir: str | os.PathLike[str],
     image_id: str,
-    model: UNet,
+    model: nn.Module,
     config: Config,
     stats: Stats | None,
 ) -> np.ndarray:

@@ -33,7 +33,9 @@ from spectraseg.parallel import Job, Runner, describe
 from spectraseg.runs import (
     RunDir,
     TunedThresholds,
-    mtime_ns,
+    model_mtime_ns,
+    pixel_mtime_ns,
+    read_cv,
     read_split,
     read_thresholds,
 )
@@ -64,14 +66,34 @@ def validation_scenes(run: RunDir, config: Config) -> list[str]:
 
 def doc_matches(doc: TunedThresholds, run: RunDir, options: PredictOptions) -> bool:
     """Whether thresholds were tuned for this checkpoint, pixel model and TTA setting."""
-    ckpt = run.checkpoint(options.checkpoint)
+    mtime = model_mtime_ns(run, options.checkpoint)
     return (
-        doc.pixel_model_mtime_ns == mtime_ns(run.pixel_model)
+        doc.pixel_model_mtime_ns == pixel_mtime_ns(run)
         and doc.checkpoint == options.checkpoint
-        and ckpt.is_file()
-        and doc.checkpoint_mtime_ns == mtime_ns(ckpt)
+        and mtime is not None
+        and doc.checkpoint_mtime_ns == mtime
         and doc.tta == bool(options.tta)
     )
+
+
+def _cv_thresholds(
+    run: RunDir, options: PredictOptions, choice: str | Mapping[int, float]
+) -> ThresholdPlan:
+    """A cross-validated run's decisions: fitted on its out-of-fold predictions when it was
+    trained, so there is nothing to re-tune them on."""
+    doc = read_thresholds(run)
+    if doc is None or choice == "retune":
+        raise ConfigError(
+            f"{run.root} is cross-validated: its thresholds come from its out-of-fold "
+            "predictions (thresholds.json); finish it with spectraseg train --resume"
+        )
+    if doc.tta != bool(options.tta):
+        warnings.warn(
+            f"{run.thresholds} was fitted with tta={doc.tta}; predicting with tta={options.tta}",
+            SpectrasegWarning,
+            stacklevel=4,
+        )
+    return ThresholdPlan(doc.thresholds, f"{run.thresholds} (out-of-fold)", doc)
 
 
 @dataclass
@@ -100,6 +122,8 @@ def plan_thresholds(
         return ThresholdPlan(config_thresholds(config), "config predict.thresholds")
     if choice not in ("auto", "retune"):
         raise ConfigError(f"thresholds {choice!r} must be auto, retune, config or a mapping")
+    if read_cv(run) is not None:
+        return _cv_thresholds(run, options, choice)
     doc = read_thresholds(run) if choice == "auto" else None
     if doc is not None and not doc_matches(doc, run, options):
         warnings.warn(
@@ -203,11 +227,11 @@ def _thresholds_doc(
         grid=tuned["grid"],
         scenes=list(scenes),
         checkpoint=options.checkpoint,
-        checkpoint_mtime_ns=mtime_ns(run.checkpoint(options.checkpoint)),
+        checkpoint_mtime_ns=model_mtime_ns(run, options.checkpoint),
         tta=bool(options.tta),
         tile=options.tile,
         margin=options.margin,
         blend=tuned["blend"],
         thresholds_pixel=tuned["thresholds_pixel"],
-        pixel_model_mtime_ns=mtime_ns(run.pixel_model),
+        pixel_model_mtime_ns=pixel_mtime_ns(run),
     )

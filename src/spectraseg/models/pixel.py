@@ -180,3 +180,21 @@ class PixelModel:
         with open(path, "rb") as f:
             state = pickle.load(f)
         return cls(channels=state["channels"], models=state["models"])
+
+
+class PixelEnsemble:
+    """Per-pixel models of several folds, their probabilities averaged."""
+
+    def __init__(self, members: Sequence[PixelModel]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+        self.channels = members[0].channels
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Mean class probabilities float32 ``(10, H, W)`` of one normalised scene."""
+        out = self.members[0].predict_proba(image)
+        for member in self.members[1:]:
+            out += member.predict_proba(image)
+        out /= len(self.members)
+        return out

@@ -1,0 +1,368 @@
+"""Cross-validated training (``spectraseg train --folds K``): every labelled scene is
+predicted by a model that never saw its region, the per-class decisions are fitted on
+those out-of-fold predictions of all scenes, and the K fold models become one run.
+
+Layout of ``RUN``::
+
+    RUN/config.toml          the resolved config; every fold trains with it
+    RUN/stats.json           statistics over every cached scene (they use no labels)
+    RUN/cv.json              folds, member runs and scores (runs.CrossValidation)
+    RUN/folds/{k}/           fold k's run: the other folds' scenes, no validation split
+    RUN/oof/{id}.unet.npy    uint8 (10, H, W) levels of the fold model that did not see the scene
+    RUN/oof/{id}.pixel.npy   the same for that fold's per-pixel model (``pixel.enabled``)
+    RUN/thresholds.json      per-class thresholds (and U-Net / pixel blend weights) fitted on
+                             the pooled out-of-fold predictions of every scene
+
+Folds are whole region groups (:func:`spectraseg.features.split.region_folds`). A fold
+trains for the config's budget (``train.steps``/``epochs``/``minutes``) and keeps its last
+checkpoint: no scene is used to choose anything inside a fold. Decisions are fitted by the
+one tuner (:func:`spectraseg.evaluation.thresholds.tune_blend`) on the summed level
+histograms. Two scores come out, both raster and pooled over all scenes (the competition's
+way): **plain** (decisions fitted on all out-of-fold predictions, scored on the same:
+optimistic) and **nested** (each fold scored with decisions fitted on the other folds' out-of-
+fold predictions: what a new region can expect). ``spectraseg predict --run RUN`` averages
+the K U-Nets and the K per-pixel models (:mod:`spectraseg.models.ensemble`) and applies
+``RUN/thresholds.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from spectraseg import NUM_CLASSES
+from spectraseg.align.cache import Cache, open_cache
+from spectraseg.align.masks import open_mask
+from spectraseg.config import Config
+from spectraseg.errors import ConfigError
+from spectraseg.evaluation.levels import blend_levels, quantize
+from spectraseg.evaluation.metrics import Evaluation, pixel_areas
+from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms, counts_at, tune_blend
+from spectraseg.features.normalization import compute_stats
+from spectraseg.features.patches import load_scene
+from spectraseg.features.split import region_folds, run_scenes
+from spectraseg.features.stats import Stats, load_stats
+from spectraseg.inference.outputs import save_levels
+from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
+from spectraseg.runs import (
+    CrossValidation,
+    RunDir,
+    TunedThresholds,
+    load_model,
+    load_pixel_model,
+    model_mtime_ns,
+    pixel_mtime_ns,
+    read_config,
+    read_cv,
+    read_stats,
+    write_config,
+    write_cv,
+    write_stats,
+    write_thresholds,
+)
+from spectraseg.training.loop import train
+
+MODELS = {"unet": 1.0, "pixel": 0.0}
+"""The blend weight that makes each partner alone (the U-Net's weight)."""
+
+
+@dataclass
+class CVResult:
+    """What :func:`train_folds` did and measured."""
+
+    run_dir: Path
+    folds: list[list[str]]
+    decisions: TunedThresholds
+    """Fitted on every scene's out-of-fold prediction: what prediction uses."""
+    nested: Evaluation
+    """Each fold scored with decisions fitted on the other folds (the honest figure)."""
+    plain: Evaluation
+    """Every scene scored with :attr:`decisions` (fitted on the same predictions)."""
+    models: dict[str, Evaluation] = field(default_factory=dict)
+    """Nested scores of the U-Net alone and the per-pixel model alone (with a pixel model)."""
+    fold_decisions: list[dict[str, Any]] = field(default_factory=list)
+    """Per fold, the decisions its :attr:`nested` score used (fitted on the other folds):
+    :func:`~spectraseg.evaluation.thresholds.tune_blend`'s ``thresholds`` and ``blend``."""
+    steps: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    """Training seconds of all folds."""
+
+
+def oof_paths(run: RunDir, image_id: str) -> dict[str, Path]:
+    """``unet`` and ``pixel``: a scene's out-of-fold levels in ``RUN/oof``."""
+    return {name: run.oof / f"{image_id}.{name}.npy" for name in MODELS}
+
+
+def _open(
+    config: Config | None, run: RunDir, folds: int, resume: bool, progress: bool
+) -> tuple[Config, CrossValidation]:
+    """The config and fold plan: read back when resuming, else made and written."""
+    if resume:
+        cv = read_cv(run)
+        if cv is None:
+            raise ConfigError(f"{run.root} holds no cross-validated run to resume")
+        return read_config(run) if config is None else config, cv
+    if config is None:
+        raise ConfigError("a new run needs a config")
+    if run.cv.exists() or run.latest.exists():
+        raise ConfigError(
+            f"{run.root} already holds a run; resume it with --resume or choose another --out"
+        )
+    if folds < 2:
+        raise ConfigError(f"--folds {folds} must be at least 2")
+    if not config.data.cache:
+        raise ConfigError("config key 'data.cache' is empty: set it to a cache written by align")
+    cache = open_cache(config.data.cache)
+    scenes = run_scenes(config.data, cache, progress)
+    plan = region_folds(scenes, folds, config.train.seed)
+    cv = CrossValidation(
+        tuple(tuple(f) for f in plan), tuple(f"folds/{k + 1}" for k in range(folds))
+    )
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_config(run, config)
+    write_stats(run, _stats(config, cache, progress))
+    write_cv(run, cv)
+    return config, cv
+
+
+def _stats(config: Config, cache: Cache, progress: bool) -> Stats:
+    """``data.stats``, else statistics over every cached scene (as a single run does)."""
+    d = config.data
+    if d.stats:
+        return load_stats(d.stats).with_mode(d.norm)
+    return compute_stats(cache, None, mode=d.norm, progress=progress)
+
+
+def fold_config(
+    config: Config, run: RunDir, held_out: Sequence[str], scenes: Sequence[str]
+) -> Config:
+    """Fold training: every scene but ``held_out``, no validation, the run's statistics."""
+    keep = [i for i in scenes if i not in set(held_out)]
+    overrides = [
+        f"data.scenes={json.dumps(keep)}",
+        "data.val_scenes=[]",
+        "data.val_fraction=0.0",
+        f"data.stats={json.dumps(str(run.stats.resolve()))}",
+    ]
+    return config.replace(overrides)
+
+
+def _fold_done(run: RunDir, held_out: Sequence[str], pixel: bool) -> bool:
+    names = ("unet", "pixel") if pixel else ("unet",)
+    return all(oof_paths(run, i)[n].is_file() for i in held_out for n in names)
+
+
+def _train_fold(
+    config: Config, run: RunDir, member: RunDir, held_out: Sequence[str], cv: CrossValidation,
+    progress: bool,
+) -> None:  # fmt: skip
+    """Train (or resume) fold ``member`` on every scene outside ``held_out``."""
+    scenes = [i for f in cv.folds for i in f]
+    cfg = fold_config(config, run, held_out, scenes)
+    resume = member.latest.is_file()
+    result = train(None if resume else cfg, member.root, resume=resume, progress=progress)
+    if result.interrupted:
+        raise KeyboardInterrupt
+
+
+def _predict_oof(
+    run: RunDir, member: RunDir, cache: Cache, config: Config, held_out: Sequence[str],
+    options: PredictOptions, progress: bool,
+) -> None:  # fmt: skip
+    """Out-of-fold levels of the held-out scenes with the fold's models, in ``RUN/oof``."""
+    opts = resolve_options(options, config)
+    model, _, _ = load_model(member, "latest", opts.device)
+    pixel = load_pixel_model(member) if config.pixel.enabled else None
+    stats = read_stats(run)
+    assert stats is not None  # written by _open
+    for image_id in tqdm(held_out, desc="out-of-fold", unit="scene", disable=not progress):
+        image = load_scene(cache, image_id, stats, config.data.indices)
+        paths = oof_paths(run, image_id)
+        save_levels(paths["unet"], scene_levels(model, image, opts))
+        if pixel is not None:
+            save_levels(paths["pixel"], quantize(pixel.predict_proba(image)))
+
+
+def scene_histograms(
+    run: RunDir, cache: Cache, image_id: str, weight: float, pixel: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """A scene's out-of-fold level histograms ``(B, 10, 256)`` against its labels, one pair per
+    U-Net weight of :data:`BLEND_GRID` with a pixel model (``B = 5``), else ``B = 1``."""
+    paths = oof_paths(run, image_id)
+    unet = np.load(paths["unet"])
+    truth = open_mask(cache, image_id, unet.shape[1:])
+    if not pixel:
+        pos, neg = class_histograms(unet, truth, weight)
+        return pos[None], neg[None]
+    other = np.load(paths["pixel"])
+    everywhere = [dict.fromkeys(range(1, NUM_CLASSES + 1), w) for w in BLEND_GRID]
+    pairs = [class_histograms(blend_levels(unet, other, b), truth, weight) for b in everywhere]
+    return np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])
+
+
+def oof_levels(run: RunDir, image_id: str, blend: Mapping[int, float] | None) -> np.ndarray:
+    """A scene's out-of-fold levels uint8 ``(10, H, W)``: the U-Net's, or with ``blend`` (per
+    class the U-Net's weight) blended with the per-pixel model's."""
+    paths = oof_paths(run, image_id)
+    unet = np.load(paths["unet"])
+    return unet if blend is None else blend_levels(unet, np.load(paths["pixel"]), blend)
+
+
+Histograms = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Per scene, its ``(pos, neg)`` level histograms ``(B, 10, 256)``."""
+
+
+def _decide(hist: Histograms, scenes: Sequence[str], mode: str) -> dict[str, Any]:
+    """:func:`tune_blend` on the histograms of ``scenes``, summed."""
+    pos = sum(hist[i][0] for i in scenes)
+    neg = sum(hist[i][1] for i in scenes)
+    return tune_blend(np.asarray(pos), np.asarray(neg), mode)
+
+
+def _score(
+    hist: Histograms, scenes: Sequence[str], decided: Mapping[str, Any], blend: Any = "decided"
+) -> np.ndarray:
+    """Per-scene TP/FP/FN ``(n, 10, 3)`` of ``scenes`` at decisions ``decided``; ``blend``
+    ``"decided"`` uses their blend weights, a number one weight for every class."""
+    if blend == "decided":
+        weights = decided["blend"]
+        thresholds = decided["thresholds"]
+    else:  # one partner alone, at its own thresholds
+        weights = dict.fromkeys(range(1, NUM_CLASSES + 1), float(blend))
+        thresholds = decided["thresholds_unet" if blend == 1.0 else "thresholds_pixel"]
+    return np.stack([counts_at(*hist[i], thresholds, weights) for i in scenes])
+
+
+def _nested(
+    hist: Histograms, folds: Sequence[Sequence[str]], mode: str, blend: Any = "decided"
+) -> tuple[Evaluation, list[dict[str, Any]]]:
+    """Every fold scored with decisions fitted on the other folds' histograms; the score and
+    each fold's decisions."""
+    ids: list[str] = []
+    counts, decisions = [], []
+    for k, held_out in enumerate(folds):
+        others = [i for j, f in enumerate(folds) if j != k for i in f]
+        decisions.append(_decide(hist, others, mode))
+        counts.append(_score(hist, held_out, decisions[-1], blend))
+        ids.extend(held_out)
+    return Evaluation(tuple(ids), np.concatenate(counts), "raster"), decisions
+
+
+def _tuned(
+    decided: Mapping[str, Any], config: Config, run: RunDir, scenes: Sequence[str],
+    options: PredictOptions,
+) -> TunedThresholds:  # fmt: skip
+    """The record of decisions fitted on every scene's out-of-fold prediction."""
+    plain = decided["jaccard"]
+    return TunedThresholds(
+        thresholds=decided["thresholds"],
+        jaccard=plain,
+        tuned=decided["tuned"],
+        mean_jaccard=float(np.mean(list(plain.values()))),
+        jaccard_unet=decided["jaccard_unet"],
+        thresholds_unet=decided["thresholds_unet"],
+        jaccard_config={},
+        mean_jaccard_config=0.0,
+        grid=decided["grid"],
+        scenes=list(scenes),
+        checkpoint="latest",
+        checkpoint_mtime_ns=model_mtime_ns(run, "latest"),
+        tta=bool(resolve_options(options, config).tta),
+        tile=options.tile if options.tile is not None else config.predict.tile,
+        margin=options.margin if options.margin is not None else config.predict.margin,
+        blend=decided["blend"],
+        thresholds_pixel=decided["thresholds_pixel"],
+        pixel_model_mtime_ns=pixel_mtime_ns(run),
+        metric="raster, out-of-fold predictions of every scene, pooled",
+    )
+
+
+def _scores_doc(result: CVResult) -> dict[str, Any]:
+    def brief(ev: Evaluation) -> dict[str, Any]:
+        return {"mean": ev.mean, "jaccard": [float(v) for v in ev.jaccard]}
+
+    return {
+        "metric": "raster, pooled over all scenes",
+        "nested": brief(result.nested),
+        "plain": brief(result.plain),
+        "models_nested": {name: brief(ev) for name, ev in result.models.items()},
+        "steps": result.steps,
+        "training_seconds": result.seconds,
+    }
+
+
+def train_folds(
+    config: Config | None,
+    run_dir: str | os.PathLike[str],
+    folds: int = 4,
+    resume: bool = False,
+    progress: bool = True,
+    options: PredictOptions = PredictOptions(),
+) -> CVResult:
+    """Train ``folds`` region-grouped fold models, predict every scene out of fold, fit the
+    per-class decisions on those predictions and score them (module docstring).
+
+    Args:
+        config: the run's config (``data.cache`` with every labelled scene; the training
+            budget applies to each fold); None when resuming (the run's own).
+        run_dir: the run directory ``RUN``.
+        folds: number of folds, whole region groups each.
+        resume: continue a run: finished folds are kept, an interrupted one resumes.
+        progress: progress bars on stderr.
+        options: how the held-out scenes are predicted (the run's ``[predict]`` by default).
+    """
+    run = RunDir.of(run_dir)
+    config, cv = _open(config, run, folds, resume, progress)
+    cache = open_cache(config.data.cache)
+    pixel = config.pixel.enabled
+    for k, held_out in enumerate(cv.folds):
+        if _fold_done(run, held_out, pixel):
+            continue
+        member = RunDir(run.root / cv.members[k])
+        _train_fold(config, run, member, held_out, cv, progress)
+        _predict_oof(run, member, cache, config, held_out, options, progress)
+    return _conclude(config, run, cv, cache, options, progress)
+
+
+def _conclude(
+    config: Config, run: RunDir, cv: CrossValidation, cache: Cache, options: PredictOptions,
+    progress: bool,
+) -> CVResult:  # fmt: skip
+    """Decisions on every scene, nested and plain scores; ``thresholds.json``, ``cv.json``."""
+    scenes = [i for f in cv.folds for i in f]
+    pixel = config.pixel.enabled
+    areas = pixel_areas(cache, config.data.root, scenes)
+    hist = {
+        i: scene_histograms(run, cache, i, areas[i], pixel)
+        for i in tqdm(scenes, desc="decisions", unit="scene", disable=not progress, leave=False)
+    }
+    mode = config.pixel.blend
+    decided = _decide(hist, scenes, mode)
+    models = (
+        {name: _nested(hist, cv.folds, mode, w)[0] for name, w in MODELS.items()} if pixel else {}
+    )
+    nested, fold_decisions = _nested(hist, cv.folds, mode)
+    result = CVResult(
+        run_dir=run.root,
+        folds=[list(f) for f in cv.folds],
+        decisions=_tuned(decided, config, run, scenes, options),
+        nested=nested,
+        plain=Evaluation(tuple(scenes), _score(hist, scenes, decided), "raster"),
+        models=models,
+        fold_decisions=fold_decisions,
+    )
+    for member in cv.members:
+        doc = json.loads((run.root / member / "metrics.json").read_text(encoding="utf-8"))
+        last = doc["epochs"][-1] if doc["epochs"] else {"step": 0, "seconds": 0.0}
+        result.steps.append(int(last["step"]))
+        result.seconds += float(last["seconds"])
+    write_thresholds(run, result.decisions)
+    write_cv(run, replace(cv, scores=_scores_doc(result)))
+    return result
