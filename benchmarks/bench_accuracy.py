@@ -127,7 +127,9 @@ def main() -> None:
         align_dataset(DATA, cache, progress=False)
     for name in args.only or list(LEVERS):
         extra = [*LEVERS[name], *args.set]
-        docs = [run_one(args.out, cache, name, extra, args.steps, s, args.folds) for s in args.seeds]
+        docs = [
+            run_one(args.out, cache, name, extra, args.steps, s, args.folds) for s in args.seeds
+        ]
         print(summary(name, docs), flush=True)
 
 
