@@ -163,5 +163,3 @@ def region_folds(ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
     for g in order:
         min(folds, key=len).extend(groups[g])
     return [sorted(f) for f in folds]
-
-
