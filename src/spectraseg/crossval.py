@@ -111,6 +111,8 @@ def _open(
         return read_config(run) if config is None else config, cv
     if config is None:
         raise ConfigError("a new run needs a config")
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"{run.root} exists and is not a directory: choose another --out")
     if run.cv.exists() or run.latest.exists():
         raise ConfigError(
             f"{run.root} already holds a run; resume it with --resume or choose another --out"
@@ -240,7 +242,7 @@ def _score(
     return np.stack([counts_at(*hist[i], thresholds, weights) for i in scenes])
 
 
-def _nested(
+def nested_scores(
     hist: Histograms, folds: Sequence[Sequence[str]], mode: str, blend: Any = "decided"
 ) -> tuple[Evaluation, list[dict[str, Any]]]:
     """Every fold scored with decisions fitted on the other folds' histograms; the score and
@@ -346,9 +348,11 @@ def _conclude(
     mode = config.pixel.blend
     decided = _decide(hist, scenes, mode)
     models = (
-        {name: _nested(hist, cv.folds, mode, w)[0] for name, w in MODELS.items()} if pixel else {}
+        {name: nested_scores(hist, cv.folds, mode, w)[0] for name, w in MODELS.items()}
+        if pixel
+        else {}
     )
-    nested, fold_decisions = _nested(hist, cv.folds, mode)
+    nested, fold_decisions = nested_scores(hist, cv.folds, mode)
     result = CVResult(
         run_dir=run.root,
         folds=[list(f) for f in cv.folds],

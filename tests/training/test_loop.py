@@ -192,3 +192,29 @@ def test_no_validation_makes_best_the_final_model(tmp_path: Path) -> None:
     result = train(config, run, progress=False, data=data)
     assert result.best_score is None
     assert_same_weights(weights(run, "best"), weights(run, "latest"))
+
+
+def test_progress_follows_the_budget_that_stops_the_run() -> None:
+    from spectraseg.training.loop import progress_bar
+    from spectraseg.training.state import LoopState
+
+    timed = progress_bar(tiny_config(epochs=100, minutes=5.0), LoopState(elapsed=90.0), True)
+    assert (timed.total, timed.n, timed.unit) == (300.0, 90.0, "s")
+    stepped = progress_bar(tiny_config(epochs=4), LoopState(step=5), True)
+    assert (stepped.total, stepped.n, stepped.unit) == (12, 5, "step")
+    # A resumed run whose budget is spent starts full, not past the end.
+    spent = progress_bar(tiny_config(minutes=1.0), LoopState(elapsed=75.0), True)
+    assert spent.n == 60.0
+    for bar in (timed, stepped, spent):
+        bar.close()
+
+
+def test_out_that_is_a_file_is_one_clear_error(tmp_path: Path, capsys) -> None:
+    from spectraseg.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    config = tmp_path / "run.toml"
+    config.write_text("")
+    rc = main(["train", "--config", str(config), "--out", str(tmp_path / "afile")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "afile exists and is not a directory" in err[0], err

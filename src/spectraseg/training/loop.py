@@ -148,6 +148,23 @@ def _epoch_loader(
     return iter(loader)
 
 
+def progress_bar(config: Config, state: LoopState, show: bool) -> tqdm:
+    """The training bar, against the budget that stops the run: training seconds of
+    ``train.minutes`` when it is set (a step count would promise hours for a 5-minute run),
+    else optimizer steps. Either way the postfix shows ``step``/total steps."""
+    budget = config.train.minutes * 60.0
+    if budget:
+        return tqdm(
+            total=budget, initial=min(state.elapsed, budget), desc="train", unit="s",
+            disable=not show, dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]",
+        )  # fmt: skip
+    return tqdm(
+        total=config.total_steps, initial=state.step, desc="train", unit="step",
+        disable=not show, dynamic_ncols=True,
+    )  # fmt: skip
+
+
 def _configure_torch(config: Config, device: torch.device) -> None:
     """Threads and determinism as ``[train]`` asks."""
     t = config.train
@@ -351,9 +368,7 @@ class _Loop:
         """Steps until the planned end, the time budget or a stop request; True if stopped."""
         s = self.state
         total = self.config.total_steps
-        show = progress and self.is_main
-        bar = tqdm(total=total, initial=s.step, desc="train", unit="step", disable=not show,
-                   dynamic_ncols=True)  # fmt: skip
+        bar = progress_bar(self.config, s, show=progress and self.is_main)
         interrupted = False
         loader: Iterator[Mapping[str, Any]] | None = None
         loader_epoch = -1
@@ -370,8 +385,9 @@ class _Loop:
                 stats, dt, lr = self.step(loader)
                 interrupted, spent = self.agree(stop)
                 finished = s.step >= total or spent
-                bar.update(1)
+                bar.update(dt if self.budget else 1)
                 bar.set_postfix(
+                    step=f"{s.step}/{total}",
                     loss=f"{stats.loss / stats.batches:.4f}",
                     pps=f"{stats.samples * self.world / dt:.1f}",
                     lr=f"{lr:.2e}",
@@ -416,6 +432,8 @@ def _open_run(config: Config | None, run: RunDir, resume: bool) -> tuple[Config,
         return config, ckpt
     if config is None:
         raise ConfigError("a new run needs a config")
+    if run.root.exists() and not run.root.is_dir():
+        raise ConfigError(f"{run.root} exists and is not a directory: choose another --out")
     if run.latest.exists():
         raise ConfigError(
             f"{run.root} already holds a run; resume it with --resume or choose another --out"
