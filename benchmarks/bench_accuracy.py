@@ -34,15 +34,44 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dstl-lite"
 
 LEVERS: dict[str, tuple[str, ...]] = {
     "recipe": (),
-    "no pixel model": ("pixel.enabled=false",),
-    "tuned blend": ('pixel.blend="tuned"',),
     "image statistics": ('data.norm="image"',),
     "tta": ("predict.tta=true",),
     "256 px patches": ("train.patch_size=256",),
-    "rare share 0.25": ("train.rare_share=0.25",),
+    "rare share 0.1": ("train.rare_share=0.1",),
     "photometric 0.1": ("train.photometric=0.1",),
 }
-"""Levers tried: config overrides on top of the demo's real-data recipe."""
+"""Levers that need training: config overrides on top of the demo's real-data recipe. The
+decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per
+class instead of the plain average) need no training: :func:`decision_levers` scores them
+on every run's out-of-fold predictions."""
+
+
+def decision_levers(run: Path) -> dict[str, float]:
+    """Nested means of one trained run under each decision rule, from its out-of-fold
+    histograms (no retraining): the recipe's average blend, a per-class tuned blend, and
+    each partner alone."""
+    from spectraseg.align.cache import open_cache
+    from spectraseg.crossval import MODELS, nested_scores, scene_histograms
+    from spectraseg.evaluation.metrics import pixel_areas
+    from spectraseg.runs import RunDir, read_config, read_cv
+
+    rd = RunDir.of(run)
+    cv, config = read_cv(rd), read_config(rd)
+    assert cv is not None
+    cache = open_cache(config.data.cache)
+    scenes = [i for f in cv.folds for i in f]
+    areas = pixel_areas(cache, config.data.root, scenes)
+    pixel = config.pixel.enabled
+    hist = {i: scene_histograms(rd, cache, i, areas[i], pixel) for i in scenes}
+    out = {mode: nested_scores(hist, cv.folds, mode)[0].mean for mode in ("average", "tuned")}
+    if pixel:
+        out.update(
+            {
+                name: nested_scores(hist, cv.folds, "average", w)[0].mean
+                for name, w in MODELS.items()
+            }
+        )
+    return out
 
 
 def recipe(cache: Path, steps: int, seed: int, extra: list[str]):  # -> Config
@@ -71,13 +100,51 @@ def recipe(cache: Path, steps: int, seed: int, extra: list[str]):  # -> Config
     )
 
 
+def tta_lever(run: Path) -> dict[str, float]:
+    """Nested means of the U-Net alone of one trained run, its held-out scenes predicted
+    again with the 8 symmetries averaged (test-time augmentation), against without."""
+    from spectraseg.align.cache import open_cache
+    from spectraseg.align.masks import open_mask
+    from spectraseg.crossval import nested_scores
+    from spectraseg.evaluation.metrics import pixel_areas
+    from spectraseg.evaluation.thresholds import class_histograms
+    from spectraseg.features.patches import load_scene
+    from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
+    from spectraseg.runs import RunDir, load_model, read_config, read_cv, read_stats
+
+    rd = RunDir.of(run)
+    cv, config, stats = read_cv(rd), read_config(rd), read_stats(rd)
+    assert cv is not None and stats is not None
+    cache = open_cache(config.data.cache)
+    scenes = [i for f in cv.folds for i in f]
+    areas = pixel_areas(cache, config.data.root, scenes)
+    out = {}
+    for tta in (False, True):
+        opts = resolve_options(PredictOptions(tta=tta, device="cpu"), config)
+        hist = {}
+        for member, fold in zip(cv.members, cv.folds, strict=True):
+            model, _, _ = load_model(rd.root / member, "latest", "cpu")
+            for i in fold:
+                image = load_scene(cache, i, stats, config.data.indices)
+                levels = scene_levels(model, image, opts)
+                truth = open_mask(cache, i, levels.shape[1:])
+                pos, neg = class_histograms(levels, truth, areas[i])
+                hist[i] = (pos[None], neg[None])
+        out["tta" if tta else "no tta"] = nested_scores(hist, cv.folds, "average")[0].mean
+    return out
+
+
+def run_path(out: Path, name: str, seed: int) -> Path:
+    return out / f"{name.replace(' ', '_')}_s{seed}"
+
+
 def run_one(out: Path, cache: Path, name: str, extra: list[str], steps: int, seed: int,
             folds: int) -> dict:  # fmt: skip
     """One cross-validated run (read back when complete): its scores document."""
     from spectraseg.crossval import train_folds
     from spectraseg.runs import read_cv
 
-    run = out / f"{name.replace(' ', '_')}_s{seed}"
+    run = run_path(out, name, seed)
     cv = read_cv(run) if (run / "cv.json").is_file() else None
     if cv is None or not cv.scores:
         config = recipe(cache, steps, seed, extra)
@@ -131,6 +198,11 @@ def main() -> None:
             run_one(args.out, cache, name, extra, args.steps, s, args.folds) for s in args.seeds
         ]
         print(summary(name, docs), flush=True)
+        rules = [decision_levers(run_path(args.out, name, s)) for s in args.seeds]
+        for rule in rules[0]:
+            values = [r[rule] for r in rules]
+            print(f"{'':<18} decisions {rule:<8} nested {np.mean(values):.4f} "
+                  f"({', '.join(f'{v:.4f}' for v in values)})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
