@@ -38,6 +38,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "tta": ("predict.tta=true",),
     "256 px patches": ("train.patch_size=256",),
     "rare share 0.1": ("train.rare_share=0.1",),
+    "rare + road, track": ("train.rare_classes=[2, 3, 4, 7, 8, 9, 10]",),
     "photometric 0.1": ("train.photometric=0.1",),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The

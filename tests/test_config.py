@@ -106,6 +106,8 @@ def test_override_parsing() -> None:
         ("train.device=tpu", r"'train.device' must be one of auto, cpu, cuda"),
         ("data.val_fraction=1.0", r"'data.val_fraction' must be in \[0, 1\)"),
         ("pixel.samples=1", r"config key 'pixel\.samples' must be >= 2, got 1$"),
+        ("train.rare_classes=[0]", r"'train\.rare_classes' must be distinct classes in 1\.\.10"),
+        ("train.rare_classes=[3,3]", r"'train\.rare_classes' must be distinct classes"),
         ("pixel.blend=max", r"'pixel\.blend' must be one of average, tuned, got 'max'$"),
     ],
 )
@@ -171,3 +173,9 @@ def test_cli_bad_key_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) 
 def test_cli_needs_out_or_resume(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train"]) == 1
     assert "give --out RUN" in capsys.readouterr().err
+
+
+def test_rare_classes_are_a_list_of_classes() -> None:
+    c = Config().replace(["train.rare_classes=[3, 4]"])
+    assert c.train.rare_classes == (3, 4)
+    assert Config().train.rare_classes == (2, 7, 8, 9, 10)

@@ -25,3 +25,8 @@ CLASS_NAMES: dict[int, str] = {
 """The 10 DSTL classes, 1-based as in the competition files."""
 
 NUM_CLASSES = 10
+
+RARE_CLASSES: tuple[int, ...] = (2, 7, 8, 9, 10)
+"""Classes oversampled in training patches by default (``train.rare_classes``): structures,
+waterway, standing water and both vehicle classes, each under 0.7 % of dstl-lite's labelled
+area (1-based)."""

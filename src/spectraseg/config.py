@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectraseg import NUM_CLASSES
+from spectraseg import NUM_CLASSES, RARE_CLASSES
 from spectraseg.errors import ConfigError
 from spectraseg.runtime import DEVICES
 
@@ -135,6 +135,8 @@ class TrainConfig:
     """Training patch side in pixels (multiple of ``2**model.depth``)."""
     rare_share: float = 0.5
     """Share of patches centred on a pixel of a rare class."""
+    rare_classes: tuple[int, ...] = RARE_CLASSES
+    """1-based classes those patches are centred on (a class drawn uniformly among them)."""
     augment: bool = True
     """Random flips, transposes and 90-degree rotations."""
     photometric: float = 0.0
@@ -394,6 +396,13 @@ def _validate_train(config: Config) -> None:
     _check(t.seed >= 0, "train.seed", "must be >= 0", t.seed)
     _check_multiple("train.patch_size", t.patch_size, config.model.depth)
     _check(0.0 <= t.rare_share <= 1.0, "train.rare_share", "must be in [0, 1]", t.rare_share)
+    _check(
+        all(1 <= c <= NUM_CLASSES for c in t.rare_classes)
+        and len(set(t.rare_classes)) == len(t.rare_classes),
+        "train.rare_classes",
+        f"must be distinct classes in 1..{NUM_CLASSES}",
+        list(t.rare_classes),
+    )
     _check(0.0 <= t.photometric <= 1.0, "train.photometric", "must be in [0, 1]", t.photometric)
     _check(t.threads >= 0, "train.threads", "must be >= 0", t.threads)
     _check(t.workers >= 0, "train.workers", "must be >= 0", t.workers)

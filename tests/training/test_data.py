@@ -4,6 +4,7 @@ cache (``spectraseg.training.data``), then resumed and extended."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,21 @@ def test_cli_train_and_resume_on_a_cache(
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nope")]) == 1
     assert "is not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("rare", "present"), [((2,), [2]), ((1, 5), [1, 5]), ((3,), [])])
+def test_rare_classes_setting_reaches_the_patch_sampler(
+    tmp_path: Path, rare: tuple[int, ...], present: list[int]
+) -> None:
+    from spectraseg.config import load_config
+    from spectraseg.runs import RunDir
+    from spectraseg.training.data import prepare_data
+
+    config = load_config(cache_config(tmp_path)).replace([f"train.rare_classes={list(rare)}"])
+    run = RunDir.of(tmp_path / "run")
+    run.root.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # class 3 is absent: "no rare-class pixel"
+        data = prepare_data(config, run, progress=False)
+    # The toy masks hold classes 1, 2 and 5 (tests/training/toy.py).
+    assert data.train.rare_present == present

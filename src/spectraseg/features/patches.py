@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectraseg import NUM_CLASSES
+from spectraseg import NUM_CLASSES, RARE_CLASSES
 from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir, scale_offset
 from spectraseg.align.masks import build_masks, open_mask
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
@@ -47,10 +47,6 @@ from spectraseg.features.indices import IndexPlan, compute_plans, resolve_indice
 from spectraseg.features.normalization import normalize
 from spectraseg.features.stats import Stats
 from spectraseg.features.windows import dihedral, read_window
-
-RARE_CLASSES: tuple[int, ...] = (2, 7, 8, 9, 10)
-"""Classes oversampled by default: structures, waterway, standing water, vehicles (1-based)."""
-
 
 CELL = 16
 """Side (pixels) of the coarse cells in which rare-class positions are remembered."""

@@ -114,6 +114,7 @@ def prepare_data(
         seed=t.seed,
         rank=rank,
         rare_share=t.rare_share,
+        rare_classes=t.rare_classes,
         augment=t.augment,
         photometric=t.photometric,
         indices=d.indices,
