@@ -29,6 +29,10 @@ process is pinned to that many cores):
    interleaved; the classic form once), of which tracing (OpenCV + outlines), round-trip IoU
    (mask -> polygons -> mask, per class over all scenes), vertices, and validity after
    rounding to the 8 decimals written to WKT. Everything runs in one thread.
+4. **The worst case**, an untrained model: ``spectraseg predict --workers 0`` of one
+   full-size synthetic scene (``synth --seed 99``) with a run trained for 3 steps, whose
+   masks are salt and pepper (100 000 to 790 000 components per class): wall time, peak
+   RSS (the predicting child's ``ru_maxrss``) and the size of what it writes.
 
 The model is :class:`spectraseg.models.unet.UNet` (width 16, depth 4: the default config).
 """
@@ -448,6 +452,40 @@ def bench_vectorize(n_scenes: int, reps: int = 3) -> None:
             )
 
 
+def bench_untrained(threads: int) -> None:
+    """The worst case of vectorisation end to end: ``spectraseg predict`` of one full-size
+    synthetic scene with a run trained for 3 steps, whose masks are salt and pepper."""
+    import subprocess
+    import tempfile
+
+    exe = Path(sys.executable).with_name("spectraseg")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+
+        def run(*args: str) -> float:
+            t0 = time.perf_counter()
+            subprocess.run([str(exe), *args], check=True, capture_output=True, cwd=t)
+            return time.perf_counter() - t0
+
+        run("synth", "--out", "data", "--scenes", "1", "--size", str(H), str(W), "--seed", "99")
+        run("align", "data", "--cache", "cache", "--workers", "0")
+        sets = ("data.root=data", "data.cache=cache", "train.steps=3", "data.val_fraction=0")
+        run("train", "--out", "run", "--no-progress", *(a for k in sets for a in ("--set", k)))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        seconds = run(
+            "predict", "data", "--run", "run", "--out", "pred", "--thresholds", "config",
+            "--workers", "0", "--no-progress", "--threads", str(threads),
+        )  # fmt: skip
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        size = sum(f.stat().st_size for f in (t / "pred").rglob("*") if f.is_file())
+        log(
+            f"untrained run (3 steps), one {H}x{W} synthetic scene, spectraseg predict "
+            f"--workers 0: {seconds:.1f} s, peak RSS "
+            f"{peak / 2**20:.2f} GB{'' if peak > before else ' (or less: an earlier child)'}, "
+            f"outputs {size / 2**20:.0f} MB"
+        )
+
+
 def _config(text: str) -> tuple[int, int]:
     tile, _, batch = text.partition("x")
     return int(tile), int(batch)
@@ -478,7 +516,9 @@ def main() -> int:
         help="inference configurations (default: the [predict] defaults, 736x1 896x1 1024x1 256x8)",
     )
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of inference")
-    p.add_argument("--skip", nargs="*", default=[], choices=("inference", "memory", "vectorize"))
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=("inference", "memory", "vectorize", "untrained")
+    )
     args = p.parse_args()
     if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > args.threads:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
@@ -489,6 +529,8 @@ def main() -> int:
         bench_inference(args.threads, args.quick, args.configs, args.rounds)
     if "vectorize" not in args.skip:
         bench_vectorize(args.scenes)
+    if "untrained" not in args.skip:
+        bench_untrained(args.threads)
     return 0
 
 

@@ -13,14 +13,18 @@ from hypothesis.extra.numpy import arrays
 from rasterio import features
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
+import spectraseg.vectorize as vectorize
 from spectraseg.data.dstl import format_wkt, open_dataset
 from spectraseg.data.geometry import pixel_scale, rasterize, rasterize_classes
+from spectraseg.errors import SpectrasegWarning
 from spectraseg.vectorize import (
     DEFAULT_TOLERANCE,
+    bound_components,
     finalize,
     mask_to_multipolygon,
     masks_to_polygons,
     round_coords,
+    sieve,
     split_loops,
     trace_mask,
 )
@@ -232,3 +236,103 @@ def test_split_loops_cuts_a_ring_at_its_repeated_vertices() -> None:
     assert sorted(abs(Polygon(loop).area) for loop in loops) == [1, 1, 1]
     simple = np.array([[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]], dtype=float)
     assert len(split_loops(simple)) == 1 and split_loops(simple)[0] is simple
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """Areas of the 4-connected regions and of the holes (8-connected background components
+    not connected to the outside), by scipy, independently of the OpenCV code under test."""
+    from scipy import ndimage
+
+    m = mask.astype(bool)
+    regions, n = ndimage.label(m)
+    areas = list(np.bincount(regions.ravel())[1:]) if n else []
+    framed = np.pad(~m, 1, constant_values=True)
+    bg, _ = ndimage.label(framed, structure=np.ones((3, 3)))
+    counts = np.bincount(bg.ravel())
+    counts[[0, bg[0, 0]]] = 0
+    return np.array(areas + [c for c in counts if c], dtype=np.int64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.integers(0, 1)),
+    st.integers(0, 12),
+)
+def test_sieve_leaves_no_small_component_and_keeps_large_ones(mask: np.ndarray, n: int) -> None:
+    got = sieve(mask, n)
+    assert got.dtype == bool and got.shape == mask.shape
+    if n <= 1:
+        np.testing.assert_array_equal(got, mask.astype(bool))
+        return
+    assert (components(got) >= n).all()
+    np.testing.assert_array_equal(sieve(got, n), got)  # idempotent
+    # Every pixel of a region of at least n pixels (4-connected) is kept.
+    from scipy import ndimage
+
+    regions, _ = ndimage.label(mask)
+    big = np.bincount(regions.ravel()) >= n
+    big[0] = False
+    assert got[big[regions]].all()
+
+
+def test_sieve_fills_small_holes_and_keeps_the_outside() -> None:
+    mask = np.zeros((9, 9), np.uint8)
+    mask[1:8, 1:8] = 1
+    mask[3, 3] = 0  # a one-pixel hole
+    mask[5:7, 5:7] = 0  # a four-pixel hole
+    got = sieve(mask, 4)
+    assert got[3, 3] and not got[5:7, 5:7].any() and not got[0].any()
+    assert sieve(mask, 5)[1:8, 1:8].all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.integers(0, 1)),
+    st.integers(0, 30),
+)
+def test_bound_components_leaves_at_most_that_many(mask: np.ndarray, most: int) -> None:
+    got, pixels = bound_components(mask, most)
+    before, after = components(mask), components(got)
+    if len(before) <= most:
+        assert pixels == 0
+        np.testing.assert_array_equal(got, mask.astype(bool))
+    else:
+        assert len(after) <= most and (after >= pixels).all()
+        assert pixels == np.sort(before)[::-1][most] + 1  # the smallest size that does it
+
+
+def test_a_noisy_class_is_sieved_with_a_warning_and_stays_valid(monkeypatch) -> None:
+    rng = np.random.default_rng(3)
+    mask = (rng.random((2, 120, 150)) < 0.45).astype(np.uint8)
+    mask[1] = 0
+    mask[1, 10:60, 20:90] = 1  # clean
+    monkeypatch.setattr(vectorize, "MAX_COMPONENTS", 1000)
+    with pytest.warns(SpectrasegWarning, match=r"class 1 mask has \d+ regions and holes"):
+        got = masks_to_polygons(mask, XMAX, YMIN)
+    assert got[1].is_valid and got[2].is_valid and len(got[2].geoms) == 1
+    n = len(components(mask[0]))
+    assert n > 1000
+    back = rasterize(got[1], 150, 120, XMAX, YMIN)
+    assert len(components(back)) <= 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # under the bound: no warning, nothing removed
+        monkeypatch.setattr(vectorize, "MAX_COMPONENTS", 10**6)
+        exact = masks_to_polygons(mask, XMAX, YMIN, tolerance=0)
+    np.testing.assert_array_equal(rasterize(exact[1], 150, 120, XMAX, YMIN), mask[0])
+
+
+def test_a_class_over_the_vertex_budget_is_written_exactly_and_valid(monkeypatch) -> None:
+    rng = np.random.default_rng(5)
+    mask = (rng.random((1, 64, 80)) < 0.5).astype(np.uint8)
+    monkeypatch.setattr(vectorize, "SIMPLIFY_MAX_VERTICES", 10)
+    got = masks_to_polygons(mask, XMAX, YMIN)[1]
+    assert got.is_valid and reread(got).is_valid
+    np.testing.assert_array_equal(rasterize(reread(got), 80, 64, XMAX, YMIN), mask[0])
+
+
+def test_parts_come_in_raster_order_of_their_first_pixel() -> None:
+    mask = np.zeros((6, 8), np.uint8)
+    mask[0, 6] = mask[2, 1] = mask[2, 4] = mask[4, 0] = 1
+    got = trace_mask(mask).polygons()
+    firsts = [(int(b[1]), int(b[0])) for b in shapely.bounds(got)]  # (row, col) of the top left
+    assert firsts == [(0, 6), (2, 1), (2, 4), (4, 0)]

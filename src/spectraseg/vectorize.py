@@ -6,11 +6,14 @@ A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normal
 1. Every 4-connected region is traced along pixel edges, holes included, in pixel
    coordinates (vertices on integer pixel corners): OpenCV's ``findContours`` follows the
    borders pixel by pixel, and :func:`crack_rings` turns each chain of border pixels into
-   the outline round them with array operations (:func:`trace_mask`). The result is GDAL
-   polygonize's (``rasterio.features.shapes``, connectivity 4; a property test checks the
-   two agree): 4-connectivity matters, since regions touching only at a corner would
-   otherwise give self-touching rings. Rasterising the result again (pixel centres) gives
-   back the mask exactly, because every edge lies half a pixel away from the nearest centre.
+   the outline round them with array operations (:func:`trace_mask`); a region label per
+   ring says which polygon it belongs to. A class with more than :data:`MAX_COMPONENTS`
+   regions and holes (noise) first loses its smallest ones (:func:`bound_components`).
+   The result is GDAL polygonize's (``rasterio.features.shapes``, connectivity 4; a
+   property test checks the two agree): 4-connectivity matters, since regions touching
+   only at a corner would otherwise give self-touching rings. Rasterising the result
+   again (pixel centres) gives back the mask exactly, because every edge lies half a
+   pixel away from the nearest centre.
 2. The vertices go through the affine map of :func:`spectraseg.data.geometry.pixel_transform`
    (numpy), and every ring is simplified on its own (Douglas-Peucker with a tolerance in
    pixels times the pixel's length, one vectorised shapely call over all rings of a class);
@@ -24,11 +27,13 @@ A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normal
 3. The vertices are rounded to the decimals written to WKT (numpy); one
    ``from_ragged_array`` call builds every polygon of the class. Parts smaller than a
    minimum area are dropped.
-4. The class's MultiPolygon is validated in those final coordinates, repaired
+4. A simplified class's MultiPolygon is validated in those final coordinates, repaired
    (``make_valid(method="structure")``) and normalised to a MultiPolygon, repeating until
    the rounded geometry is valid (:func:`finalize`). Rounding is exactly what
    :func:`spectraseg.data.dstl.format_wkt` writes (``round(x * 10**d) / 10**d`` is the double that
-   parsing the written decimal gives back), so the file reads back valid.
+   parsing the written decimal gives back), so the file reads back valid. Exact outlines
+   (tolerance 0, or a class over :data:`SIMPLIFY_MAX_VERTICES`) are valid by construction
+   and skip the check.
 
 Where the time goes (``benchmarks/bench_predict.py``, three full 3348 x 3392 scenes, 10
 classes each, prediction-like masks): tracing 1.3 s, of which OpenCV's scan 0.6 s, the
@@ -36,10 +41,18 @@ outlines from the chains 0.6 s; validity of the simplified MultiPolygons 1.2 s;
 simplification and the rest 0.8 s. Tracing with GDAL instead took 5.0 s (its polygonize
 scans every pixel at 7.5 ns, costs 140 us per call, and rasterio turns every vertex into
 Python objects).
+
+Worst case (``bench_predict.py --skip inference memory``, noisy section): an untrained
+model's masks of a full-size synthetic scene, 100 000 to 790 000 components per class,
+took over ten minutes and 9 GB in GEOS's validity check of the whole-class MultiPolygons
+and in OpenCV's contour hierarchy (30 s per class on its own); now about 25 s for the ten
+classes (``RETR_LIST`` with region labels instead of the hierarchy, nested loops of pinched
+rings found in one pass, the component bound, no check of exact outlines).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import cv2
@@ -49,6 +62,7 @@ from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
 from spectraseg.data.geometry import EMPTY, pixel_scale, to_multipolygon
+from spectraseg.errors import SpectrasegWarning
 
 DEFAULT_TOLERANCE = 0.5
 """Default simplification tolerance in pixels (Douglas-Peucker distance).
@@ -61,6 +75,30 @@ centres and loses up to 40% IoU on small objects (structures, vehicles) at that 
 
 DEFAULT_DECIMALS = 8
 """Decimals of grid coordinates written to WKT (1e-8 grid units ~ 1/270 of an RGB pixel)."""
+
+MAX_COMPONENTS = 50_000
+"""Most regions plus holes traced for one class of one mask; a noisier mask is sieved
+down to this many.
+
+The real labels of dstl-lite have at most 12 627 components per class and scene
+rasterised at full size (3348 x 3392) and 4 022 at their own 538 x 545 (trees), so the
+density of real objects depends on the resolution and cannot tell noise from detail; a
+count can. Prediction-like masks (labels blurred, plus noise) reach 17 641; an untrained
+model's masks of a full-size scene 100 000 to 790 000, whose tracing, simplification and
+output then took over ten minutes and 9 GB. Such a class keeps its components of at least
+the smallest size that leaves this many (:func:`bound_components`), with a warning."""
+
+SIMPLIFY_MAX_VERTICES = 1_000_000
+"""A class whose traced outlines have more vertices than this is written unsimplified.
+
+Simplified rings can cross, so a simplified class is checked for validity by GEOS, which
+costs about 5 us per vertex (23 s for the 4.6 million vertices of the ten noisy classes
+of an untrained model's 3348 x 3392 scene). Exact pixel outlines are valid by
+construction (and stay valid when rounded, see :func:`masks_to_polygons`), so they need
+no check; simplification saves only a fifth of the vertices. The real labels of dstl-lite
+rasterised at full size have at most 257 196 traced vertices per class and scene,
+prediction-like masks 395 551 (``benchmarks/bench_predict.py``), so only noise reaches
+this bound."""
 
 
 class Ragged:
@@ -190,7 +228,11 @@ def crack_rings(
     return coords, _offsets(per_ring + 1), pinched
 
 
-def trace_mask(mask: np.ndarray) -> Ragged:
+class NoisyMask(Exception):
+    """Raised by :func:`trace_mask` when a mask has more borders than asked for."""
+
+
+def trace_mask(mask: np.ndarray, max_rings: int = 0) -> Ragged:
     """One ``(H, W)`` mask -> its 4-connected regions as polygons with holes, pixel edges.
 
     The result is GDAL polygonize's with 4-connectivity: regions of the mask are
@@ -206,6 +248,8 @@ def trace_mask(mask: np.ndarray) -> Ragged:
 
     Args:
         mask: ``(H, W)`` bool or uint8 {0, 1}.
+        max_rings: raise :class:`NoisyMask` if the mask has more regions and holes than
+            this, before any outline is built (0: no limit).
 
     Returns:
         The polygons, vertices ``(col, row)`` on pixel corners (integers as float64), the
@@ -218,25 +262,82 @@ def trace_mask(mask: np.ndarray) -> Ragged:
         return Ragged.empty()
     box = m[y0 : y0 + bh, x0 : x0 + bw]
     inverted = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
-    contours, hierarchy = cv2.findContours(inverted, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE)
-    parent = hierarchy[0][:, 3]
-    depth = np.zeros(len(parent), dtype=np.int64)
-    up = parent.copy()
-    while (up >= 0).any():  # as many rounds as regions are nested deep
-        depth += up >= 0
-        up = np.where(up >= 0, parent[np.maximum(up, 0)], -1)
-    # Depth 0 is the frame; odd depths are regions (shells), even ones their holes.
-    shell = depth % 2 == 1
-    owner = np.where(shell, np.arange(len(parent)), parent)
-    order = np.flatnonzero(depth > 0)
-    if len(order) == 0:
-        return Ragged.empty()
-    order = order[np.lexsort((~shell[order], owner[order]))]  # each shell, then its holes
-    coords, ring_offsets, pinched = crack_rings([contours[int(i)] for i in order], inverted)
+    contours, _ = cv2.findContours(inverted, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    if max_rings and len(contours) - 1 > max_rings:  # less the frame's outline
+        raise NoisyMask(len(contours) - 1)
+    coords, ring_offsets, pinched = crack_rings(contours, inverted)
+    region, shell = _ring_regions(coords, ring_offsets, 1 - inverted)
+    # Each polygon's shell, then its holes in the order OpenCV met them.
+    order = np.flatnonzero(region >= 0)
+    order = order[np.lexsort((~shell[order], region[order]))]
+    coords, ring_offsets = _take_rings(coords, ring_offsets, order)
     coords += (x0 - 1.0, y0 - 1.0)  # the box's place, less the frame
-    rank = np.unique(owner[order], return_inverse=True)[1]
-    rag = Ragged(coords, ring_offsets, _offsets(np.bincount(rank)))
+    owner = region[order]
+    poly_first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True])
+    rag = Ragged(coords, ring_offsets, poly_first.astype(np.int64))
+    pinched = pinched[order]
     return _split_touching(rag, pinched) if pinched.any() else rag
+
+
+def _ring_regions(
+    coords: np.ndarray, ring_offsets: np.ndarray, regions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which polygon every traced ring belongs to, and whether it is that polygon's shell.
+
+    OpenCV keeps the traced (inverted) image's background, the mask's regions, on the
+    right of its direction of travel, and :func:`crack_rings` keeps that orientation: the
+    pixel right of a ring's first edge belongs to the region the ring bounds (its shell,
+    which runs clockwise on screen, or one of its holes, counter-clockwise). Where there
+    are holes, labelling the regions (4-connected) and reading that pixel says whose they
+    are; this replaces OpenCV's contour hierarchy, which costs 30 s on a noisy
+    3348 x 3392 mask (700 000 contours) where the plain list of borders takes 1 s.
+    Polygons are numbered in the raster order of their first pixel (the top row's
+    leftmost), read off their shells.
+
+    Args:
+        coords, ring_offsets: closed pixel-corner rings (:func:`crack_rings`).
+        regions: ``(H, W)`` uint8 {0, 1}, the framed mask they were traced on.
+
+    Returns:
+        ``(polygon, shell)``: ``(R,)`` int64 polygon numbers (-1: the frame's outline,
+        which bounds no region) and ``(R,)`` bool.
+    """
+    n = len(ring_offsets) - 1
+    first = coords[ring_offsets[:-1]]
+    step = np.sign(coords[ring_offsets[:-1] + 1] - first)  # turning corners: longer steps
+    # Right of a unit step (dx, dy) on screen (y down) is (-dy, dx); that pixel's corner
+    # nearest the edge's start is the pixel's index.
+    px = (first + (step + np.stack([-step[:, 1], step[:, 0]], axis=1) - 1) / 2).astype(np.int64)
+    h, w = regions.shape
+    frame = (px[:, 0] < 0) | (px[:, 1] < 0) | (px[:, 0] >= w) | (px[:, 1] >= h)
+    cross = coords[:-1, 0] * coords[1:, 1] - coords[1:, 0] * coords[:-1, 1]
+    cross[ring_offsets[1:-1] - 1] = 0  # the step from one ring to the next
+    shell = np.add.reduceat(np.append(cross, 0.0), ring_offsets[:-1]) > 0
+    # A shell's first pixel: its ring's topmost vertex row, leftmost there.
+    corner = coords[:, 1].astype(np.int64) * (w + 1) + coords[:, 0].astype(np.int64)
+    top_left = np.minimum.reduceat(corner, ring_offsets[:-1])
+    rank = np.full(n, -1, dtype=np.int64)
+    shells = np.flatnonzero(shell)
+    rank[shells[np.argsort(top_left[shells])]] = np.arange(len(shells))
+    holes = ~shell & ~frame
+    if holes.any():
+        # (Not CV_16U even with fewer rings: provisional labels may overflow it.)
+        _, labels = cv2.connectedComponents(regions, connectivity=4, ltype=cv2.CV_32S)
+        label = labels[px[:, 1].clip(0, h - 1), px[:, 0].clip(0, w - 1)].astype(np.int64)
+        of_label = np.zeros(int(label.max()) + 1, dtype=np.int64)
+        of_label[label[shells]] = rank[shells]
+        rank[holes] = of_label[label[holes]]
+    return rank, shell
+
+
+def _take_rings(
+    coords: np.ndarray, ring_offsets: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rings ``order`` of a ragged ring array, in that order: ``(coords, ring_offsets)``."""
+    lengths = np.diff(ring_offsets)[order]
+    first = _offsets(lengths)
+    sel = np.repeat(ring_offsets[:-1][order] - first[:-1], lengths) + np.arange(first[-1])
+    return coords[sel], first
 
 
 def split_loops(ring: np.ndarray) -> list[np.ndarray]:
@@ -264,14 +365,30 @@ def split_loops(ring: np.ndarray) -> list[np.ndarray]:
     visits = repeated[np.lexsort((repeated, inverse[repeated]))]
     same = inverse[visits[1:]] == inverse[visits[:-1]]
     starts, stops = visits[:-1][same], visits[1:][same]
-    label = np.zeros(len(pts), dtype=np.int64)
-    for n in np.argsort(starts - stops):  # longest first, so inner loops paint last
-        label[starts[n] : stops[n]] = n + 1
-    loops = []
-    for n in range(len(starts) + 1):
-        loop = pts[label == n]
-        loops.append(np.concatenate([loop, loop[:1]]))
-    return loops
+    label = _innermost(starts, stops, len(pts))
+    by_loop = np.argsort(label, kind="stable")
+    cuts = np.cumsum(np.bincount(label, minlength=len(starts) + 1))[:-1]
+    return [np.concatenate([loop, loop[:1]]) for loop in np.split(pts[by_loop], cuts)]
+
+
+def _innermost(starts: np.ndarray, stops: np.ndarray, n: int) -> np.ndarray:
+    """For each of ``n`` positions, ``k + 1`` where ``[starts[k], stops[k])`` is the
+    innermost of these nested-or-disjoint intervals holding it, 0 where none does.
+
+    The intervals holding a position at depth ``d`` (how many hold it) include exactly one
+    of depth ``d``, the last of that depth to start before it: one sort and one binary
+    search, where painting the intervals one by one costs their summed lengths (quadratic
+    in a noisy mask's rings that touch themselves thousands of times).
+    """
+    events = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(events, starts, 1)
+    np.add.at(events, stops, -1)
+    depth = np.cumsum(events[:-1])
+    start_depth = depth[starts]
+    keys = start_depth * (n + 1) + starts
+    by_key = np.argsort(keys)
+    found = np.searchsorted(keys[by_key], depth * (n + 1) + np.arange(n), side="right") - 1
+    return np.where(depth > 0, by_key[found.clip(0)] + 1, 0)
 
 
 def _point_keys(pts: np.ndarray) -> np.ndarray:
@@ -333,6 +450,63 @@ def _split_touching(rag: Ragged, suspect: np.ndarray) -> Ragged:
     lengths = np.concatenate([ring_len[keep_ring], [len(x) for x in new_rings]])
     per_poly = np.concatenate([np.diff(rag.poly_offsets)[keep_poly], new_per_poly])
     return Ragged(coords, _offsets(lengths.astype(np.int64)), _offsets(per_poly.astype(np.int64)))
+
+
+def sieve(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` without its regions, then its holes, of fewer than ``pixels`` pixels.
+
+    Regions are 4-connected (as :func:`trace_mask` traces them) and holes, the background
+    components, 8-connected; the background round the regions' bounding box is one
+    component, never filled. OpenCV labels components in a few milliseconds per megapixel,
+    where tracing a noisy mask's 700 000 specks takes seconds and writing them megabytes.
+
+    Args:
+        mask: ``(H, W)`` bool or uint8 {0, 1}.
+        pixels: smallest component kept (0 or 1: the mask unchanged).
+
+    Returns:
+        ``(H, W)`` bool.
+    """
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    x0, y0, bw, bh = cv2.boundingRect(m)
+    if pixels <= 1 or bw == 0:
+        return m.view(bool)
+    box = m[y0 : y0 + bh, x0 : x0 + bw].copy()
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(box, connectivity=4)
+    small = stats[:, cv2.CC_STAT_AREA] < pixels
+    small[0] = False  # the background
+    box[small[labels]] = 0
+    framed = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(framed, connectivity=8)
+    small = stats[:, cv2.CC_STAT_AREA] < pixels
+    small[[0, labels[0, 0]]] = False  # the regions; the background outside the box
+    box[small[labels[1:-1, 1:-1]]] = 1
+    out = np.zeros(m.shape, dtype=bool)
+    out[y0 : y0 + bh, x0 : x0 + bw] = box.view(bool)
+    return out
+
+
+def bound_components(mask: np.ndarray, most: int) -> tuple[np.ndarray, int]:
+    """``mask`` sieved (:func:`sieve`) so that at most ``most`` regions and holes are left.
+
+    The size is one more than the ``most + 1``-th largest component's area: removing a
+    region only merges holes and filling a hole only merges regions, so no component
+    smaller than that survives and at most ``most`` are at least that large.
+
+    Returns:
+        ``(mask, pixels)``: the sieved ``(H, W)`` bool mask and the size used (0: the mask
+        was within bounds and is returned unchanged).
+    """
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    regions = cv2.connectedComponentsWithStats(m, connectivity=4)[2][1:, cv2.CC_STAT_AREA]
+    framed = cv2.copyMakeBorder(1 - m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(framed, connectivity=8)
+    holes = np.delete(stats[:, cv2.CC_STAT_AREA], [0, labels[0, 0]])
+    areas = np.sort(np.concatenate([regions, holes]))[::-1]
+    if len(areas) <= most:
+        return m.view(bool), 0
+    pixels = int(areas[most]) + 1
+    return sieve(m, pixels), pixels
 
 
 def trace_pixels(masks: np.ndarray) -> dict[int, Ragged]:
@@ -453,34 +627,57 @@ def masks_to_polygons(
         masks: ``(K, H, W)`` bool or {0, 1} integers on the scene's grid (any product's grid:
             the transform uses ``W``, ``H`` of the mask); channel ``k`` is class ``k + 1``.
         xmax, ymin: the scene's grid extent.
-        tolerance: Douglas-Peucker tolerance in pixels (0: only the exact pixel outlines).
+        tolerance: Douglas-Peucker tolerance in pixels (0: only the exact pixel outlines;
+            also for a class over :data:`SIMPLIFY_MAX_VERTICES`).
         min_area: parts (after simplification) smaller than this many square pixels are
             dropped; one value for all classes or ``{class: pixels}`` (missing: 0).
         decimals: decimals kept in grid coordinates (see :func:`finalize`).
 
     Returns:
         ``{class: MultiPolygon}`` for classes ``1..K`` (``MULTIPOLYGON EMPTY`` where nothing
-        is left), valid after rounding to ``decimals``.
+        is left), valid after rounding to ``decimals``. Exact outlines are not checked:
+        distinct pixel corners lie a pixel apart, more than rounding moves them when a
+        pixel is longer than ``10**-decimals`` grid units, and rounding keeps their order,
+        so the rounded outlines are the traced ones (valid) drawn on a finer grid.
     """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
     k_, h, w = masks.shape
     pix, pix_area = _pixel_size(w, h, xmax, ymin)
-    traced = trace_pixels(masks)
+    sx, sy = pixel_scale(w, h, xmax, ymin)
+    exact_rounding = min(1 / abs(sx), 1 / abs(sy)) > 10.0**-decimals
     out: dict[int, MultiPolygon] = {}
     for c in range(1, k_ + 1):
-        rag = traced.get(c)
-        if rag is None or len(rag) == 0:
+        try:
+            rag = trace_mask(masks[c - 1], MAX_COMPONENTS)
+        except NoisyMask as noisy:
+            mask, n_px = bound_components(masks[c - 1], MAX_COMPONENTS)
+            warnings.warn(
+                f"class {c} mask has {noisy.args[0]} regions and holes (noise: an untrained "
+                f"or unsure model?); those under {n_px} pixels were removed to leave "
+                f"{MAX_COMPONENTS} (vectorize.MAX_COMPONENTS)",
+                SpectrasegWarning,
+                stacklevel=2,
+            )
+            rag = trace_mask(mask)
+        if len(rag) == 0:
             out[c] = EMPTY
             continue
+        exact = tolerance <= 0 or len(rag.coords) > SIMPLIFY_MAX_VERTICES
         rag.coords = _to_grid(rag.coords, w, h, xmax, ymin)
-        rag = simplify_rings(rag, tolerance * pix)
+        if not exact:
+            rag = simplify_rings(rag, tolerance * pix)
         rag.coords = _round(rag.coords, decimals)
         polys = rag.polygons()
         area_px = min_area.get(c, 0.0) if isinstance(min_area, Mapping) else min_area
         if area_px > 0:
             polys = polys[shapely.area(polys) >= area_px * pix_area]
-        out[c] = _validated(shapely.multipolygons(polys), decimals) if len(polys) else EMPTY
+        if len(polys) == 0:
+            out[c] = EMPTY
+        elif exact and exact_rounding:
+            out[c] = shapely.multipolygons(polys)
+        else:
+            out[c] = _validated(shapely.multipolygons(polys), decimals)
     return out
 
 
