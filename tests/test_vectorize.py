@@ -328,11 +328,3 @@ def test_a_class_over_the_vertex_budget_is_written_exactly_and_valid(monkeypatch
     got = masks_to_polygons(mask, XMAX, YMIN)[1]
     assert got.is_valid and reread(got).is_valid
     np.testing.assert_array_equal(rasterize(reread(got), 80, 64, XMAX, YMIN), mask[0])
-
-
-def test_parts_come_in_raster_order_of_their_first_pixel() -> None:
-    mask = np.zeros((6, 8), np.uint8)
-    mask[0, 6] = mask[2, 1] = mask[2, 4] = mask[4, 0] = 1
-    got = trace_mask(mask).polygons()
-    firsts = [(int(b[1]), int(b[0])) for b in shapely.bounds(got)]  # (row, col) of the top left
-    assert firsts == [(0, 6), (2, 1), (2, 4), (4, 0)]
