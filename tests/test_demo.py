@@ -15,15 +15,17 @@ from spectraseg.demo import DemoSettings, run_demo
 from spectraseg.runs import RunDir
 from tiny import TINY_RUN
 
-TINY = (*TINY_RUN, "train.steps_per_epoch=3", "train.epochs=2", "train.minutes=0")
+TINY = (*TINY_RUN, "train.steps_per_epoch=3")
+STEPS = 6
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     settings = DemoSettings(
-        out=out, scenes=6, size=(192, 192), regions=3, overrides=TINY, progress=False
-    )
+        out=out, scenes=6, size=(192, 192), regions=3, steps=STEPS, overrides=TINY,
+        progress=False,
+    )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run_demo(settings)
@@ -129,8 +131,8 @@ def test_cross_validated_demo_scores_every_scene_out_of_fold(tmp_path) -> None:
 
     extra = (*TINY, "pixel.enabled=true", "pixel.samples=200", "pixel.max_iter=5")
     settings = DemoSettings(
-        out=tmp_path, scenes=6, size=(192, 192), regions=3, folds=3, overrides=extra,
-        progress=False,
+        out=tmp_path, scenes=6, size=(192, 192), regions=3, folds=3, steps=3 * STEPS,
+        overrides=extra, progress=False,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,3 +154,31 @@ def test_cross_validated_demo_scores_every_scene_out_of_fold(tmp_path) -> None:
     )
     assert threshold_masks(levels, 0.5).shape == levels.shape
     assert (tmp_path / "submission.csv").is_file() and (tmp_path / "pred/predictions.csv").is_file()
+
+
+def test_the_same_demo_trains_the_same_weights(demo, tmp_path) -> None:
+    """A fixed step budget (the default on synthetic data) makes the demo reproducible: the
+    same settings train the same weights, bit for bit, however long the steps take."""
+    import torch
+
+    from spectraseg.runs import load_checkpoint
+
+    settings = DemoSettings(
+        out=tmp_path, scenes=6, size=(192, 192), regions=3, steps=STEPS, overrides=TINY,
+        progress=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_demo(settings)
+    a, b = (load_checkpoint(d / "run/checkpoints/latest.pt") for d in (demo.out, tmp_path))
+    assert a.step == b.step == STEPS
+    assert a.model.keys() == b.model.keys()
+    for key, value in a.model.items():
+        torch.testing.assert_close(b.model[key], value, rtol=0, atol=0)
+
+
+def test_steps_and_minutes_are_exclusive_and_checked(capsys) -> None:
+    assert main(["demo", "--steps", "0"]) == 1
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--steps", "5", "--minutes", "1"])

@@ -55,15 +55,19 @@ from spectraseg.training.loop import train
 
 
 class SynthDefaults(TypedDict):
-    """The synthetic dataset the demo makes: scene count, (height, width) and minutes."""
+    """The synthetic dataset the demo makes: scene count, (height, width) and the optimizer
+    steps it trains for."""
 
     scenes: int
     size: tuple[int, int]
-    minutes: float
+    steps: int
 
 
-SYNTH_DEFAULTS: SynthDefaults = {"scenes": 16, "size": (448, 448), "minutes": 5.0}
-"""The embedded synthetic default: small enough for 10 minutes on 2 CPU cores."""
+SYNTH_DEFAULTS: SynthDefaults = {"scenes": 16, "size": (448, 448), "steps": 2000}
+"""The embedded synthetic default: small enough for 10 minutes on 2 CPU cores. A fixed
+number of steps (not minutes) so that the same command gives the same numbers on the same
+platform however busy the machine; 2000 steps took 5.6 minutes of training on the 2-core
+development machine (README)."""
 
 REAL_MINUTES = 20.0
 """Default training budget on real data, all folds together: 5 minutes per fold; with the
@@ -104,7 +108,9 @@ class DemoSettings:
     regions: int | None = None
     seed: int = 0
     minutes: float | None = None
-    """Training time budget; None: 5 (synthetic) or 20 in all folds (real data)."""
+    """Training time budget (all folds together); None: ``steps``, else 20 on real data."""
+    steps: int | None = None
+    """Optimizer steps (all folds together); None: 2000 on synthetic data, else ``minutes``."""
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     test_scenes: tuple[str, ...] = ()
@@ -137,17 +143,20 @@ def build_config(
     cache: Path,
     scenes: Sequence[str],
     val_ids: Sequence[str],
-    minutes: float,
+    budget: tuple[float, int],
     presets: Sequence[str] = (),
 ) -> Config:
     """The run's config: defaults, the demo's settings and ``presets``, then the user's
-    overrides."""
+    overrides. ``budget``: ``(minutes, steps)``; steps > 0 fix the run's length, else the
+    minutes stop it."""
     raw = to_dict(from_dict({}))
     raw["data"].update(
         root=str(root), cache=str(cache), scenes=list(scenes), val_scenes=list(val_ids)
     )
+    minutes, steps = budget
     raw["train"].update(minutes=float(minutes), seed=settings.seed)
-    config = from_dict(raw).replace((*DEMO_OVERRIDES, *presets))
+    fixed = (f"train.steps={steps}", "train.minutes=0") if steps > 0 else ()
+    config = from_dict(raw).replace((*DEMO_OVERRIDES, *fixed, *presets))
     return config.replace(settings.overrides)
 
 
@@ -231,11 +240,18 @@ def _folds(demo: _Demo) -> int:
     return demo.settings.folds or (1 if demo.synthetic else REAL_FOLDS)
 
 
-def _minutes(demo: _Demo) -> float:
-    """The training budget of the whole demo (all folds together)."""
-    if demo.settings.minutes is not None:
-        return demo.settings.minutes
-    return float(SYNTH_DEFAULTS["minutes"]) if demo.synthetic else REAL_MINUTES
+def _budget(demo: _Demo, folds: int = 1) -> tuple[float, int]:
+    """``(minutes, steps)`` of one of ``folds`` runs sharing the demo's training budget:
+    ``--steps``, else ``--minutes``, else fixed steps on synthetic data and
+    :data:`REAL_MINUTES` on real data."""
+    s = demo.settings
+    if s.steps is not None:
+        return 0.0, max(1, s.steps // folds)
+    if s.minutes is not None:
+        return s.minutes / folds, 0
+    if demo.synthetic:
+        return 0.0, max(1, SYNTH_DEFAULTS["steps"] // folds)
+    return REAL_MINUTES / folds, 0
 
 
 def _presets(demo: _Demo) -> list[str]:
@@ -272,7 +288,7 @@ def _one_split(demo: _Demo, presets: Sequence[str]) -> _Outcome:
     sizes = f"{len(train_ids)} train, {len(val_ids)} validation, {len(test_ids)} test scenes"
     _log(f"split: {sizes}")
     config = build_config(
-        s, demo.root, demo.cache_dir, train_ids + val_ids, val_ids, _minutes(demo), presets
+        s, demo.root, demo.cache_dir, train_ids + val_ids, val_ids, _budget(demo), presets
     )
     run_dir, pred_dir = demo.out / "run", demo.out / "pred"
     resume = RunDir.of(run_dir).latest.is_file()
@@ -304,7 +320,7 @@ def _cross_validated(demo: _Demo, presets: Sequence[str]) -> _Outcome:
     scene predicted out of fold, scored with the decisions fitted on the other folds."""
     s, k = demo.settings, _folds(demo)
     config = build_config(
-        s, demo.root, demo.cache_dir, demo.labelled, [], _minutes(demo) / k, presets
+        s, demo.root, demo.cache_dir, demo.labelled, [], _budget(demo, k), presets
     )
     run = RunDir.of(demo.out / "run")
     resume = run.cv.is_file()

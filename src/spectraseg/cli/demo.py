@@ -30,10 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     synthetic = p.add_argument_group("synthetic data (without --data)")
     add_synthetic(synthetic, scenes=16, size=(448, 448))
     add_seed(p, "the data, split and training")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        help="training minutes (default 5 on synthetic data, 20 over all folds on --data)",
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--steps",
+        type=int,
+        help="optimizer steps over all folds (default 2000 on synthetic data): the same "
+        "numbers on the same platform however busy the machine",
+    )
+    budget.add_argument(
+        "--minutes", type=float, help="training minutes over all folds (default 20 on --data)"
     )
     for part, what in (("test", "held out for the report"), ("val", "for validation")):
         p.add_argument(
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from spectraseg.demo import DemoSettings, format_summary, run_demo
 
     at_least("--folds", args.folds, 1)
+    at_least("--steps", args.steps, 1)
     if args.scenes < 3:
         raise ConfigError(f"--scenes {args.scenes} is too few: the demo needs at least 3")
     settings = DemoSettings(
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         regions=args.regions,
         seed=args.seed,
         minutes=args.minutes,
+        steps=args.steps,
         test_fraction=args.test_fraction,
         val_fraction=args.val_fraction,
         test_scenes=tuple(args.test_scenes),
