@@ -210,7 +210,7 @@ def predict_run(
     failed = {s.image_id: s.reason for s in align.scenes if s.status == "failed"}
     aligned = [i for i in plan.ids if i not in failed]
     stats = _request_stats(plan.run_stats, plan.cache_dir, aligned, plan.out, report, progress)
-    with open_runner(plan.workers, plan.scheduler) as runner:
+    with open_runner(plan.workers or None, plan.scheduler) as runner:
         _settle_thresholds(runner, plan, report, progress)
         results = _predict_scenes(runner, plan, report, stats, failed, progress)
     report.scenes = [results[i] for i in plan.ids]
