@@ -34,7 +34,7 @@ from spectraseg.data.dstl import (
     read_predictions,
     read_sample_order,
 )
-from spectraseg.data.files import atomic_output
+from spectraseg.data.files import atomic_output, remove_temporaries
 from spectraseg.errors import SpectrasegWarning
 from spectraseg.vectorize import DEFAULT_DECIMALS, finalize
 
@@ -86,6 +86,7 @@ def write_submission(
             stacklevel=2,
         )
     out = Path(out)
+    remove_temporaries(out.parent, out.name)  # a killed earlier write's
     nonempty = repaired = 0
     with atomic_output(out) as tmp, _open_write(tmp, out.name.endswith(".gz")) as f:
         w = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)

@@ -34,6 +34,27 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def remove_temporaries(
+    directory: str | os.PathLike[str], name: str = "*", recursive: bool = False
+) -> int:
+    """Delete the temporary files :func:`atomic_output` left in ``directory`` (and below,
+    with ``recursive``) for outputs called ``name`` (a glob; ``*``: all); how many.
+
+    A process killed while writing (``kill -9`` runs no clean-up) leaves its hidden
+    ``.{name}.*.tmp`` file behind; the final name never holds half-written content. Call
+    this only on outputs this process owns and is about to write again.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return 0
+    pattern = f".{name}.*.tmp"
+    found = root.rglob(pattern) if recursive else root.glob(pattern)
+    stale = [p for p in found if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8); ``.gz`` paths are gzip-compressed."""
     with atomic_output(path) as tmp:

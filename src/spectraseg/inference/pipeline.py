@@ -23,7 +23,7 @@ from tqdm import tqdm
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
 from spectraseg.data.dstl import Dataset, open_dataset
-from spectraseg.data.files import write_text_atomic
+from spectraseg.data.files import remove_temporaries, write_text_atomic
 from spectraseg.errors import ConfigError
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
@@ -199,6 +199,7 @@ def predict_run(
         scheduler, run_stats,
     )  # fmt: skip
     report = PredictReport(out_dir=plan.out, min_area=plan.min_area, options=_options_doc(plan))
+    remove_temporaries(plan.out, recursive=True)  # a killed earlier prediction's
     align = align_dataset(
         plan.dataset.root,
         plan.cache_dir,
