@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,12 +83,10 @@ def cluster(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from spectraseg.data.synth import synthesize
+    from tiny import synth_data
 
     base = tmp_path_factory.mktemp("cluster_data")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        synthesize(base / "data", scenes=4, size=(192, 192), seed=1, regions=2, progress=False)
+    synth_data(base, scenes=4, size=192, seed=1)
     return base
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spectraseg.cli import main
 from spectraseg.data.dstl import read_sample_order, read_wkt_rows
-from spectraseg.demo import DemoSettings, run_demo
+from spectraseg.demo import DemoResult, DemoSettings, run_demo
 from spectraseg.runs import RunDir
 from tiny import TINY_RUN
 
@@ -19,9 +20,8 @@ TINY = (*TINY_RUN, "train.steps_per_epoch=3")
 STEPS = 6
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
+def tiny_demo(out: Path) -> DemoResult:
+    """The demo on 6 synthetic scenes of 192 px in 3 regions, :data:`STEPS` tiny steps."""
     settings = DemoSettings(
         out=out, scenes=6, size=(192, 192), regions=3, steps=STEPS, overrides=TINY,
         progress=False,
@@ -29,6 +29,11 @@ def demo(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return run_demo(settings)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> DemoResult:
+    return tiny_demo(tmp_path_factory.mktemp("demo"))
 
 
 def test_every_stage_leaves_its_output(demo) -> None:
@@ -163,13 +168,7 @@ def test_the_same_demo_trains_the_same_weights(demo, tmp_path) -> None:
 
     from spectraseg.runs import load_checkpoint
 
-    settings = DemoSettings(
-        out=tmp_path, scenes=6, size=(192, 192), regions=3, steps=STEPS, overrides=TINY,
-        progress=False,
-    )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_demo(settings)
+    tiny_demo(tmp_path)
     a, b = (load_checkpoint(d / "run/checkpoints/latest.pt") for d in (demo.out, tmp_path))
     assert a.step == b.step == STEPS
     assert a.model.keys() == b.model.keys()

@@ -52,14 +52,13 @@ def files(root: Path) -> dict[str, bytes]:
 def trained(tmp_path_factory) -> Path:
     """Eight synthetic 384 px scenes, their cache and a tiny trained run."""
     from spectraseg.align.fusion import align_dataset
-    from spectraseg.data.synth import synthesize
     from spectraseg.training.loop import train
-    from tiny import tiny_config
+    from tiny import synth_data, tiny_config
 
     base = tmp_path_factory.mktemp("kill")
+    synth_data(base, scenes=8, size=384, seed=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        synthesize(base / "data", scenes=8, size=(384, 384), seed=2, regions=2, progress=False)
         align_dataset(base / "data", base / "cache", progress=False)
         train(tiny_config(base, "data.val_fraction=0.25"), base / "run", progress=False)
     return base

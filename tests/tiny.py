@@ -25,3 +25,17 @@ def tiny_config(base: Path, *extra: str) -> Config:
     return Config().replace(
         [f"data.root={base / 'data'}", f"data.cache={base / 'cache'}", *TINY_RUN, *extra]
     )
+
+
+def synth_data(base: Path, scenes: int, size: int, seed: int) -> Path:
+    """``scenes`` synthetic ``size`` px scenes in 2 regions under ``base/data`` (warnings
+    of the tiny A product's registration silenced); ``base/data``."""
+    import warnings
+
+    from spectraseg.data.synth import synthesize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        synthesize(base / "data", scenes=scenes, size=(size, size), seed=seed, regions=2,
+                   progress=False)  # fmt: skip
+    return base / "data"
