@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def test_workers_default_to_this_process_on_cuda() -> None:
     assert plan_workers(3, None, 5, gpu=True) == 3
     assert plan_workers(None, None, 1) == 0
     assert plan_workers(None, "tcp://x:1", 5, gpu=True) == 0
+
+
+def test_small_requests_are_predicted_in_this_process() -> None:
+    # Below IN_PROCESS_MPX a local worker's start costs more than the scenes it predicts.
+    from spectraseg.inference.pipeline import IN_PROCESS_MPX
+
+    assert plan_workers(None, None, 5, megapixels=5 * 0.29) == 0  # five dstl-lite scenes
+    assert plan_workers(None, None, 3, megapixels=IN_PROCESS_MPX) == min(3, os.cpu_count() or 1)
+    assert plan_workers(2, None, 5, megapixels=0.3) == 2  # asked for: as asked
+    assert plan_workers(None, None, 3) == min(3, os.cpu_count() or 1)  # size unknown
 
 
 def train_tiny_run(base: Path, val_fraction: float) -> None:
