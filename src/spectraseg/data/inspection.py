@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from spectraseg import NUM_CLASSES
+import shapely
+
+from spectraseg import CLASS_NAMES, NUM_CLASSES
+from spectraseg.data import georef
+from spectraseg.data.description import is_description, read_description
 from spectraseg.data.dstl import open_dataset
 
 
@@ -14,8 +18,12 @@ def summarize(root: str | os.PathLike[str]) -> dict[str, Any]:
 
     Keys: ``root``; ``scenes`` (per id: ``image_id``, ``region`` and per product ``bands``,
     ``height``, ``width``, ``dtype``); ``labelled`` (count of labelled scenes present);
-    ``class_share`` (class -> total label area / total grid area over those scenes, in [0, 1]).
+    ``class_share`` (class -> total label area / total grid area over those scenes, in [0, 1]);
+    ``class_names`` (class -> name). A dataset description (``.toml``) is summarised by
+    :func:`summarize_description`.
     """
+    if is_description(root):
+        return summarize_description(root)
     ds = open_dataset(root)
     scenes = []
     for scene in ds.scenes():
@@ -46,4 +54,62 @@ def summarize(root: str | os.PathLike[str]) -> dict[str, Any]:
         "scenes": scenes,
         "labelled": len(labelled),
         "class_share": share,
+        "class_names": {str(c): n for c, n in CLASS_NAMES.items()},
+    }
+
+
+def summarize_description(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`summarize` of a dataset description: per scene its target grid (``grid``:
+    ``crs``, ``height``, ``width``, ``res``) and per band group its file, channels, CRS,
+    resolution and the share of the grid it covers; class shares of the labelled scenes
+    are label areas (after reprojection, clipped to the grid) over grid areas."""
+    desc = read_description(path)
+    scenes = []
+    area = {c.index: 0.0 for c in desc.classes.classes}
+    total = 0.0
+    labelled = 0
+    for spec in desc.scenes:
+        infos = georef.open_groups(spec)
+        grid = georef.target_grid(infos, desc.crs, desc.resolution)
+        scenes.append(
+            {
+                "image_id": spec.image_id,
+                "region": spec.region,
+                "grid": {
+                    "crs": grid.crs.to_string(),
+                    "height": grid.height,
+                    "width": grid.width,
+                    "res": list(grid.res),
+                },
+                "products": {i.product: _group_summary(i, grid) for i in infos},
+            }
+        )
+        if spec.labels:
+            labelled += 1
+            box = shapely.box(*grid.bounds)
+            total += box.area
+            for c, geoms in georef.scene_labels(desc, spec, grid.crs).items():
+                area[c] += shapely.union_all(geoms).intersection(box).area if geoms else 0.0
+    share = {str(c): a / total for c, a in area.items()} if total > 0 else {}
+    return {
+        "root": str(desc.path),
+        "scenes": scenes,
+        "labelled": labelled,
+        "class_share": share,
+        "class_names": {str(c.index): c.name for c in desc.classes.classes},
+    }
+
+
+def _group_summary(info: georef.GroupInfo, grid: georef.Grid) -> dict[str, Any]:
+    g = info.grid
+    return {
+        "file": str(info.path),
+        "bands": len(info.channels),
+        "channels": list(info.channels),
+        "height": g.height,
+        "width": g.width,
+        "dtype": str(info.dtype),
+        "crs": g.crs.to_string(),
+        "res": list(g.res),
+        "coverage": round(georef.footprint_fraction(info, grid), 4),
     }

@@ -1,0 +1,368 @@
+"""Georeferenced scenes: band files in any CRS read onto one target grid, and vector labels.
+
+A scene of a dataset description (:mod:`spectraseg.data.description`) is a set of band
+groups (GeoTIFFs or any raster GDAL reads) on one target grid, a :class:`Grid`: an affine
+transform, a shape and a CRS. By default the grid is the finest file's own (most pixels
+per unit of ground); ``crs``/``resolution`` in the description choose another. Every read
+goes through a rasterio ``WarpedVRT`` onto the grid (or a window of it), so files of other
+resolutions and CRSs are warped, not resized, and no read needs the whole file in memory.
+
+Labels come from any OGR vector source through pyogrio, are reprojected once to the grid's
+CRS (``rasterio.warp.transform_geom``, GDAL's own transformer) and rasterised with
+``rasterio.features.rasterize`` (a pixel is in a polygon when its centre is).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import rasterio
+import rasterio.features
+import rasterio.warp
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+
+from spectraseg.data.description import (
+    DEFAULT_NAMES,
+    BandGroup,
+    ClassSchema,
+    Description,
+    LabelSource,
+    SceneSpec,
+)
+from spectraseg.errors import DataError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: ``transform`` maps (col, row) to map coordinates of ``crs``."""
+
+    transform: Affine
+    width: int
+    height: int
+    crs: CRS
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return (self.height, self.width)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in map units."""
+        left, bottom, right, top = rasterio.transform.array_bounds(
+            self.height, self.width, self.transform
+        )
+        return (left, bottom, right, top)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel ``(width, height)`` in map units."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """Header of one band file, checked against its description."""
+
+    group: BandGroup
+    channels: tuple[str, ...]
+    dtype: np.dtype
+    grid: Grid
+    nodata: float | None
+
+    @property
+    def product(self) -> str:
+        return self.group.product
+
+    @property
+    def path(self) -> Path:
+        return self.group.path
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def open_group(group: BandGroup) -> GroupInfo:
+    """Read and check one band file's header (no pixels).
+
+    DataError when the file is unreadable, not numeric, not georeferenced, rotated, or
+    holds a different number of bands than its description names.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(group.path) as src:
+                count, dtypes, crs, transform = src.count, set(src.dtypes), src.crs, src.transform
+                width, height, nodata = src.width, src.height, src.nodata
+    except RasterioError as exc:
+        raise DataError(f"{group.path} cannot be read as a raster ({_first_line(exc)})") from None
+    dtype = np.dtype(sorted(dtypes)[0])
+    if len(dtypes) != 1 or not (
+        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    ):
+        raise DataError(
+            f"{group.path} has band dtypes {sorted(dtypes)}, expected one numeric dtype"
+        )
+    if crs is None:
+        raise DataError(f"{group.path} has no CRS: every raster of a georeferenced scene needs one")
+    if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
+        raise DataError(f"{group.path} is not north-up (transform {tuple(transform)[:6]})")
+    channels = group.channels
+    if channels is None:
+        channels = DEFAULT_NAMES[group.product]
+        if count != len(channels):
+            raise DataError(
+                f"{group.path} has {count} band(s), but a {group.key} group without names "
+                f"has {len(channels)}: name its bands with names = [...]"
+            )
+    elif count < len(channels):
+        raise DataError(
+            f"{group.path} has {count} band(s), fewer than the {len(channels)} its "
+            f"{group.key} group names"
+        )
+    elif count > len(channels):
+        raise DataError(
+            f"{group.path} has {count} band(s), more than the {len(channels)} its "
+            f"{group.key} group names: name every band"
+        )
+    grid = Grid(transform, width, height, crs)
+    return GroupInfo(
+        group, tuple(channels), dtype, grid, group.nodata if group.nodata is not None else nodata
+    )
+
+
+def open_groups(scene: SceneSpec) -> list[GroupInfo]:
+    """Headers of all band files of a scene, in product order."""
+    return [open_group(g) for g in scene.groups]
+
+
+def _grid_in(info: GroupInfo, crs: CRS, resolution: float | None) -> Grid:
+    g = info.grid
+    if g.crs == crs and resolution is None:
+        return g
+    left, bottom, right, top = g.bounds
+    kwargs = {} if resolution is None else {"resolution": resolution}
+    try:
+        transform, width, height = rasterio.warp.calculate_default_transform(
+            g.crs, crs, g.width, g.height, left, bottom, right, top, **kwargs
+        )
+    except (CRSError, RasterioError) as exc:
+        raise DataError(f"{info.path} cannot be warped to {crs} ({_first_line(exc)})") from None
+    return Grid(transform, int(width), int(height), crs)
+
+
+def target_grid(
+    infos: Sequence[GroupInfo], crs: str | None = None, resolution: float | None = None
+) -> Grid:
+    """The grid a scene is fused on: the finest file's grid (in ``crs`` when given, else in
+    the finest file's CRS), at ``resolution`` map units per pixel when given.
+
+    DataError when ``crs`` is not a CRS or a file does not overlap the grid.
+    """
+    if crs is not None:
+        try:
+            dst = CRS.from_user_input(crs)
+        except CRSError as exc:
+            raise DataError(f"crs {crs!r} is not a CRS ({_first_line(exc)})") from None
+    else:
+        # The finest in its own units; files in other CRSs are compared once warped.
+        dst = max(infos, key=lambda i: i.grid.width * i.grid.height).grid.crs
+    grids = [(_grid_in(i, dst, None), i) for i in infos]
+    fine, finest = min(grids, key=lambda gi: gi[0].res[0] * gi[0].res[1])
+    grid = fine if resolution is None else _grid_in(finest, dst, resolution)
+    for g, info in grids:
+        if not _overlap(g.bounds, grid.bounds):
+            raise DataError(
+                f"{info.path} does not overlap {finest.path} (bounds {_fmt(g.bounds)} vs "
+                f"{_fmt(grid.bounds)} in {dst})"
+            )
+    return grid
+
+
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _fmt(bounds: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.2f}" for v in bounds) + ")"
+
+
+def native_grid(info: GroupInfo, grid: Grid) -> Grid:
+    """``grid``'s extent at ``info``'s own resolution (in ``grid``'s CRS).
+
+    Registration compares groups at their native resolutions over the same ground, as it
+    compares DSTL products; when the file is in ``grid``'s CRS and on a pixel grid aligned
+    with it, this is a window of the file itself.
+    """
+    own = _grid_in(info, grid.crs, None)
+    left, bottom, right, top = grid.bounds
+    width = max(1, round((right - left) / own.res[0]))
+    height = max(1, round((top - bottom) / own.res[1]))
+    sx, sy = (right - left) / width, (top - bottom) / height
+    return Grid(Affine(sx, 0, left, 0, -sy, top), width, height, grid.crs)
+
+
+def read_on_grid(
+    info: GroupInfo,
+    grid: Grid,
+    shift: tuple[float, float] = (0.0, 0.0),
+    resampling: Resampling = Resampling.cubic,
+    window: Window | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A band file warped onto ``grid`` (or a window of it).
+
+    ``shift``: ``(dx, dy)`` in ``grid`` pixels, the registration correction: output pixel
+    ``u`` takes the file's content at ``u + shift`` (the convention of
+    :func:`spectraseg.align.estimators.ecc_shift`). Returns ``(bands, valid)``: ``(B, h, w)``
+    float32 values times the group's ``scale``, and ``(h, w)`` bool, False where the file
+    has no data (outside its footprint or nodata in any band).
+    """
+    transform = grid.transform @ Affine.translation(*shift)
+    try:
+        with (
+            rasterio.open(info.path) as src,
+            WarpedVRT(
+                src,
+                crs=grid.crs,
+                transform=transform,
+                width=grid.width,
+                height=grid.height,
+                resampling=resampling,
+                src_nodata=info.nodata,
+                add_alpha=True,
+            ) as vrt,
+        ):
+            n = src.count
+            data = vrt.read(list(range(1, n + 1)), window=window, out_dtype="float32")
+            alpha = vrt.read(n + 1, window=window)
+    except (RasterioError, CRSError) as exc:
+        raise DataError(
+            f"{info.path} cannot be warped onto the scene grid ({_first_line(exc)})"
+        ) from None
+    if info.group.scale != 1.0:
+        data *= np.float32(info.group.scale)
+    # GDAL's alpha is the data type's maximum (255 for floats) where a pixel is covered.
+    full = np.iinfo(info.dtype).max if np.issubdtype(info.dtype, np.integer) else 255
+    return data, alpha >= full
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _crs_of(text: str | None, path: Path) -> CRS:
+    if not text:
+        raise DataError(f"{path} has no CRS: labels must say which CRS their coordinates use")
+    try:
+        return CRS.from_user_input(text)
+    except CRSError as exc:
+        raise DataError(f"{path} has a CRS that cannot be read ({_first_line(exc)})") from None
+
+
+def read_labels(
+    source: LabelSource, schema: ClassSchema, attribute: str | None, crs: CRS
+) -> dict[int, list[BaseGeometry]]:
+    """Polygons of one label layer per class channel (1-based), in ``crs``.
+
+    Each feature's class is the schema class whose value equals its ``attribute`` (every
+    feature is the class of value 1 without one). DataError naming the file when it cannot
+    be read, has no usable CRS or cannot be transformed to ``crs``, lacks the attribute, or
+    holds a value that is no class of the schema. Features without polygonal area (points,
+    lines, empty) are skipped.
+    """
+    path = source.path
+    try:
+        meta, _, wkb, fields = pyogrio.raw.read(
+            path, layer=source.layer, columns=[attribute] if attribute else []
+        )
+    except Exception as exc:  # pyogrio raises its own DataSourceError/FieldError family
+        raise DataError(f"{path} cannot be read as a vector layer ({_first_line(exc)})") from None
+    if attribute and (not len(meta["fields"]) or meta["fields"][0] != attribute):
+        raise DataError(f"{path} has no attribute {attribute!r} (label_attribute)")
+    src_crs = _crs_of(meta.get("crs"), path)
+    geoms = shapely.from_wkb(wkb)
+    if src_crs != crs:
+        geoms = _transform(geoms, src_crs, crs, path)
+    values = fields[0] if attribute else np.ones(len(geoms), dtype=np.int64)
+    out: dict[int, list[BaseGeometry]] = {c.index: [] for c in schema.classes}
+    for n, (geom, value) in enumerate(zip(geoms, values, strict=True)):
+        if geom is None or geom.is_empty or geom.area == 0:
+            continue
+        index = schema.index_of(value)
+        if index is None:
+            raise DataError(
+                f"{path}: feature {n} has {attribute or 'class'} = {value!r}, which is not "
+                f"the value of any class of the schema {schema.names}"
+            )
+        out[index].append(geom)
+    return out
+
+
+def _transform(geoms: np.ndarray, src: CRS, dst: CRS, path: Path) -> np.ndarray:
+    try:
+        moved = rasterio.warp.transform_geom(src, dst, [g for g in geoms if g is not None])
+    except Exception as exc:  # GDAL's CPLE_* errors are not RasterioErrors
+        raise DataError(
+            f"{path}: its CRS {src} cannot be transformed to the scene's {dst} ({_first_line(exc)})"
+        ) from None
+    it = iter(moved)
+    out = np.array([None if g is None else shape(next(it)) for g in geoms], dtype=object)
+    bad = [g for g in out if g is not None and not np.all(np.isfinite(shapely.get_coordinates(g)))]
+    if bad:
+        raise DataError(f"{path}: its CRS {src} cannot be transformed to the scene's {dst}")
+    return out
+
+
+def rasterize_labels(
+    labels: dict[int, list[BaseGeometry]], grid: Grid, num_classes: int
+) -> np.ndarray:
+    """``(num_classes, H, W)`` uint8 {0, 1} masks on ``grid``; channel ``c - 1`` is class ``c``.
+
+    A pixel belongs to a class when its centre is inside one of the class's polygons
+    (``rasterio.features.rasterize``, ``all_touched=False``), as DSTL masks are made.
+    """
+    out = np.zeros((num_classes, grid.height, grid.width), dtype=np.uint8)
+    for c, geoms in labels.items():
+        if geoms:
+            rasterio.features.rasterize(
+                [(g, 1) for g in geoms], out=out[c - 1], transform=grid.transform, fill=0
+            )
+    return out
+
+
+def scene_labels(desc: Description, scene: SceneSpec, crs: CRS) -> dict[int, list[BaseGeometry]]:
+    """Polygons of every label layer of a scene, per class channel, in ``crs``."""
+    out: dict[int, list[BaseGeometry]] = {c.index: [] for c in desc.classes.classes}
+    for source in scene.labels:
+        for c, geoms in read_labels(source, desc.classes, desc.label_attribute, crs).items():
+            out[c].extend(geoms)
+    return out
+
+
+def pixel_area(grid: Grid) -> float:
+    """Area of one pixel in squared map units."""
+    return abs(grid.transform.a * grid.transform.e)
+
+
+def footprint_fraction(info: GroupInfo, grid: Grid) -> float:
+    """Share of ``grid`` a file covers (its bounds, warped), for ``inspect``."""
+    g = _grid_in(info, grid.crs, None)
+    a, b = g.bounds, grid.bounds
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    total = (b[2] - b[0]) * (b[3] - b[1])
+    return w * h / total if total > 0 else math.nan

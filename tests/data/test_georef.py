@@ -1,0 +1,298 @@
+"""Georeferenced scenes from a dataset description, on the real SpaceNet files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from rasterio.warp import Resampling, reproject
+
+from spectraseg.align.georef import estimate_shifts, fuse_window, grid_shifts
+from spectraseg.data import georef
+from spectraseg.data.description import read_description
+from spectraseg.data.inspection import summarize
+from spectraseg.errors import DataError
+
+MINIMAL = """
+[classes]
+building = {{ value = 1, color = "#e41a1c" }}
+[[scenes]]
+id = "sample"
+bands = {{ pan = "{raster}" }}
+labels = "{labels}"   # every feature is class 1 when no attribute is named
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def sample(spacenet: Path, tmp_path: Path) -> Path:
+    """The issue's minimal description of the SpaceNet sample, paths relative to it."""
+    for name in ("sample_geotiff.tif", "geotiff_labels.geojson"):
+        (tmp_path / name).symlink_to(spacenet / name)
+    text = MINIMAL.format(raster="sample_geotiff.tif", labels="geotiff_labels.geojson")
+    return _write(tmp_path / "sample.toml", text)
+
+
+def _two(pan: Path, ms: Path, image_id: str = "pair1") -> str:
+    """A one-class description of a pan file and a 4-band MS file."""
+    return f"""
+[classes]
+building = {{ value = 1 }}
+[[scenes]]
+id = "{image_id}"
+[scenes.bands]
+pan = "{pan}"
+ms = {{ file = "{ms}", names = ["B", "G", "R", "N"] }}
+"""
+
+
+def _pair(spacenet: Path, tmp_path: Path, ms: Path | None = None) -> Path:
+    text = _two(spacenet / "pan1.tif", ms or spacenet / "ms1.tif")
+    return _write(tmp_path / "pair.toml", text)
+
+
+def _scene(path: Path) -> tuple[list[georef.GroupInfo], georef.Grid]:
+    desc = read_description(path)
+    infos = georef.open_groups(desc.scenes[0])
+    return infos, georef.target_grid(infos, desc.crs, desc.resolution)
+
+
+def test_sample_labels_rasterise_like_rasterio(sample: Path, spacenet: Path) -> None:
+    desc = read_description(sample)
+    _, grid = _scene(sample)
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        assert grid.crs == src.crs and grid.transform == src.transform
+        assert grid.shape == src.shape
+        transform, shape = src.transform, src.shape
+    labels = georef.scene_labels(desc, desc.scenes[0], grid.crs)
+    assert list(labels) == [1] and len(labels[1]) == 43
+    mask = georef.rasterize_labels(labels, grid, 1)
+    _, _, wkb, _ = pyogrio.raw.read(spacenet / "geotiff_labels.geojson")
+    expected = rasterio.features.rasterize(
+        [(g, 1) for g in shapely.from_wkb(wkb)], out_shape=shape, transform=transform
+    )
+    assert mask.shape == (1, *shape) and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask[0], expected)
+    assert 30_000 < int(mask.sum()) < 40_000
+
+
+def test_labels_in_another_crs_rasterise_to_the_same_mask(
+    sample: Path, spacenet: Path, tmp_path: Path
+) -> None:
+    """Labels written in EPSG:4326 are reprojected to the raster's UTM grid on read."""
+    _, _, wkb, _ = pyogrio.raw.read(spacenet / "geotiff_labels.geojson")
+    geoms = shapely.from_wkb(wkb)
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        crs = src.crs
+    moved = rasterio.warp.transform_geom(crs, "EPSG:4326", list(geoms))
+    feats = [{"type": "Feature", "properties": {}, "geometry": g} for g in moved]
+    wgs = tmp_path / "labels_4326.geojson"
+    wgs.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    desc = read_description(sample)
+    _, grid = _scene(sample)
+    same = georef.rasterize_labels(georef.scene_labels(desc, desc.scenes[0], grid.crs), grid, 1)
+    source = georef.LabelSource(wgs)
+    other = georef.rasterize_labels(
+        georef.read_labels(source, desc.classes, None, grid.crs), grid, 1
+    )
+    differ = same[0] != other[0]
+    # Only boundary pixels may differ (the round trip moves vertices by micrometres).
+    edges = rasterio.features.rasterize(
+        [(g.boundary.buffer(0.5), 1) for g in geoms], out_shape=grid.shape,
+        transform=grid.transform, all_touched=True,
+    )  # fmt: skip
+    assert not np.any(differ & (edges == 0))
+    assert differ.sum() < 0.001 * same.sum()
+
+
+def test_pair_is_fused_on_the_pan_grid_where_reproject_puts_ms(
+    spacenet: Path, tmp_path: Path
+) -> None:
+    infos, grid = _scene(_pair(spacenet, tmp_path))
+    with rasterio.open(spacenet / "pan1.tif") as pan:
+        assert (grid.transform, grid.shape, grid.crs) == (pan.transform, pan.shape, pan.crs)
+    stack, channels, valid = fuse_window(infos, grid, {})
+    assert channels == ["P", "M2", "M3", "M5", "M7"]
+    assert stack.shape == (5, 600, 600) and stack.dtype == np.float32 and valid.all()
+    expected = np.zeros((4, *grid.shape), np.float32)
+    with rasterio.open(spacenet / "ms1.tif") as ms:
+        reproject(
+            rasterio.band(ms, [1, 2, 3, 4]), expected, dst_transform=grid.transform,
+            dst_crs=grid.crs, resampling=Resampling.cubic,
+        )  # fmt: skip
+    np.testing.assert_allclose(stack[1:], expected, rtol=1e-6, atol=1e-3)
+
+
+def test_registration_recovers_a_shift_injected_into_the_ms_transform(
+    spacenet: Path, tmp_path: Path
+) -> None:
+    infos, grid = _scene(_pair(spacenet, tmp_path))
+    (before,) = estimate_shifts("pair1", infos, grid)
+    assert before.product == "M" and before.method == "ecc"
+    with rasterio.open(spacenet / "ms1.tif") as src:
+        profile, pixels = src.profile, src.read()
+    injected = (0.4, -0.3)
+    profile["transform"] = profile["transform"] @ Affine.translation(*injected)
+    moved = tmp_path / "ms1_shifted.tif"
+    with rasterio.open(moved, "w", **profile) as dst:
+        dst.write(pixels)
+    infos2, grid2 = _scene(_pair(spacenet, tmp_path, moved))
+    assert grid2 == grid
+    (after,) = estimate_shifts("pair1", infos2, grid2)
+    assert after.dx - before.dx == pytest.approx(injected[0], abs=0.1)
+    assert after.dy - before.dy == pytest.approx(injected[1], abs=0.1)
+    # Each corrected by its own estimate, both files fuse to the same stack.
+    a, _, _ = fuse_window(infos, grid, grid_shifts([before], infos, grid))
+    b, _, valid = fuse_window(infos2, grid, grid_shifts([after], infos2, grid))
+    inner = np.s_[:, 8:-8, 8:-8]
+    assert valid[8:-8, 8:-8].all()
+    err = np.abs(a[inner] - b[inner]).mean() / np.abs(a[1:]).mean()
+    assert err < 0.01
+
+
+def test_windowed_read_equals_the_same_window_of_a_whole_read(
+    spacenet: Path, tmp_path: Path
+) -> None:
+    infos, grid = _scene(_pair(spacenet, tmp_path))
+    whole, _, _ = fuse_window(infos, grid, {"M": (0.3, -0.2)})
+    win = rasterio.windows.Window(col_off=150, row_off=40, width=200, height=310)
+    part, _, _ = fuse_window(infos, grid, {"M": (0.3, -0.2)}, window=win)
+    np.testing.assert_allclose(part, whole[:, 40:350, 150:350], atol=1e-3)
+
+
+def test_inspect_summarises_a_description(sample: Path) -> None:
+    s = summarize(sample)
+    (scene,) = s["scenes"]
+    assert scene["grid"] == {"crs": "EPSG:32616", "height": 900, "width": 900, "res": [0.5, 0.5]}
+    assert scene["products"]["P"]["coverage"] == 1.0
+    assert s["labelled"] == 1 and s["class_names"] == {"1": "building"}
+    assert 0.03 < s["class_share"]["1"] < 0.06
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad(tmp_path: Path, text: str) -> str:
+    path = _write(tmp_path / "bad.toml", text)
+    with pytest.raises(DataError) as err:
+        desc = read_description(path)
+        for spec in desc.scenes:
+            infos = georef.open_groups(spec)
+            grid = georef.target_grid(infos, desc.crs, desc.resolution)
+            georef.scene_labels(desc, spec, grid.crs)
+    return str(err.value)
+
+
+def test_band_name_listed_twice(spacenet: Path, tmp_path: Path) -> None:
+    msg = _bad(tmp_path, f"""
+[classes]
+b = {{ value = 1 }}
+[[scenes]]
+id = "x"
+bands = {{ ms = {{ file = "{spacenet / "ms1.tif"}", names = ["B", "G", "G", "N"] }} }}
+""")  # fmt: skip
+    assert "bad.toml" in msg and "lists band 'G' twice" in msg
+
+
+def test_fewer_bands_than_described(spacenet: Path, tmp_path: Path) -> None:
+    msg = _bad(tmp_path, f"""
+[classes]
+b = {{ value = 1 }}
+[[scenes]]
+id = "x"
+bands = {{ ms = {{ file = "{spacenet / "ms1.tif"}", names = ["C", "B", "G", "Y", "R"] }} }}
+""")  # fmt: skip
+    assert "ms1.tif has 4 band(s), fewer than the 5" in msg
+
+
+def test_group_without_names_needs_the_full_band_count(spacenet: Path, tmp_path: Path) -> None:
+    msg = _bad(tmp_path, f"""
+[classes]
+b = {{ value = 1 }}
+[[scenes]]
+id = "x"
+bands = {{ ms = "{spacenet / "ms1.tif"}" }}
+""")  # fmt: skip
+    assert "ms1.tif has 4 band(s)" in msg and "names = [...]" in msg
+
+
+def test_files_that_do_not_overlap(spacenet: Path, tmp_path: Path) -> None:
+    msg = _bad(tmp_path, _two(spacenet / "pan1.tif", spacenet / "ms2.tif"))
+    assert "ms2.tif does not overlap" in msg and "pan1.tif" in msg
+
+
+def test_raster_without_crs_mixed_with_georeferenced(spacenet: Path, tmp_path: Path) -> None:
+    with rasterio.open(spacenet / "ms1.tif") as src:
+        profile, pixels = src.profile, src.read()
+    profile.pop("crs")
+    bare = tmp_path / "no_crs.tif"
+    with rasterio.open(bare, "w", **profile) as dst:
+        dst.write(pixels)
+    msg = _bad(tmp_path, _two(spacenet / "pan1.tif", bare))
+    assert "no_crs.tif has no CRS" in msg
+
+
+def test_class_value_missing_from_schema(spacenet: Path, tmp_path: Path) -> None:
+    msg = _bad(tmp_path, f"""
+label_attribute = "building"
+[classes]
+house = {{ value = "house" }}
+[[scenes]]
+id = "x"
+bands = {{ pan = "{spacenet / "sample_geotiff.tif"}" }}
+labels = "{spacenet / "geotiff_labels.geojson"}"
+""")  # fmt: skip
+    assert "geotiff_labels.geojson: feature 0 has building = 'yes'" in msg
+    assert "['house']" in msg
+
+
+def test_label_crs_that_cannot_be_transformed(spacenet: Path, tmp_path: Path) -> None:
+    """A layer in a CRS GDAL can read but not transform (a local engineering CRS)."""
+    _, _, wkb, _ = pyogrio.raw.read(spacenet / "geotiff_labels.geojson")
+    local = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
+    labels = tmp_path / "local.gpkg"
+    pyogrio.raw.write(
+        labels, wkb, geometry_type="Polygon", field_data=[], fields=[], crs=local,
+        driver="GPKG",
+    )  # fmt: skip
+    msg = _bad(tmp_path, f"""
+[classes]
+b = {{ value = 1 }}
+[[scenes]]
+id = "x"
+bands = {{ pan = "{spacenet / "sample_geotiff.tif"}" }}
+labels = "{labels}"
+""")  # fmt: skip
+    assert "local.gpkg: its CRS" in msg and "cannot be transformed" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[classes]\n", "[classes] must name at least one class"),
+        ("[classes]\na = { value = 2 }\n[[scenes]]\nid='x'\nbands={pan='p.tif'}\n",
+         "needs a class with value = 1"),
+        ("[classes]\na = { value = 1, colour = 'red' }\n", "classes.a.colour is not a known key"),
+        ("[classes]\na = { value = 1 }\n[[scenes]]\nid='x'\nbands={nir='p.tif'}\n",
+         "scenes[0].bands.nir is not a band group"),
+        ("[classes]\na = { value = 1 }\n[[scenes]]\nid='x'\nbands={pan='missing.tif'}\n",
+         "missing.tif, which does not exist"),
+        ("[classes]\na = 1 = 2\n", "is not a readable TOML file"),
+    ],
+)  # fmt: skip
+def test_description_errors_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = _write(tmp_path / "d.toml", text)
+    with pytest.raises(DataError, match=None) as err:
+        read_description(path)
+    assert str(err.value).startswith(str(path)) and expected in str(err.value)
