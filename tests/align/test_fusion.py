@@ -16,7 +16,7 @@ from shifted_scenes import make_scene
 
 from spectraseg import parallel
 from spectraseg.align import fusion
-from spectraseg.align.cache import channels_of, entry_complete, open_cache, read_shifts
+from spectraseg.align.cache import entry_complete, open_cache, read_shifts
 from spectraseg.align.estimators import ecc_shift
 from spectraseg.align.fusion import (
     align_dataset,
@@ -28,7 +28,7 @@ from spectraseg.align.fusion import (
 )
 from spectraseg.align.registration import ShiftRow
 from spectraseg.cli import main
-from spectraseg.data.dstl import open_dataset, product_path, write_grid_sizes
+from spectraseg.data.dstl import channels_of, open_dataset, product_path, write_grid_sizes
 from spectraseg.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------- fixtures

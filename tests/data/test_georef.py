@@ -14,7 +14,10 @@ import shapely
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
-from spectraseg.align.georef import estimate_shifts, fuse_window, grid_shifts
+from spectraseg.align.cache import open_cache
+from spectraseg.align.fusion import align_dataset
+from spectraseg.align.georef import estimate_georef, fuse_window, grid_shifts
+from spectraseg.align.registration import ShiftRow, resolve_shifts
 from spectraseg.data import georef
 from spectraseg.data.description import read_description
 from spectraseg.data.inspection import summarize
@@ -62,15 +65,19 @@ def _pair(spacenet: Path, tmp_path: Path, ms: Path | None = None) -> Path:
     return _write(tmp_path / "pair.toml", text)
 
 
-def _scene(path: Path) -> tuple[list[georef.GroupInfo], georef.Grid]:
-    desc = read_description(path)
-    infos = georef.open_groups(desc.scenes[0])
-    return infos, georef.target_grid(infos, desc.crs, desc.resolution)
+def _scene(path: Path) -> georef.GeoScene:
+    ds = georef.GeoDataset(path)
+    return ds.scene(ds.image_ids[0])
+
+
+def _shift(scene: georef.GeoScene) -> ShiftRow:
+    (row,) = resolve_shifts(estimate_georef(scene))
+    return row
 
 
 def test_sample_labels_rasterise_like_rasterio(sample: Path, spacenet: Path) -> None:
     desc = read_description(sample)
-    _, grid = _scene(sample)
+    grid = _scene(sample).grid
     with rasterio.open(spacenet / "sample_geotiff.tif") as src:
         assert grid.crs == src.crs and grid.transform == src.transform
         assert grid.shape == src.shape
@@ -100,7 +107,7 @@ def test_labels_in_another_crs_rasterise_to_the_same_mask(
     wgs = tmp_path / "labels_4326.geojson"
     wgs.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     desc = read_description(sample)
-    _, grid = _scene(sample)
+    grid = _scene(sample).grid
     same = georef.rasterize_labels(georef.scene_labels(desc, desc.scenes[0], grid.crs), grid, 1)
     source = georef.LabelSource(wgs)
     other = georef.rasterize_labels(
@@ -119,11 +126,12 @@ def test_labels_in_another_crs_rasterise_to_the_same_mask(
 def test_pair_is_fused_on_the_pan_grid_where_reproject_puts_ms(
     spacenet: Path, tmp_path: Path
 ) -> None:
-    infos, grid = _scene(_pair(spacenet, tmp_path))
+    scene = _scene(_pair(spacenet, tmp_path))
+    grid = scene.grid
     with rasterio.open(spacenet / "pan1.tif") as pan:
         assert (grid.transform, grid.shape, grid.crs) == (pan.transform, pan.shape, pan.crs)
-    stack, channels, valid = fuse_window(infos, grid, {})
-    assert channels == ["P", "M2", "M3", "M5", "M7"]
+    stack, valid = fuse_window(scene, {})
+    assert scene.channels == ["P", "M2", "M3", "M5", "M7"]
     assert stack.shape == (5, 600, 600) and stack.dtype == np.float32 and valid.all()
     expected = np.zeros((4, *grid.shape), np.float32)
     with rasterio.open(spacenet / "ms1.tif") as ms:
@@ -137,8 +145,8 @@ def test_pair_is_fused_on_the_pan_grid_where_reproject_puts_ms(
 def test_registration_recovers_a_shift_injected_into_the_ms_transform(
     spacenet: Path, tmp_path: Path
 ) -> None:
-    infos, grid = _scene(_pair(spacenet, tmp_path))
-    (before,) = estimate_shifts("pair1", infos, grid)
+    scene = _scene(_pair(spacenet, tmp_path))
+    before = _shift(scene)
     assert before.product == "M" and before.method == "ecc"
     with rasterio.open(spacenet / "ms1.tif") as src:
         profile, pixels = src.profile, src.read()
@@ -147,14 +155,14 @@ def test_registration_recovers_a_shift_injected_into_the_ms_transform(
     moved = tmp_path / "ms1_shifted.tif"
     with rasterio.open(moved, "w", **profile) as dst:
         dst.write(pixels)
-    infos2, grid2 = _scene(_pair(spacenet, tmp_path, moved))
-    assert grid2 == grid
-    (after,) = estimate_shifts("pair1", infos2, grid2)
+    scene2 = _scene(_pair(spacenet, tmp_path, moved))
+    assert scene2.grid == scene.grid
+    after = _shift(scene2)
     assert after.dx - before.dx == pytest.approx(injected[0], abs=0.1)
     assert after.dy - before.dy == pytest.approx(injected[1], abs=0.1)
     # Each corrected by its own estimate, both files fuse to the same stack.
-    a, _, _ = fuse_window(infos, grid, grid_shifts([before], infos, grid))
-    b, _, valid = fuse_window(infos2, grid, grid_shifts([after], infos2, grid))
+    a, _ = fuse_window(scene, grid_shifts([before], scene))
+    b, valid = fuse_window(scene2, grid_shifts([after], scene2))
     inner = np.s_[:, 8:-8, 8:-8]
     assert valid[8:-8, 8:-8].all()
     err = np.abs(a[inner] - b[inner]).mean() / np.abs(a[1:]).mean()
@@ -164,11 +172,38 @@ def test_registration_recovers_a_shift_injected_into_the_ms_transform(
 def test_windowed_read_equals_the_same_window_of_a_whole_read(
     spacenet: Path, tmp_path: Path
 ) -> None:
-    infos, grid = _scene(_pair(spacenet, tmp_path))
-    whole, _, _ = fuse_window(infos, grid, {"M": (0.3, -0.2)})
+    scene = _scene(_pair(spacenet, tmp_path))
+    whole, _ = fuse_window(scene, {"M": (0.3, -0.2)})
     win = rasterio.windows.Window(col_off=150, row_off=40, width=200, height=310)
-    part, _, _ = fuse_window(infos, grid, {"M": (0.3, -0.2)}, window=win)
+    part, _ = fuse_window(scene, {"M": (0.3, -0.2)}, window=win)
     np.testing.assert_allclose(part, whole[:, 40:350, 150:350], atol=1e-3)
+
+
+def test_align_writes_a_georeferenced_cache(spacenet: Path, tmp_path: Path) -> None:
+    desc = _pair(spacenet, tmp_path)
+    report = align_dataset(desc, tmp_path / "cache", progress=False)
+    assert report.ok and [s.status for s in report.scenes] == ["aligned"]
+    (row,) = report.shifts
+    assert row.product == "M" and row.method == "ecc"
+    assert row.dx == pytest.approx(0.6, abs=0.15) and row.dy == pytest.approx(0.3, abs=0.15)
+    cache = open_cache(tmp_path / "cache")
+    entry = cache.entry("pair1")
+    scene = _scene(desc)
+    assert entry["channels"] == ["P", "M2", "M3", "M5", "M7"] and entry["reference"] == "P"
+    assert rasterio.crs.CRS.from_wkt(entry["crs"]) == scene.grid.crs
+    assert entry["transform"] == list(scene.grid.transform)[:6]
+    stack = np.asarray(cache.load("pair1"))
+    fused, valid = fuse_window(scene, grid_shifts([row], scene))
+    expected = np.clip(np.rint(fused), 0, 65535)
+    np.testing.assert_array_equal(stack[:, valid], expected[:, valid])
+    # The MS shift pushes the last pan column off the MS footprint: flagged and filled.
+    nodata = np.load(tmp_path / "cache" / "nodata" / "pair1.npy")
+    np.testing.assert_array_equal(nodata, ~valid)
+    assert nodata[:, -1].all() and not nodata[:, :-2].any()
+    means = np.rint(stack[:, valid].mean(axis=1))
+    np.testing.assert_array_equal(stack[:, nodata][:, 0], means)
+    again = align_dataset(desc, tmp_path / "cache", progress=False)
+    assert [s.status for s in again.scenes] == ["skipped"]
 
 
 def test_inspect_summarises_a_description(sample: Path) -> None:

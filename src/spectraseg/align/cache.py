@@ -17,8 +17,14 @@ import numpy as np
 from spectraseg.align.registration import (
     ShiftRow,
 )
-from spectraseg.data.dstl import PRODUCTS, Scene, check_image_id
+from spectraseg.data.dstl import (
+    CHANNELS,
+    PRODUCTS,
+    Scene,
+    check_image_id,
+)
 from spectraseg.data.files import write_text_atomic
+from spectraseg.data.georef import GeoScene
 from spectraseg.errors import DataError
 
 CACHE_FORMAT = "spectraseg-cache"
@@ -35,21 +41,6 @@ SHIFTS = "shifts.csv"
 
 SHIFT_COLUMNS: tuple[str, ...] = ("image_id", "product", "dx", "dy", "corr", "method", "reason")
 """Columns of the cache's ``shifts.csv`` (the first four are those of the synthetic truth)."""
-
-
-CHANNELS: dict[str, tuple[str, ...]] = {
-    "RGB": ("R", "G", "B"),
-    "P": ("P",),
-    "M": tuple(f"M{i}" for i in range(1, 9)),
-    "A": tuple(f"A{i}" for i in range(1, 9)),
-}
-"""Channel names of each product, in stacking order."""
-
-
-def channels_of(products: Iterable[str]) -> list[str]:
-    """The channel names of a set of products, in the fixed order R,G,B,P,M1..M8,A1..A8."""
-    have = set(products)
-    return [c for p in PRODUCTS if p in have for c in CHANNELS[p]]
 
 
 def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype, bool, int]:
@@ -77,7 +68,7 @@ def entry_complete(
     cache_dir: str | os.PathLike[str],
     image_id: str,
     entry: Mapping[str, Any] | None,
-    scene: Scene | None = None,
+    scene: Scene | GeoScene | None = None,
 ) -> bool:
     """Whether ``{id}.npy`` exists and agrees with its manifest entry (and the scene's files).
 
@@ -99,7 +90,7 @@ def entry_complete(
             ref.width,
         ):
             return False
-        if channels != channels_of(scene.products):
+        if channels != scene.channels:
             return False
     path = Path(cache_dir) / f"{image_id}.npy"
     if not path.is_file():
@@ -272,17 +263,6 @@ def open_cache(cache_dir: str | os.PathLike[str]) -> Cache:
     if not root.is_dir():
         raise DataError(f"cache directory {root} does not exist")
     return Cache(root, read_manifest(root))
-
-
-CHANNEL_ORDER: tuple[str, ...] = (
-    "R",
-    "G",
-    "B",
-    "P",
-    *(f"M{i}" for i in range(1, 9)),
-    *(f"A{i}" for i in range(1, 9)),
-)
-"""The cache's canonical channel order (R,G,B,P,M1..M8,A1..A8, restricted to what exists)."""
 
 
 def product_of(channel: str) -> str:

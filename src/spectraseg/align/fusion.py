@@ -42,7 +42,6 @@ from tqdm import tqdm
 from spectraseg.align.cache import (
     MANIFEST,
     SHIFTS,
-    channels_of,
     entry_complete,
     read_manifest,
     read_shifts,
@@ -50,14 +49,17 @@ from spectraseg.align.cache import (
     write_shifts,
 )
 from spectraseg.align.estimators import DEFAULT_CONFIG, RegistrationConfig
+from spectraseg.align.georef import estimate_georef, write_georef
 from spectraseg.align.registration import (
     ProductEstimate,
     ShiftRow,
     estimate_products,
     resolve_shifts,
 )
-from spectraseg.data.dstl import PRODUCTS, Dataset, Scene, check_image_id, open_dataset
+from spectraseg.data.dstl import PRODUCTS, Scene, channels_of, check_image_id
 from spectraseg.data.files import atomic_output
+from spectraseg.data.georef import GeoScene
+from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import DataError, SpectrasegError
 from spectraseg.parallel import Runner, describe, open_runner
 
@@ -225,9 +227,11 @@ def read_products(scene: Scene) -> dict[str, np.ndarray]:
 
 
 def estimate_scene(
-    scene: Scene, config: RegistrationConfig = DEFAULT_CONFIG
+    scene: Scene | GeoScene, config: RegistrationConfig = DEFAULT_CONFIG
 ) -> list[ProductEstimate]:
     """Phase 1 of one scene: read it and estimate the shift of every non-reference product."""
+    if isinstance(scene, GeoScene):
+        return estimate_georef(scene, config)
     reference = check_scene(scene)
     images = read_products(scene)
     return estimate_products(images, scene.image_id, reference, config)
@@ -263,14 +267,17 @@ def align_scene(
 
 
 def write_scene(
-    cache_dir: str | os.PathLike[str], scene: Scene, shifts: Sequence[ShiftRow]
+    cache_dir: str | os.PathLike[str], scene: Scene | GeoScene, shifts: Sequence[ShiftRow]
 ) -> dict[str, Any]:
     """Fuse ``scene`` with ``shifts`` into ``cache_dir/{id}.npy``, atomically.
 
     The stack is written channel by channel to a temporary file that is renamed onto
     ``{id}.npy`` only once complete and synced; only one product and one channel are in
-    memory at a time. Returns the scene's manifest entry.
+    memory at a time. Returns the scene's manifest entry. A georeferenced scene is written
+    by :func:`spectraseg.align.georef.write_georef`.
     """
+    if isinstance(scene, GeoScene):
+        return write_georef(cache_dir, scene, shifts)
     cache_dir = Path(cache_dir)
     image_id = check_image_id(scene.image_id)
     reference = check_scene(scene)
@@ -325,7 +332,7 @@ def estimate_task(
     _set_threads(threads)
     t0 = time.perf_counter()
     try:
-        scene = open_dataset(root).scene(image_id)
+        scene = open_source(root).scene(image_id)
         return estimate_scene(scene, config), time.perf_counter() - t0
     except SpectrasegError as exc:
         return str(exc)
@@ -343,7 +350,7 @@ def fuse_task(
     _set_threads(threads)
     t0 = time.perf_counter()
     try:
-        scene = open_dataset(root).scene(image_id)
+        scene = open_source(root).scene(image_id)
         return write_scene(cache_dir, scene, shifts), time.perf_counter() - t0
     except SpectrasegError as exc:
         return str(exc)
@@ -434,6 +441,8 @@ def align_dataset(
 ) -> AlignReport:
     """Register and fuse the scenes of a dataset into a cache directory.
 
+    ``data_root``: a DSTL-layout root or a dataset description (``.toml``), whose scenes are
+    fused on their target grids (:mod:`spectraseg.align.georef`).
     ``image_ids``: the scenes to align (default: all scenes with a product file); scenes
     already complete in the cache are skipped unless ``force``. ``workers``: run on a Dask
     ``LocalCluster`` of that many single-threaded worker processes; ``scheduler``: run on an
@@ -446,7 +455,7 @@ def align_dataset(
     for the whole run (bad root, bad ids, bad cache) raise.
     """
     t_start = time.perf_counter()
-    ds = open_dataset(data_root)
+    ds = open_source(data_root)
     root = str(ds.root.resolve())
     cache = Path(cache_dir)
     if cache.exists() and not cache.is_dir():
@@ -488,7 +497,7 @@ class _Run(NamedTuple):
 
 
 def _scenes_to_align(
-    ds: Dataset,
+    ds: Source,
     cache: Path,
     ids: Sequence[str],
     manifest: dict[str, Any],

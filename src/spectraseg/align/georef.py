@@ -11,83 +11,163 @@ folded into the warp (``WarpedVRT``, cubic), rather than resampling twice.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from spectraseg.align.cache import CHANNEL_ORDER
 from spectraseg.align.estimators import DEFAULT_CONFIG, RegistrationConfig
-from spectraseg.align.registration import ShiftRow, estimate_products, resolve_shifts
-from spectraseg.data.georef import Grid, GroupInfo, native_grid, read_on_grid
+from spectraseg.align.registration import ProductEstimate, ShiftRow, estimate_products
+from spectraseg.data.files import atomic_output
+from spectraseg.data.georef import GeoScene, Grid, GroupInfo, native_grid, read_on_grid
+
+STRIP_ROWS = 512
+"""Rows of the target grid warped and written at a time: memory holds one strip of every
+band (``C x 512 x W`` float32), whatever the scene's height."""
+
+NODATA_DIR = "nodata"
+"""``CACHE/nodata/{id}.npy``: ``(H, W)`` bool, True where some band has no data (only for
+scenes that have such pixels). Those pixels hold each channel's mean in the stack."""
 
 
 def reference_group(infos: Sequence[GroupInfo], grid: Grid) -> GroupInfo:
     """The group the others are registered to: the one whose native grid is finest."""
-    return min(infos, key=lambda i: native_grid(i, grid).res[0] * native_grid(i, grid).res[1])
+
+    def area(info: GroupInfo) -> float:
+        res = native_grid(info, grid).res
+        return res[0] * res[1]
+
+    return min(infos, key=area)
 
 
-def native_images(infos: Sequence[GroupInfo], grid: Grid) -> dict[str, np.ndarray]:
+def native_images(scene: GeoScene) -> dict[str, np.ndarray]:
     """Product -> ``(B, h, w)`` float32 pixels of each group at its own resolution over
-    ``grid``'s extent (bilinear where warped; a plain window where aligned)."""
+    the scene grid's extent (bilinear where warped; a plain window where aligned)."""
     out: dict[str, np.ndarray] = {}
-    for info in infos:
-        data, _ = read_on_grid(info, native_grid(info, grid), resampling=Resampling.bilinear)
-        out[info.product] = data
+    for info in scene.infos:
+        grid = native_grid(info, scene.grid)
+        out[info.product], _ = read_on_grid(info, grid, resampling=Resampling.bilinear)
     return out
 
 
-def estimate_shifts(
-    image_id: str,
-    infos: Sequence[GroupInfo],
-    grid: Grid,
-    config: RegistrationConfig = DEFAULT_CONFIG,
-) -> list[ShiftRow]:
-    """The shift rows of one scene's non-reference groups, in each group's native pixels
-    over ``grid``'s extent (the units of ``shifts.csv``), fallbacks resolved in the scene."""
-    reference = reference_group(infos, grid).product
-    estimates = estimate_products(native_images(infos, grid), image_id, reference, config)
-    return resolve_shifts(estimates, config=config)
+def estimate_georef(
+    scene: GeoScene, config: RegistrationConfig = DEFAULT_CONFIG
+) -> list[ProductEstimate]:
+    """Phase 1 of one georeferenced scene: the ECC shift of every group other than the
+    finest, in that group's native pixels over the grid's extent (``shifts.csv`` units)."""
+    reference = reference_group(scene.infos, scene.grid).product
+    return estimate_products(native_images(scene), scene.image_id, reference, config)
 
 
-def grid_shifts(
-    rows: Sequence[ShiftRow], infos: Sequence[GroupInfo], grid: Grid
-) -> dict[str, tuple[float, float]]:
-    """Product -> ``(dx, dy)`` of each row converted from native pixels to ``grid`` pixels."""
-    native = {i.product: native_grid(i, grid) for i in infos}
+def grid_shifts(rows: Sequence[ShiftRow], scene: GeoScene) -> dict[str, tuple[float, float]]:
+    """Product -> ``(dx, dy)`` of each row of the scene, from native to grid pixels."""
     out: dict[str, tuple[float, float]] = {}
     for r in rows:
-        g = native[r.product]
-        out[r.product] = (r.dx * g.res[0] / grid.res[0], r.dy * g.res[1] / grid.res[1])
+        if r.image_id == scene.image_id and scene.has(r.product):
+            g = native_grid(scene.products[r.product], scene.grid)
+            out[r.product] = (
+                r.dx * g.res[0] / scene.grid.res[0],
+                r.dy * g.res[1] / scene.grid.res[1],
+            )
     return out
-
-
-def channel_order(infos: Sequence[GroupInfo]) -> list[tuple[GroupInfo, int, str]]:
-    """``(group, band index, channel)`` of every band in the cache's channel order."""
-    bands = [(i, b, ch) for i in infos for b, ch in enumerate(i.channels)]
-    return sorted(bands, key=lambda t: CHANNEL_ORDER.index(t[2]))
 
 
 def fuse_window(
-    infos: Sequence[GroupInfo],
-    grid: Grid,
+    scene: GeoScene,
     shifts: Mapping[str, tuple[float, float]],
     window: Window | None = None,
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """All groups warped onto ``grid`` (or a window of it) with their shifts.
+) -> tuple[np.ndarray, np.ndarray]:
+    """All groups warped onto the scene grid (or a window of it) with their shifts.
 
     ``shifts``: product -> ``(dx, dy)`` in grid pixels (:func:`grid_shifts`; missing: none).
-    Returns ``(stack, channels, valid)``: ``(C, h, w)`` float32 in the cache's channel
-    order, the channel names, and ``(h, w)`` bool, True where every group has data.
+    Returns ``(stack, valid)``: ``(C, h, w)`` float32 in ``scene.channels`` order and
+    ``(h, w)`` bool, True where every group has data.
     """
     per_group: dict[str, np.ndarray] = {}
     valid: np.ndarray | None = None
-    for info in infos:
-        data, ok = read_on_grid(info, grid, shifts.get(info.product, (0.0, 0.0)), window=window)
+    for info in scene.infos:
+        data, ok = read_on_grid(
+            info, scene.grid, shifts.get(info.product, (0.0, 0.0)), window=window
+        )
         per_group[info.product] = data
         valid = ok if valid is None else valid & ok
-    order = channel_order(infos)
-    stack = np.stack([per_group[i.product][b] for i, b, _ in order])
     assert valid is not None
-    return stack, [ch for _, _, ch in order], valid
+    return np.stack([per_group[i.product][b] for i, b, _ in scene.bands]), valid
+
+
+def _strips(height: int, width: int) -> list[Window]:
+    return [Window(0, r, width, min(STRIP_ROWS, height - r)) for r in range(0, height, STRIP_ROWS)]
+
+
+def write_georef(
+    cache_dir: str | os.PathLike[str], scene: GeoScene, rows: Sequence[ShiftRow]
+) -> dict[str, Any]:
+    """Fuse a georeferenced scene into ``cache_dir/{id}.npy`` strip by strip, atomically.
+
+    Values are rounded and clipped to uint16 (after each group's ``scale``). Pixels where
+    some group has no data get each channel's mean over the pixels where all have data,
+    and are listed in ``nodata/{id}.npy``. Returns the manifest entry, which adds the
+    grid (``crs`` as WKT, ``transform`` as the six affine coefficients) to a DSTL entry's.
+    """
+    cache = Path(cache_dir)
+    h, w = scene.grid.shape
+    channels = scene.channels
+    shifts = grid_shifts(rows, scene)
+    nodata = np.zeros((h, w), dtype=bool)
+    sums = np.zeros(len(channels), dtype=np.float64)
+    path = cache / f"{scene.image_id}.npy"
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype="<u2", shape=(len(channels), h, w))
+        for win in _strips(h, w):
+            stack, valid = fuse_window(scene, shifts, win)
+            rows_ = slice(win.row_off, win.row_off + win.height)
+            out[:, rows_] = np.clip(np.rint(stack), 0, 65535)
+            nodata[rows_] = ~valid
+            sums += out[:, rows_][:, valid].sum(axis=1, dtype=np.float64)
+        _fill_nodata(out, nodata, sums)
+        out.flush()
+        del out
+    _write_nodata(cache, scene.image_id, nodata)
+    box = _valid_box(~nodata)
+    return {
+        "channels": channels,
+        "height": h,
+        "width": w,
+        "products": list(scene.products),
+        "reference": reference_group(scene.infos, scene.grid).product,
+        "valid": {p: box for p in scene.products},
+        "crs": scene.grid.crs.to_wkt(),
+        "transform": list(scene.grid.transform)[:6],
+    }
+
+
+def _fill_nodata(out: np.ndarray, nodata: np.ndarray, sums: np.ndarray) -> None:
+    n_valid = int(nodata.size - nodata.sum())
+    if n_valid == nodata.size:
+        return
+    means = np.rint(sums / max(n_valid, 1)).astype(np.uint16)
+    for c in range(out.shape[0]):
+        out[c][nodata] = means[c]
+
+
+def _write_nodata(cache: Path, image_id: str, nodata: np.ndarray) -> None:
+    path = cache / NODATA_DIR / f"{image_id}.npy"
+    if not nodata.any():
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(exist_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, nodata)
+
+
+def _valid_box(valid: np.ndarray) -> list[int]:
+    """``[row0, row1, col0, col1]`` bounding the True pixels (an empty box when none)."""
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    if not len(rows):
+        return [0, 0, 0, 0]
+    return [int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1]

@@ -22,7 +22,11 @@ EXIT_SCENES_FAILED = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="dataset root (three_band/, sixteen_band/, grid_sizes.csv)")
+    p.add_argument(
+        "data",
+        help="dataset root (three_band/, sixteen_band/, grid_sizes.csv) or a dataset "
+        "description (.toml)",
+    )
     p.add_argument("--cache", required=True, help="cache directory to write (created if needed)")
     add_workers(p, scheduler=True)
     add_scenes(p, "--images", "scenes to align (default: all)")

@@ -12,8 +12,7 @@ README's "your own GeoTIFFs" section has a complete example)::
     building = { value = 1, color = "#e41a1c" }
 
     [[scenes]]
-    id = "pair1"
-    region = "site-a"             # optional: normalisation group (default: the id)
+    id = "siteA_0_1"              # "{region}_{i}_{j}" groups scenes by region, as DSTL ids do
     bands = { pan = "pan1.tif", ms = { file = "ms1.tif", names = ["B", "G", "R", "N1"] } }
     labels = "buildings.gpkg"     # a path, or { file = "x.gpkg", layer = "buildings" }
 
@@ -58,14 +57,6 @@ BAND_NAMES: dict[str, dict[str, str]] = {
 """Accepted band names per product -> cache channel. WorldView-3 names: multispectral C
 (coastal), B, G, Y, R, RE (red edge), N1, N2 (NIR1 = ``N``/``NIR``); SWIR S1..S8."""
 
-DEFAULT_NAMES: dict[str, tuple[str, ...]] = {
-    "RGB": ("R", "G", "B"),
-    "P": ("P",),
-    "M": tuple(f"M{i}" for i in range(1, 9)),
-    "A": tuple(f"A{i}" for i in range(1, 9)),
-}
-"""Channels of a group whose file holds exactly the product's full band count and whose
-description names none."""
 
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -146,7 +137,6 @@ class SceneSpec:
     """One scene: its band groups (in product order), labels and labelled extent."""
 
     image_id: str
-    region: str
     groups: tuple[BandGroup, ...]
     labels: tuple[LabelSource, ...] = ()
     label_extent: LabelSource | None = None
@@ -299,7 +289,7 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
     key = f"scenes[{n}]"
     if not isinstance(raw, dict):
         raise where.error(key, "must be a table")
-    where.keys(raw, {"id", "region", "bands", "labels", "label_extent"}, key + ".")
+    where.keys(raw, {"id", "bands", "labels", "label_extent"}, key + ".")
     image_id = raw.get("id")
     if not isinstance(image_id, str):
         raise where.error(key + ".id", "must be text")
@@ -307,9 +297,6 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
         check_image_id(image_id)
     except DataError as exc:
         raise where.error(key + ".id", str(exc)) from None
-    region = raw.get("region", image_id)
-    if not isinstance(region, str) or not region:
-        raise where.error(key + ".region", "must be text")
     bands = raw.get("bands")
     if not isinstance(bands, dict) or not bands:
         raise where.error(
@@ -323,7 +310,7 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
     sources = tuple(_label(v, f"{key}.labels", where) for v in labels)
     extent = raw.get("label_extent")
     ext = None if extent is None else _label(extent, f"{key}.label_extent", where)
-    return SceneSpec(image_id, region, tuple(groups), sources, ext)
+    return SceneSpec(image_id, tuple(groups), sources, ext)
 
 
 def _group(name: str, raw: object, key: str, where: _Where) -> BandGroup:

@@ -48,6 +48,32 @@ PRODUCTS: tuple[str, ...] = ("RGB", "P", "M", "A")
 PRODUCT_BANDS: dict[str, int] = {"RGB": 3, "P": 1, "M": 8, "A": 8}
 """Band count of each product."""
 
+CHANNELS: dict[str, tuple[str, ...]] = {
+    "RGB": ("R", "G", "B"),
+    "P": ("P",),
+    "M": tuple(f"M{i}" for i in range(1, 9)),
+    "A": tuple(f"A{i}" for i in range(1, 9)),
+}
+"""Channel names of each product, in stacking order."""
+
+
+def channels_of(products: Iterable[str]) -> list[str]:
+    """The channel names of a set of products, in the fixed order R,G,B,P,M1..M8,A1..A8."""
+    have = set(products)
+    return [c for p in PRODUCTS if p in have for c in CHANNELS[p]]
+
+
+CHANNEL_ORDER: tuple[str, ...] = (
+    "R",
+    "G",
+    "B",
+    "P",
+    *(f"M{i}" for i in range(1, 9)),
+    *(f"A{i}" for i in range(1, 9)),
+)
+"""The cache's canonical channel order (R,G,B,P,M1..M8,A1..A8, restricted to what exists)."""
+
+
 PRODUCT_BITS: dict[str, int] = {"RGB": 11, "P": 11, "M": 11, "A": 14}
 """Nominal bit depth of the full-resolution products (dstl-lite's RGB render is 8-bit)."""
 
@@ -336,6 +362,11 @@ class Scene:
     def region(self) -> str:
         """The scene's 5 x 5 tile group ``{region}`` of ``{region}_{i}_{j}``."""
         return region_of(self.image_id)
+
+    @property
+    def channels(self) -> list[str]:
+        """The fused stack's channel names, in cache order."""
+        return channels_of(self.products)
 
     def has(self, product: str) -> bool:
         """Whether the product file exists for this scene."""

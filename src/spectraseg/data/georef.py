@@ -15,8 +15,9 @@ CRS (``rasterio.warp.transform_geom``, GDAL's own transformer) and rasterised wi
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,14 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from spectraseg.data.description import (
-    DEFAULT_NAMES,
     BandGroup,
     ClassSchema,
     Description,
     LabelSource,
     SceneSpec,
+    read_description,
 )
+from spectraseg.data.dstl import CHANNEL_ORDER, CHANNELS, region_of
 from spectraseg.errors import DataError
 
 
@@ -124,7 +126,7 @@ def open_group(group: BandGroup) -> GroupInfo:
         raise DataError(f"{group.path} is not north-up (transform {tuple(transform)[:6]})")
     channels = group.channels
     if channels is None:
-        channels = DEFAULT_NAMES[group.product]
+        channels = CHANNELS[group.product]
         if count != len(channels):
             raise DataError(
                 f"{group.path} has {count} band(s), but a {group.key} group without names "
@@ -366,3 +368,98 @@ def footprint_fraction(info: GroupInfo, grid: Grid) -> float:
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     total = (b[2] - b[0]) * (b[3] - b[1])
     return w * h / total if total > 0 else math.nan
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class GeoScene:
+    """One scene of a description with its files opened (headers only) and its grid.
+
+    Offers what the fusion stage asks of a DSTL :class:`~spectraseg.data.dstl.Scene`:
+    ``image_id``, ``region``, ``products``, ``has``, ``reference`` (the grid's size) and
+    ``channels``.
+    """
+
+    spec: SceneSpec
+    infos: tuple[GroupInfo, ...]
+    grid: Grid
+
+    @property
+    def image_id(self) -> str:
+        return self.spec.image_id
+
+    @property
+    def region(self) -> str:
+        """``{region}`` of an id ``{region}_{i}_{j}`` (normalisation, folds), else the id."""
+        return region_of(self.spec.image_id)
+
+    @property
+    def products(self) -> dict[str, GroupInfo]:
+        """Product -> its band file, in product order."""
+        return {i.product: i for i in self.infos}
+
+    def has(self, product: str) -> bool:
+        return product in self.products
+
+    @property
+    def reference(self) -> Grid:
+        """The target grid (``height``/``width`` as a DSTL scene's reference product)."""
+        return self.grid
+
+    @property
+    def bands(self) -> list[tuple[GroupInfo, int, str]]:
+        """``(file, band index, channel)`` of every band, in the cache's channel order."""
+        bands = [(i, b, ch) for i in self.infos for b, ch in enumerate(i.channels)]
+        return sorted(bands, key=lambda t: CHANNEL_ORDER.index(t[2]))
+
+    @property
+    def channels(self) -> list[str]:
+        """The fused stack's channel names, in cache order."""
+        return [ch for _, _, ch in self.bands]
+
+
+class GeoDataset:
+    """The scenes of a dataset description, opened on demand."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.description = read_description(path)
+        self.root = self.description.path
+        self._scenes: dict[str, GeoScene] = {}
+
+    @property
+    def image_ids(self) -> list[str]:
+        """Scene ids in description order."""
+        return [s.image_id for s in self.description.scenes]
+
+    def select(self, image_ids: Iterable[str] | None, verb: str) -> list[str]:
+        """The scenes a command works on (every scene when None), each once; DataError
+        naming the first id the description does not list."""
+        ids = list(dict.fromkeys(self.image_ids if image_ids is None else image_ids))
+        if not ids:
+            raise DataError(f"no scene to {verb} in {self.root}")
+        known = set(self.image_ids)
+        for image_id in ids:
+            if image_id not in known:
+                raise DataError(f"scene {image_id} is not in {self.root}")
+        return ids
+
+    def scene(self, image_id: str) -> GeoScene:
+        """A scene with its files' headers read and its target grid chosen."""
+        if image_id not in self._scenes:
+            spec = self.description.scene(image_id)
+            infos = tuple(open_groups(spec))
+            grid = target_grid(infos, self.description.crs, self.description.resolution)
+            self._scenes[image_id] = GeoScene(spec, infos, grid)
+        return self._scenes[image_id]
+
+    def labels(self, image_id: str) -> dict[int, list[BaseGeometry]]:
+        """A scene's label polygons per class channel, in its grid's CRS."""
+        scene = self.scene(image_id)
+        return scene_labels(self.description, scene.spec, scene.grid.crs)
+
+    @property
+    def labelled_ids(self) -> list[str]:
+        """Ids of the scenes that name label layers, in description order."""
+        return [s.image_id for s in self.description.scenes if s.labels]

@@ -10,7 +10,7 @@ import shapely
 from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.data import georef
 from spectraseg.data.description import is_description, read_description
-from spectraseg.data.dstl import open_dataset
+from spectraseg.data.dstl import open_dataset, region_of
 
 
 def summarize(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def summarize_description(path: str | os.PathLike[str]) -> dict[str, Any]:
         scenes.append(
             {
                 "image_id": spec.image_id,
-                "region": spec.region,
+                "region": region_of(spec.image_id),
                 "grid": {
                     "crs": grid.crs.to_string(),
                     "height": grid.height,

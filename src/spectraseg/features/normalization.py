@@ -38,13 +38,12 @@ import numpy as np
 from tqdm import tqdm
 
 from spectraseg.align.cache import (
-    CHANNEL_ORDER,
     Cache,
     channel_valid_boxes,
     open_cache_dir,
     scale_offset,
 )
-from spectraseg.data.dstl import region_of
+from spectraseg.data.dstl import CHANNEL_ORDER, region_of
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.stats import MIN_STD, MODES, Stats, StatsEntry, scope_key
 
