@@ -16,10 +16,13 @@ from spectraseg.config import (
     from_dict,
     load_config,
     parse_override,
+    per_class,
+    rare_classes,
     to_dict,
     to_toml,
 )
 from spectraseg.errors import ConfigError
+from spectraseg.models.losses import build_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,14 +102,17 @@ def test_override_parsing() -> None:
         ("predict.tile=40", r"'predict.tile' must be a positive multiple of .* 16"),
         ("data.val_scenes=3", r"'data.val_scenes' must be a list of strings, got 3"),
         ("data.val_scenes=[1]", r"'data.val_scenes\[0\]' must be a string, got 1"),
-        ("loss.pos_weight=[1,2]", r"'loss.pos_weight' must be empty or hold 10 values"),
-        ("predict.thresholds=[0.5]", r"'predict.thresholds' must hold 10 values"),
+        ("loss.pos_weight=[1,-2]", r"'loss.pos_weight' must hold values >= 0"),
+        ("predict.thresholds=[0.5, 1.5]", r"'predict.thresholds' must hold values in \[0, 1\]"),
         ("data.norm=global", r"'data.norm' must be one of image, region, dataset"),
         ("loss.jaccard_mode=pixel", r"'loss.jaccard_mode' must be one of batch, present"),
         ("train.device=tpu", r"'train.device' must be one of auto, cpu, cuda"),
         ("data.val_fraction=1.0", r"'data.val_fraction' must be in \[0, 1\)"),
         ("pixel.samples=1", r"config key 'pixel\.samples' must be >= 2, got 1$"),
-        ("train.rare_classes=[0]", r"'train\.rare_classes' must be distinct classes in 1\.\.10"),
+        (
+            "train.rare_classes=[0]",
+            r"'train\.rare_classes' must be distinct classes numbered from 1",
+        ),
         ("train.rare_classes=[3,3]", r"'train\.rare_classes' must be distinct classes"),
         ("pixel.blend=max", r"'pixel\.blend' must be one of average, tuned, got 'max'$"),
     ],
@@ -179,3 +185,30 @@ def test_rare_classes_are_a_list_of_classes() -> None:
     c = Config().replace(["train.rare_classes=[3, 4]"])
     assert c.train.rare_classes == (3, 4)
     assert Config().train.rare_classes == (2, 7, 8, 9, 10)
+
+
+def test_per_class_vectors_are_checked_against_the_data() -> None:
+    """Per-class keys hold one value per class of the data's schema; their length is checked
+    where the class count is known (10 for DSTL, the schema's otherwise)."""
+    assert per_class((), 3, "predict.thresholds", 0.5) == (0.5, 0.5, 0.5)
+    assert per_class((0.2,), 1, "predict.thresholds", 0.5) == (0.2,)
+    with pytest.raises(
+        ConfigError, match=r"'predict\.thresholds' holds 1 values, but the data has 10"
+    ):
+        per_class((0.2,), 10, "predict.thresholds", 0.5)
+    c = Config().replace(["loss.pos_weight=[1, 2]"])
+    with pytest.raises(
+        ConfigError, match=r"'loss\.pos_weight' holds 2 values, but the data has 10"
+    ):
+        build_loss(c.loss, 10)
+    assert build_loss(c.loss, 2).pos_weight.tolist() == [1.0, 2.0]
+
+
+def test_default_rare_classes_are_dstl_only() -> None:
+    c = Config()
+    assert rare_classes(c, 10, dstl=True) == (2, 7, 8, 9, 10)
+    assert rare_classes(c, 1, dstl=False) == ()
+    own = c.replace(["train.rare_classes=[2]"])
+    assert rare_classes(own, 3, dstl=False) == (2,)
+    with pytest.raises(ConfigError, match="names class 2, but the data has 1"):
+        rare_classes(own, 1, dstl=False)

@@ -25,12 +25,12 @@ import os
 import textwrap
 import tomllib
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spectraseg import NUM_CLASSES, RARE_CLASSES
+from spectraseg import RARE_CLASSES
 from spectraseg.errors import ConfigError
 from spectraseg.runtime import DEVICES
 
@@ -181,10 +181,11 @@ class PredictConfig:
     """Tiles per forward pass (also during validation); raise it on a GPU."""
     tta: bool = False
     """Average over the 8 flips / transposes / rotations."""
-    thresholds: tuple[float, ...] = (0.5,) * NUM_CLASSES
-    """Per-class probability thresholds (10 values)."""
+    thresholds: tuple[float, ...] = ()
+    """Per-class probability thresholds (one per class of the data's schema, 10 for DSTL);
+    empty: 0.5 for every class."""
     min_area: tuple[float, ...] = ()
-    """Per-class minimum polygon area in pixels (10 values); empty: none."""
+    """Per-class minimum polygon area in pixels (one per class); empty: none."""
 
 
 BLEND_MODES = ("average", "tuned")
@@ -356,8 +357,8 @@ def _validate_model(config: Config) -> None:
 
 
 def _validate_loss(config: Config) -> None:
-    """``[loss]``: weights >= 0 and not all 0, a known Jaccard mode, per-class vectors empty
-    or of ``NUM_CLASSES`` values."""
+    """``[loss]``: weights >= 0 and not all 0, a known Jaccard mode, per-class vectors of
+    values >= 0 (their length is checked against the data's classes: :func:`per_class`)."""
     lo = config.loss
     _check(lo.bce >= 0, "loss.bce", "must be >= 0", lo.bce)
     _check(lo.jaccard >= 0, "loss.jaccard", "must be >= 0", lo.jaccard)
@@ -365,12 +366,6 @@ def _validate_loss(config: Config) -> None:
     _check_choice("loss.jaccard_mode", lo.jaccard_mode, ("batch", "present", "sample"))
     _check(lo.smooth >= 0, "loss.smooth", "must be >= 0", lo.smooth)
     for key, vec in (("loss.pos_weight", lo.pos_weight), ("loss.class_weights", lo.class_weights)):
-        _check(
-            len(vec) in (0, NUM_CLASSES),
-            key,
-            f"must be empty or hold {NUM_CLASSES} values",
-            list(vec),
-        )
         _check(all(v >= 0 for v in vec), key, "must hold values >= 0", list(vec))
     if lo.class_weights:
         _check(sum(lo.class_weights) > 0, "loss.class_weights", "must not all be 0", 0)
@@ -397,10 +392,9 @@ def _validate_train(config: Config) -> None:
     _check_multiple("train.patch_size", t.patch_size, config.model.depth)
     _check(0.0 <= t.rare_share <= 1.0, "train.rare_share", "must be in [0, 1]", t.rare_share)
     _check(
-        all(1 <= c <= NUM_CLASSES for c in t.rare_classes)
-        and len(set(t.rare_classes)) == len(t.rare_classes),
+        all(c >= 1 for c in t.rare_classes) and len(set(t.rare_classes)) == len(t.rare_classes),
         "train.rare_classes",
-        f"must be distinct classes in 1..{NUM_CLASSES}",
+        "must be distinct classes numbered from 1",
         list(t.rare_classes),
     )
     _check(0.0 <= t.photometric <= 1.0, "train.photometric", "must be in [0, 1]", t.photometric)
@@ -414,7 +408,7 @@ def _validate_train(config: Config) -> None:
 
 def _validate_predict(config: Config) -> None:
     """``[predict]``: a tile side that is a multiple of ``2**model.depth`` with a margin under
-    half of it, ``NUM_CLASSES`` thresholds in [0, 1], minimum areas empty or one per class."""
+    half of it, thresholds in [0, 1], minimum areas >= 0 (lengths: :func:`per_class`)."""
     p = config.predict
     _check_multiple("predict.tile", p.tile, config.model.depth)
     _check(
@@ -425,24 +419,39 @@ def _validate_predict(config: Config) -> None:
     )
     _check(p.batch >= 1, "predict.batch", "must be >= 1", p.batch)
     _check(
-        len(p.thresholds) == NUM_CLASSES,
-        "predict.thresholds",
-        f"must hold {NUM_CLASSES} values",
-        list(p.thresholds),
-    )
-    _check(
         all(0.0 <= v <= 1.0 for v in p.thresholds),
         "predict.thresholds",
         "must hold values in [0, 1]",
         list(p.thresholds),
     )
-    _check(
-        len(p.min_area) in (0, NUM_CLASSES),
-        "predict.min_area",
-        f"must be empty or hold {NUM_CLASSES} values",
-        list(p.min_area),
-    )
     _check(all(v >= 0 for v in p.min_area), "predict.min_area", "must be >= 0", list(p.min_area))
+
+
+def per_class(values: Sequence[float], k: int, key: str, default: float) -> tuple[float, ...]:
+    """A per-class config vector for data of ``k`` classes: its values when it holds ``k``,
+    ``default`` for every class when empty; ConfigError naming ``key`` otherwise."""
+    if not values:
+        return (float(default),) * k
+    if len(values) != k:
+        raise ConfigError(
+            f"config key '{key}' holds {len(values)} values, but the data has {k} classes"
+        )
+    return tuple(float(v) for v in values)
+
+
+def rare_classes(config: Config, k: int, dstl: bool) -> tuple[int, ...]:
+    """The classes training oversamples for data of ``k`` classes. The default
+    (:data:`spectraseg.RARE_CLASSES`) is DSTL's rare five: on another schema it means none.
+    ConfigError when a class is beyond ``k``."""
+    classes = config.train.rare_classes
+    if not dstl and classes == RARE_CLASSES:
+        return ()
+    for c in classes:
+        if c > k:
+            raise ConfigError(
+                f"config key 'train.rare_classes' names class {c}, but the data has {k}"
+            )
+    return classes
 
 
 def _validate_pixel(config: Config) -> None:

@@ -27,21 +27,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
+from spectraseg.data.classes import DSTL_SCHEMA, rgb
 from spectraseg.data.files import atomic_output, write_text_atomic
 
 CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
-    1: (230, 25, 75),  # buildings: red
-    2: (245, 130, 48),  # structures: orange
-    3: (255, 225, 25),  # road: yellow
-    4: (170, 110, 40),  # track: brown
-    5: (60, 180, 75),  # trees: green
-    6: (210, 245, 60),  # crops: lime
-    7: (0, 130, 200),  # waterway: blue
-    8: (70, 240, 240),  # standing water: cyan
-    9: (240, 50, 230),  # large vehicle: magenta
-    10: (255, 255, 255),  # small vehicle: white
+    c.index: rgb(c.color) for c in DSTL_SCHEMA.classes
 }
-"""RGB colour per class in the scene panels."""
+"""RGB colour per class in the scene panels (:data:`spectraseg.data.classes.DSTL_COLORS`)."""
 
 # Paint large, background-like classes first so small objects stay visible on top.
 PAINT_ORDER = (6, 5, 4, 7, 8, 3, 1, 2, 9, 10)

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from spectraseg import CLASS_NAMES, NUM_CLASSES
+from spectraseg import NUM_CLASSES
 from spectraseg.config import Config, from_dict, to_toml
+from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.files import atomic_output, write_text_atomic
 from spectraseg.errors import ConfigError, DataError
 from spectraseg.features.stats import Stats, load_stats, save_stats
@@ -131,6 +132,15 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
     ema: dict[str, Any] | None = None
     ema_count: int = 0
+    classes: list[dict[str, Any]] | None = None
+    """The class schema the model predicts (:meth:`ClassSchema.to_json`); None: DSTL's."""
+
+    @property
+    def schema(self) -> ClassSchema:
+        """The classes of the model's output channels, in order."""
+        if self.classes is None:
+            return DSTL_SCHEMA
+        return ClassSchema.from_json(self.classes, "the checkpoint")
 
     @property
     def weights(self) -> dict[str, Any]:
@@ -164,6 +174,8 @@ class Checkpoint:
             state[name] = getattr(self, name)
         if self.ema is not None:
             state["ema"], state["ema_count"] = self.ema, self.ema_count
+        if self.classes is not None:
+            state["classes"] = self.classes
         return state
 
     @classmethod
@@ -187,6 +199,7 @@ class Checkpoint:
                 history=[dict(r) for r in state["history"]],
                 ema=state.get("ema"),
                 ema_count=int(state.get("ema_count", 0)),
+                classes=state.get("classes"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DataError(f"{where} lacks checkpoint field {exc}") from None
@@ -246,7 +259,7 @@ def _load_unet(run: RunDir, which: str) -> tuple[UNet, Config]:
     path = run.checkpoint(which)
     ckpt = load_checkpoint(path)
     config = ckpt.parsed_config(str(path))
-    model = build_model(config, ckpt.in_channels)
+    model = build_model(config, ckpt.in_channels, len(ckpt.schema))
     model.load_state_dict(ckpt.weights)
     return model, config
 
@@ -554,20 +567,23 @@ def write_metrics(
     run_dir: str | os.PathLike[str] | RunDir,
     history: Sequence[Mapping[str, Any]],
     best: Mapping[str, Any],
+    schema: ClassSchema = DSTL_SCHEMA,
 ) -> None:
-    """``RUN/metrics.csv`` (one row per epoch) and ``RUN/metrics.json`` (rows and best)."""
+    """``RUN/metrics.csv`` (one row per epoch, a validation Jaccard column per class of
+    ``schema``) and ``RUN/metrics.json`` (rows, best and the class names)."""
     run = RunDir.of(run_dir)
-    cols = list(METRIC_COLUMNS) + [f"val_jaccard_{c}" for c in range(1, NUM_CLASSES + 1)]
+    k = len(schema)
+    cols = list(METRIC_COLUMNS) + [f"val_jaccard_{c}" for c in range(1, k + 1)]
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for row in history:
-        jac = row.get("val_jaccard") or [None] * NUM_CLASSES
+        jac = row.get("val_jaccard") or [None] * k
         values = [row.get(k) for k in METRIC_COLUMNS] + list(jac)
         w.writerow([_csv_cell(v) for v in values])
     write_text_atomic(run.metrics_csv, buf.getvalue())
     doc = {
-        "classes": [CLASS_NAMES[c] for c in range(1, NUM_CLASSES + 1)],
+        "classes": schema.names,
         "epochs": list(history),
         "best": dict(best),
     }

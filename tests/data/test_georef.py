@@ -331,3 +331,48 @@ def test_description_errors_name_the_key(tmp_path: Path, text: str, expected: st
     with pytest.raises(DataError, match=None) as err:
         read_description(path)
     assert str(err.value).startswith(str(path)) and expected in str(err.value)
+
+
+def test_one_class_schema_aligns_builds_masks_and_trains(
+    sample: Path, spacenet: Path, tmp_path: Path
+) -> None:
+    """The issue's minimal description: align, masks and a few training steps give a model
+    with one output channel whose checkpoint carries the schema."""
+    from spectraseg.align.masks import build_masks, open_mask
+    from spectraseg.cli import main
+    from spectraseg.runs import load_checkpoint, load_model
+
+    cache = tmp_path / "cache"
+    assert main(["align", str(sample), "--cache", str(cache), "--workers", "0", "--quiet"]) == 0
+    opened = open_cache(cache)
+    assert opened.schema == read_description(sample).classes and len(opened.schema) == 1
+    build_masks(opened, sample, progress=False)
+    mask = open_mask(opened, "sample", (900, 900))
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        _, _, wkb, _ = pyogrio.raw.read(spacenet / "geotiff_labels.geojson")
+        expected = rasterio.features.rasterize(
+            [(g, 1) for g in shapely.from_wkb(wkb)], out_shape=src.shape, transform=src.transform
+        )
+    np.testing.assert_array_equal(mask[0], expected)
+    sets = [
+        f'data.cache="{cache}"', f'data.root="{sample}"', "data.val_fraction=0",
+        "train.steps=3", "train.epochs=0", "model.width=8", "model.depth=2",
+        "train.patch_size=64", "predict.tile=128",
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--quiet"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ckpt.schema.names == ["building"] and ckpt.step == 3
+    model, _, _ = load_model(run)
+    assert model.num_classes == 1
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert header.endswith(",val_jaccard_1")
+    assert json.loads((run / "metrics.json").read_text())["classes"] == ["building"]
+
+
+def test_a_dstl_cache_refuses_a_description(sample: Path, dstl_lite: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    align_dataset(dstl_lite, cache, image_ids=["6010_1_2"], progress=False)
+    with pytest.raises(DataError, match=r"holds scenes of the classes \['Buildings'"):
+        align_dataset(sample, cache, progress=False)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from spectraseg.align.cache import CHANNEL_ORDER
+from spectraseg.data.dstl import CHANNEL_ORDER
 from spectraseg.errors import ConfigError, SpectrasegWarning
 from spectraseg.features.indices import (
     available_indices,

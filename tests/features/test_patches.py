@@ -216,7 +216,7 @@ def test_bad_settings_raise_config_errors(coord_cache):
         PatchDataset(root, ids, identity_stats(), rare_share=1.5)
     with pytest.raises(ConfigError, match=r"photometric augmentation 1\.5"):
         PatchDataset(root, ids, identity_stats(), photometric=1.5)
-    with pytest.raises(ConfigError, match="rare class 11"):
+    with pytest.raises(ConfigError, match=r"rare classes \[2, 11\] go beyond the data's 10"):
         PatchDataset(root, ids, identity_stats(), rare_classes=(2, 11))
     with pytest.raises(ConfigError, match="training scene 6999_0_0 is not in the cache"):
         PatchDataset(root, ["6999_0_0"], identity_stats())

@@ -17,6 +17,7 @@ import numpy as np
 from spectraseg.align.registration import (
     ShiftRow,
 )
+from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.dstl import (
     CHANNELS,
     PRODUCTS,
@@ -222,6 +223,13 @@ class Cache:
             return self.manifest["scenes"][image_id]
         except KeyError:
             raise DataError(f"scene {image_id} is not in the cache {self.root}") from None
+
+    @property
+    def schema(self) -> ClassSchema:
+        """The classes of the cache's labels: the manifest's ``classes`` (written when the
+        cache was aligned from a dataset description), else the DSTL ten."""
+        doc = self.manifest.get("classes")
+        return DSTL_SCHEMA if doc is None else ClassSchema.from_json(doc, str(self.root / MANIFEST))
 
     def channels(self, image_id: str) -> list[str]:
         """Channel names of a cached scene, in stack order."""

@@ -56,9 +56,10 @@ from spectraseg.align.registration import (
     estimate_products,
     resolve_shifts,
 )
+from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.dstl import PRODUCTS, Scene, channels_of, check_image_id
 from spectraseg.data.files import atomic_output
-from spectraseg.data.georef import GeoScene
+from spectraseg.data.georef import GeoDataset, GeoScene
 from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import DataError, SpectrasegError
 from spectraseg.parallel import Runner, describe, open_runner
@@ -462,6 +463,7 @@ def align_dataset(
         raise DataError(f"cache path {cache} exists and is not a directory")
     ids = ds.select(image_ids, "align")
     manifest = read_manifest(cache, missing_ok=True)
+    _set_schema(manifest, ds, cache)
     shifts_path = cache / SHIFTS
     old_rows = read_shifts(shifts_path) if shifts_path.is_file() else []
 
@@ -483,6 +485,21 @@ def align_dataset(
     report.scenes = [status[i] for i in ids]
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _set_schema(manifest: dict[str, Any], ds: Source, cache: Path) -> None:
+    """Record a description's class schema in the manifest; DataError when the cache
+    already holds scenes labelled with another schema."""
+    schema = ds.description.classes if isinstance(ds, GeoDataset) else DSTL_SCHEMA
+    doc = manifest.get("classes")
+    old = DSTL_SCHEMA if doc is None else ClassSchema.from_json(doc, str(cache / MANIFEST))
+    if manifest["scenes"] and old != schema:
+        raise DataError(
+            f"cache {cache} holds scenes of the classes {old.names}, not {schema.names} "
+            f"of {ds.root}: align into another cache"
+        )
+    if not schema.is_dstl:
+        manifest["classes"] = schema.to_json()
 
 
 class _Run(NamedTuple):

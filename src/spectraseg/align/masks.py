@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from spectraseg import NUM_CLASSES
 from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir
-from spectraseg.data.dstl import check_image_id, open_dataset
+from spectraseg.data.dstl import Dataset, check_image_id
 from spectraseg.data.files import atomic_output
 from spectraseg.data.geometry import rasterize_classes
+from spectraseg.data.georef import GeoDataset, rasterize_labels
+from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import DataError
 
 
@@ -32,8 +33,9 @@ def build_masks(
 ) -> list[Path]:
     """Rasterise the labels of cached scenes into ``CACHE/masks/{id}.npy`` (once per scene).
 
-    Each mask is (10, H, W) uint8 {0, 1} on the cache's grid (the scene's RGB grid), from
-    the dataset's label file and ``grid_sizes.csv``; channel ``c - 1`` holds class ``c``.
+    Each mask is (K, H, W) uint8 {0, 1} on the cache's grid, K the classes of the cache's
+    schema (10 for DSTL); channel ``c - 1`` holds class ``c``. DSTL labels come from the
+    label file and ``grid_sizes.csv``, a description's from its scenes' label layers.
     Existing masks of the right shape are kept unless ``overwrite``. Files are written
     atomically. A scene without labels raises DataError.
 
@@ -45,48 +47,80 @@ def build_masks(
     todo = [
         (i, p)
         for i, p in zip(ids, paths, strict=True)
-        if overwrite or not mask_ok(p, cache.load(i).shape[1:])
+        if overwrite or not mask_ok(p, cache.load(i).shape[1:], len(cache.schema))
     ]
     if not todo:
         return paths
-    ds = open_dataset(data_root)
-    labelled = set(ds.labels)
+    ds = open_source(data_root)
+    labelled = set(labelled_ids(ds))
     for image_id, path in tqdm(todo, desc="masks", unit="scene", disable=not progress):
         if image_id not in labelled:
-            where = ds.label_path or ds.root / "train_wkt_v4.csv"
-            raise DataError(f"scene {image_id} has no labels in {where}")
-        if image_id not in ds.grid_sizes:
-            raise DataError(f"scene {image_id} is not in {ds.grid_path}")
+            raise DataError(f"scene {image_id} has no labels in {_label_source(ds)}")
         _, h, w = cache.load(image_id).shape
-        ref = ds.scene(image_id).reference
-        if (ref.height, ref.width) != (h, w):
-            raise DataError(
-                f"cached scene {image_id} is {h} x {w} but its {ref.name} product in "
-                f"{ds.root} is {ref.height} x {ref.width}: the cache is from another dataset"
-            )
-        xmax, ymin = ds.grid_sizes[image_id]
-        mask = rasterize_classes(ds.scene_labels(image_id), w, h, xmax, ymin)
+        if isinstance(ds, GeoDataset):
+            mask = _georef_mask(ds, image_id, (h, w), len(cache.schema))
+        else:
+            mask = _dstl_mask(ds, image_id, (h, w))
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.save(f, mask)
     return paths
 
 
-def mask_ok(path: Path, hw: tuple[int, ...]) -> bool:
+def labelled_ids(ds: Source) -> list[str]:
+    """Ids of a dataset's scenes that have labels."""
+    return ds.labelled_ids if isinstance(ds, GeoDataset) else list(ds.labels)
+
+
+def _label_source(ds: Source) -> str:
+    if isinstance(ds, GeoDataset):
+        return f"{ds.root} (it names no label layer)"
+    return str(ds.label_path or ds.root / "train_wkt_v4.csv")
+
+
+def _check_size(image_id: str, hw: tuple[int, int], got: tuple[int, int], what: str) -> None:
+    if got != hw:
+        raise DataError(
+            f"cached scene {image_id} is {hw[0]} x {hw[1]} but its {what} is {got[0]} x "
+            f"{got[1]}: the cache is from another dataset"
+        )
+
+
+def _dstl_mask(ds: Dataset, image_id: str, hw: tuple[int, int]) -> np.ndarray:
+    if image_id not in ds.grid_sizes:
+        raise DataError(f"scene {image_id} is not in {ds.grid_path}")
+    ref = ds.scene(image_id).reference
+    _check_size(image_id, hw, (ref.height, ref.width), f"{ref.name} product in {ds.root}")
+    xmax, ymin = ds.grid_sizes[image_id]
+    return rasterize_classes(ds.scene_labels(image_id), hw[1], hw[0], xmax, ymin)
+
+
+def _georef_mask(ds: GeoDataset, image_id: str, hw: tuple[int, int], k: int) -> np.ndarray:
+    grid = ds.scene(image_id).grid
+    _check_size(image_id, hw, grid.shape, f"grid in {ds.root}")
+    return rasterize_labels(ds.labels(image_id), grid, k)
+
+
+def mask_ok(path: Path, hw: tuple[int, ...], k: int) -> bool:
     if not path.is_file():
         return False
     try:
         m = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
         return False
-    return m.shape == (NUM_CLASSES, *hw) and m.dtype == np.uint8
+    return m.shape == (k, *hw) and m.dtype == np.uint8
 
 
 def has_mask(cache: Cache, image_id: str) -> bool:
     """Whether a cached scene has a readable label mask of the right shape and dtype."""
-    return mask_ok(mask_path(cache, image_id), cache.load(image_id).shape[1:])
+    shape = cache.load(image_id).shape[1:]
+    return mask_ok(mask_path(cache, image_id), shape, len(cache.schema))
 
 
 def open_mask(cache: CacheLike, image_id: str, hw: tuple[int, int]) -> np.ndarray:
+    """A scene's ``(K, H, W)`` uint8 label mask, memory-mapped; DataError when missing or
+    not of the cache's class count and the scene's size."""
+    cache = open_cache_dir(cache)
+    k = len(cache.schema)
     path = mask_path(cache, image_id)
     if not path.is_file():
         raise DataError(
@@ -97,10 +131,9 @@ def open_mask(cache: CacheLike, image_id: str, hw: tuple[int, int]) -> np.ndarra
         m = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
-    if m.shape != (NUM_CLASSES, *hw) or m.dtype != np.uint8:
+    if m.shape != (k, *hw) or m.dtype != np.uint8:
         raise DataError(
-            f"{path} has shape {m.shape} {m.dtype}, expected ({NUM_CLASSES}, {hw[0]}, {hw[1]}) "
-            "uint8"
+            f"{path} has shape {m.shape} {m.dtype}, expected ({k}, {hw[0]}, {hw[1]}) uint8"
         )
     return m
 
@@ -117,7 +150,7 @@ def labelled_scenes(cache: Any, root: str, progress: bool = False) -> list[str]:
     have = [i for i in ids if has_mask(cache, i)]
     if len(have) == len(ids) or not root:
         return have
-    labelled = set(open_dataset(root).labels)
+    labelled = set(labelled_ids(open_source(root)))
     usable = [i for i in ids if i in labelled]
     build_masks(cache, root, usable, progress=progress)
     return usable

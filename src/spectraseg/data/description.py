@@ -29,11 +29,12 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spectraseg.data.classes import ClassSchema, ClassSpec, value_text
 from spectraseg.data.dstl import check_image_id
 from spectraseg.errors import DataError
 
@@ -59,50 +60,6 @@ BAND_NAMES: dict[str, dict[str, str]] = {
 
 
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """One class of a schema. ``index`` is its 1-based output channel (table order)."""
-
-    name: str
-    index: int
-    value: int | str
-    """The label attribute's value for this class (every feature has value 1 when the
-    description names no ``label_attribute``)."""
-    color: str = "#808080"
-    min_area: float = 0.0
-    """Smallest polygon kept in outputs, in squared CRS units (0: keep all)."""
-    tolerance: float | None = None
-    """Simplification tolerance in pixels (None: the run's default)."""
-
-
-@dataclass(frozen=True)
-class ClassSchema:
-    """The classes a run predicts, in output-channel order."""
-
-    classes: tuple[ClassSpec, ...]
-
-    @property
-    def names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-    def index_of(self, value: object) -> int | None:
-        """The channel (1-based) of an attribute value (compared as text), or None."""
-        text = _value_text(value)
-        for c in self.classes:
-            if _value_text(c.value) == text:
-                return c.index
-        return None
-
-
-def _value_text(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
 
 
 @dataclass(frozen=True)
@@ -134,12 +91,11 @@ class LabelSource:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """One scene: its band groups (in product order), labels and labelled extent."""
+    """One scene: its band groups (in product order) and label layers."""
 
     image_id: str
     groups: tuple[BandGroup, ...]
     labels: tuple[LabelSource, ...] = ()
-    label_extent: LabelSource | None = None
 
     def group(self, product: str) -> BandGroup:
         for g in self.groups:
@@ -261,7 +217,7 @@ def _classes(table: object, where: _Where) -> ClassSchema:
         value = spec.get("value", index)
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise where.error(key + ".value", f"must be an integer or text, not {value!r}")
-        text = _value_text(value)
+        text = value_text(value)
         if text in seen:
             raise where.error(key + ".value", f"{value!r} is also the value of {seen[text]}")
         seen[text] = name
@@ -289,7 +245,7 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
     key = f"scenes[{n}]"
     if not isinstance(raw, dict):
         raise where.error(key, "must be a table")
-    where.keys(raw, {"id", "bands", "labels", "label_extent"}, key + ".")
+    where.keys(raw, {"id", "bands", "labels"}, key + ".")
     image_id = raw.get("id")
     if not isinstance(image_id, str):
         raise where.error(key + ".id", "must be text")
@@ -308,9 +264,7 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
     labels = raw.get("labels", [])
     labels = labels if isinstance(labels, list) else [labels]
     sources = tuple(_label(v, f"{key}.labels", where) for v in labels)
-    extent = raw.get("label_extent")
-    ext = None if extent is None else _label(extent, f"{key}.label_extent", where)
-    return SceneSpec(image_id, tuple(groups), sources, ext)
+    return SceneSpec(image_id, tuple(groups), sources)
 
 
 def _group(name: str, raw: object, key: str, where: _Where) -> BandGroup:
@@ -354,10 +308,3 @@ def _label(raw: object, key: str, where: _Where) -> LabelSource:
             raise where.error(key + ".layer", "must be a layer name (text)")
         return LabelSource(where.file(raw.get("file"), key + ".file"), layer)
     return LabelSource(where.file(raw, key))
-
-
-def schema_of(classes: Sequence[tuple[str, int | str]]) -> ClassSchema:
-    """A schema from ``(name, value)`` pairs, in channel order (default colours)."""
-    return ClassSchema(
-        tuple(ClassSpec(name, i, value) for i, (name, value) in enumerate(classes, start=1))
-    )

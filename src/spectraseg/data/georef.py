@@ -36,9 +36,9 @@ from rasterio.windows import Window
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from spectraseg.data.classes import ClassSchema
 from spectraseg.data.description import (
     BandGroup,
-    ClassSchema,
     Description,
     LabelSource,
     SceneSpec,

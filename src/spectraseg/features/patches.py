@@ -1,7 +1,8 @@
 """Training data: label masks, validation split, random patches and whole scenes.
 
-- **Masks** are rasterised once per scene on the cache's (RGB) grid from the labels and
-  stored as ``CACHE/masks/{id}.npy``, (10, H, W) uint8 {0, 1} (:func:`build_masks`).
+- **Masks** are rasterised once per scene on the cache's grid from the labels and stored
+  as ``CACHE/masks/{id}.npy``, (K, H, W) uint8 {0, 1} for the K classes of the cache's
+  schema (:func:`build_masks`).
 - **Validation split** (:func:`split_scenes`) is by whole scenes: an explicit list, or a
   share of scenes chosen by *region group*, so near-duplicate tiles never straddle train
   and validation. Regions 6110 and 6140 overlap on the ground (dstl-lite's README: two
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from spectraseg import NUM_CLASSES, RARE_CLASSES
+from spectraseg import RARE_CLASSES
 from spectraseg.align.cache import Cache, CacheLike, cache_root, open_cache_dir, scale_offset
 from spectraseg.align.masks import build_masks, open_mask
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
@@ -107,8 +108,8 @@ def _check_args(
         if not ok:
             raise ConfigError(message)
     for c in rare_classes:
-        if not 1 <= int(c) <= NUM_CLASSES:
-            raise ConfigError(f"rare class {c} is not in 1..{NUM_CLASSES}")
+        if int(c) < 1:
+            raise ConfigError(f"rare class {c} is not a class number (from 1)")
     if seed < 0 or rank < 0:
         raise ConfigError(f"seed {seed} and rank {rank} must not be negative")
 
@@ -179,7 +180,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         data_root: dataset root to rasterise missing masks from; None requires the masks.
         progress: show progress bars while building masks and rare-class positions.
 
-    Items are ``{"image": float32 tensor (C, S, S), "mask": uint8 tensor (10, S, S)}`` with
+    Items are ``{"image": float32 tensor (C, S, S), "mask": uint8 tensor (K, S, S)}`` with
     ``C = len(channels) + len(indices)``.
     """
 
@@ -235,10 +236,13 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         area = np.array([h * w for h, w in self._shapes], dtype=np.float64)
         self._area_p = area / area.sum()
 
+        k = len(opened.schema)
+        if any(int(c) > k for c in rare_classes):
+            raise ConfigError(f"rare classes {list(rare_classes)} go beyond the data's {k} classes")
         if data_root is not None:
             build_masks(opened, data_root, self.image_ids, progress=progress)
         self._rare = self._index_rare(opened, [int(c) for c in rare_classes], progress)
-        if self.rare_share > 0 and not self._rare:
+        if self.rare_share > 0 and rare_classes and not self._rare:
             warnings.warn(
                 "no rare-class pixel in the training scenes: every patch is drawn uniformly",
                 SpectrasegWarning,
@@ -307,7 +311,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         if got is None:
             image_id = self.image_ids[s]
             img = self._cache.load(image_id)
-            got = (img, open_mask(self.root, image_id, self._shapes[s]))
+            got = (img, open_mask(self._cache, image_id, self._shapes[s]))
             self._arrays[s] = got
         return got
 
@@ -354,7 +358,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         return PatchPlan(s, row0, col0, transform, cls, pixel, gains)
 
     def sample(self, plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
-        """The (image float32 (C, S, S), mask uint8 (10, S, S)) arrays of a plan."""
+        """The (image float32 (C, S, S), mask uint8 (K, S, S)) arrays of a plan."""
         img, mask = self._scene_arrays(plan.scene)
         raw = read_window(img, plan.row0, plan.col0, self.size)
         lab = read_window(mask, plan.row0, plan.col0, self.size)

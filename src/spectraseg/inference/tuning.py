@@ -22,7 +22,7 @@ from tqdm import tqdm
 from spectraseg import NUM_CLASSES
 from spectraseg.align.cache import Cache, open_cache
 from spectraseg.align.masks import build_masks, has_mask
-from spectraseg.config import Config
+from spectraseg.config import Config, per_class
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.evaluation.metrics import pixel_areas
 from spectraseg.evaluation.thresholds import jaccard_curves, tune_blend
@@ -44,9 +44,10 @@ THRESHOLD_CHOICES = ("auto", "retune", "config")
 """Where thresholds come from, besides a mapping given by the caller."""
 
 
-def config_thresholds(config: Config) -> dict[int, float]:
-    """The config's ``predict.thresholds`` as ``{class: threshold}``."""
-    return {c: float(t) for c, t in enumerate(config.predict.thresholds, start=1)}
+def config_thresholds(config: Config, k: int = NUM_CLASSES) -> dict[int, float]:
+    """The config's ``predict.thresholds`` for ``k`` classes as ``{class: threshold}``."""
+    values = per_class(config.predict.thresholds, k, "predict.thresholds", 0.5)
+    return dict(enumerate(values, start=1))
 
 
 def validation_scenes(run: RunDir, config: Config) -> list[str]:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spectraseg.config import LossConfig
+from spectraseg.config import LossConfig, per_class
 
 JACCARD_MODES: tuple[str, ...] = ("batch", "present", "sample")
 """Ways of summing the soft Jaccard (module docstring)."""
@@ -180,14 +180,18 @@ class BCEJaccardLoss(nn.Module):
         return loss
 
 
-def build_loss(cfg: LossConfig) -> BCEJaccardLoss:
-    """The loss described by a :class:`spectraseg.config.LossConfig`."""
+def build_loss(cfg: LossConfig, num_classes: int = 10) -> BCEJaccardLoss:
+    """The loss described by a :class:`spectraseg.config.LossConfig` for ``num_classes``
+    output maps; ConfigError when a per-class vector has another length."""
+    pos_weight = per_class(cfg.pos_weight, num_classes, "loss.pos_weight", 1.0)
+    weights = per_class(cfg.class_weights, num_classes, "loss.class_weights", 1.0)
     return BCEJaccardLoss(
+        num_classes=num_classes,
         bce_weight=cfg.bce,
         jaccard_weight=cfg.jaccard,
         mode=cfg.jaccard_mode,
         smooth=cfg.smooth,
         log_jaccard=cfg.log_jaccard,
-        pos_weight=cfg.pos_weight or None,
-        class_weights=cfg.class_weights or None,
+        pos_weight=pos_weight if cfg.pos_weight else None,
+        class_weights=weights if cfg.class_weights else None,
     )

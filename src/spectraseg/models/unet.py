@@ -164,12 +164,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_model(config: Config, in_channels: int) -> UNet:
-    """The U-Net described by ``config.model`` for ``in_channels`` inputs."""
+def build_model(config: Config, in_channels: int, num_classes: int = NUM_CLASSES) -> UNet:
+    """The U-Net described by ``config.model`` for ``in_channels`` inputs and one output map
+    per class (10 for DSTL; a run on a description's data has its schema's count)."""
     m = config.model
     return UNet(
         in_channels,
-        NUM_CLASSES,
+        num_classes,
         width=m.width,
         depth=m.depth,
         norm=m.norm,

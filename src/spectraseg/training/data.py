@@ -13,7 +13,8 @@ import torch.distributed as dist
 
 from spectraseg.align.cache import Cache, open_cache_dir
 from spectraseg.align.masks import open_mask
-from spectraseg.config import Config
+from spectraseg.config import Config, rare_classes
+from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.errors import ConfigError
 from spectraseg.evaluation.metrics import pixel_areas
 from spectraseg.features.normalization import compute_stats
@@ -31,16 +32,17 @@ class TrainData:
 
     Attributes:
         train: a map-style dataset; item ``i`` is ``{"image": float32 (C, S, S),
-            "mask": uint8 (10, S, S)}``, a pure function of ``(seed, epoch, i)``. If it has
+            "mask": uint8 (K, S, S)}``, a pure function of ``(seed, epoch, i)``. If it has
             ``set_epoch(epoch)`` it is called before each epoch; it must be at least
             ``steps_per_epoch * accumulate * batch_size * world`` long.
         in_channels: ``C``.
         val_scenes: held-out scene ids (may be empty).
-        load_val: ``image_id -> (image float32 (C, H, W), truth uint8 (10, H, W))``.
+        load_val: ``image_id -> (image float32 (C, H, W), truth uint8 (K, H, W))``.
         pixel_area: ``image_id -> area of one pixel in squared grid units`` (metric weights);
             None counts pixels.
         stats: the normalisation statistics (saved as ``stats.json``), or None.
         train_scenes: the scene ids ``train`` draws from (recorded in ``split.json``).
+        schema: the classes of the masks (``K`` = ``len(schema)`` output channels).
     """
 
     train: Any
@@ -50,6 +52,7 @@ class TrainData:
     pixel_area: Callable[[str], float] | None = None
     stats: Stats | None = None
     train_scenes: Sequence[str] = ()
+    schema: ClassSchema = DSTL_SCHEMA
 
 
 def _from_rank0(value: T, world: int) -> T:
@@ -114,7 +117,7 @@ def prepare_data(
         seed=t.seed,
         rank=rank,
         rare_share=t.rare_share,
-        rare_classes=t.rare_classes,
+        rare_classes=rare_classes(config, len(cache.schema), cache.schema.is_dstl),
         augment=t.augment,
         photometric=t.photometric,
         indices=d.indices,
@@ -135,4 +138,5 @@ def prepare_data(
         pixel_area=areas.__getitem__,
         stats=stats,
         train_scenes=train_ids,
+        schema=cache.schema,
     )

@@ -199,18 +199,24 @@ class _Parts:
 
 
 def _build_parts(
-    config: Config, in_channels: int, ckpt: Checkpoint | None, device: torch.device, world: int
+    config: Config, data: TrainData, ckpt: Checkpoint | None, device: torch.device, world: int
 ) -> _Parts:
     """Model, optimizer, scaler, weight average and loss; weights from ``ckpt`` if given."""
     t = config.train
     # Same initial weights on every rank (DDP also broadcasts them from rank 0).
     torch.manual_seed(t.seed)
-    model = build_model(config, in_channels)
+    in_channels, k = data.in_channels, len(data.schema)
+    model = build_model(config, in_channels, k)
     if ckpt is not None:
         if ckpt.in_channels != in_channels:
             raise ConfigError(
                 f"the data now has {in_channels} input channels but the run was "
                 f"trained with {ckpt.in_channels}"
+            )
+        if ckpt.schema != data.schema:
+            raise ConfigError(
+                f"the data's classes are now {data.schema.names} but the run was trained "
+                f"on {ckpt.schema.names}"
             )
         model.load_state_dict(ckpt.model)
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -232,7 +238,7 @@ def _build_parts(
         if ckpt is not None and ckpt.ema is not None:
             ema.module.load_state_dict(ckpt.ema)
             ema.n_averaged.fill_(ckpt.ema_count)
-    loss_fn = build_loss(config.loss).to(device)
+    loss_fn = build_loss(config.loss, k).to(device)
     return _Parts(model, net, optimizer, scaler, ema, loss_fn, amp)
 
 
@@ -276,6 +282,8 @@ class _Loop:
             self.config, self.spe, p.model, p.optimizer, p.scaler, p.ema,
             self.data.in_channels, self.rng,
         )  # fmt: skip
+        if not self.data.schema.is_dstl:
+            ckpt.classes = self.data.schema.to_json()
         save_checkpoint(path, ckpt)
 
     def end_epoch(self, final: bool, progress: bool) -> None:
@@ -306,7 +314,7 @@ class _Loop:
         s.acc = new_epoch_acc()
         if improved:
             self.checkpoint(self.run.best)
-        write_metrics(self.run, s.history, s.best)
+        write_metrics(self.run, s.history, s.best, self.data.schema)
 
     def step(self, loader: Iterator[Mapping[str, Any]]) -> tuple[StepStats, float, float]:
         """One optimizer step: ``(its sums, its seconds, the learning rate)``."""
@@ -514,7 +522,7 @@ def _train(
         )
     if rank == 0:
         _write_run_files(run, config, data)
-    parts = _build_parts(config, data.in_channels, ckpt, device, world)
+    parts = _build_parts(config, data, ckpt, device, world)
     state = _restore(parts, ckpt, t.seed, rank)
     loop = _Loop(config, run, data, parts, state, device, rank, world)
     interrupted = loop.run_steps(progress, callback)

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from spectraseg import NUM_CLASSES
-from spectraseg.config import Config
+from spectraseg.config import Config, per_class
 from spectraseg.evaluation.levels import quantize, threshold_masks
 from spectraseg.evaluation.metrics import Evaluation, mask_counts
 from spectraseg.evaluation.thresholds import choose_thresholds, class_histograms
@@ -44,16 +43,17 @@ def validate(
     histograms), so ``val_mean_tuned`` is what ``spectraseg predict`` scores on these scenes
     with this model and its tuned thresholds. Also reports the mean pixel BCE.
 
-    Returns a JSON-ready dict: ``val_loss``, ``val_mean``, ``val_jaccard`` (10),
-    ``val_empty`` (10 bools: union empty over all scenes), ``val_mean_tuned``,
-    ``val_jaccard_tuned`` (10), ``val_thresholds_tuned`` (10).
+    Returns a JSON-ready dict: ``val_loss``, ``val_mean``, ``val_jaccard`` (K, one per
+    class of the data's schema), ``val_empty`` (K bools: union empty over all scenes),
+    ``val_mean_tuned``, ``val_jaccard_tuned`` (K), ``val_thresholds_tuned`` (K).
     """
     assert data.load_val is not None
     p = config.predict
-    thresholds = dict(enumerate(p.thresholds, start=1))
+    k = len(data.schema)
+    thresholds = dict(enumerate(per_class(p.thresholds, k, "predict.thresholds", 0.5), start=1))
     ids = list(data.val_scenes)
-    counts = np.zeros((len(ids), NUM_CLASSES, 3), dtype=np.float64)
-    pos = neg = np.zeros((NUM_CLASSES, 256))
+    counts = np.zeros((len(ids), k, 3), dtype=np.float64)
+    pos = neg = np.zeros((k, 256))
     bce_sum, n_values = 0.0, 0
     for n, image_id in enumerate(
         tqdm(ids, desc="validate", unit="scene", disable=not progress, leave=False)
@@ -68,12 +68,12 @@ def validate(
         counts[n] = mask_counts(threshold_masks(levels, thresholds), truth) * area
         hp, hn = class_histograms(levels, truth, area)
         pos, neg = pos + hp, neg + hn
-        # Class by class: a full-resolution scene's (10, H, W) maps are large.
-        bce_sum += sum(_bce_sum(probs[c], truth[c]) for c in range(NUM_CLASSES))
+        # Class by class: a full-resolution scene's (K, H, W) maps are large.
+        bce_sum += sum(_bce_sum(probs[c], truth[c]) for c in range(k))
         n_values += probs.size
     ev = Evaluation(tuple(ids), counts, "raster")
     tuned = choose_thresholds(pos, neg)
-    jaccard = [tuned["jaccard"][c] for c in range(1, NUM_CLASSES + 1)]
+    jaccard = [tuned["jaccard"][c] for c in range(1, k + 1)]
     return {
         "val_loss": bce_sum / max(1, n_values),
         "val_mean": ev.mean,
@@ -81,5 +81,5 @@ def validate(
         "val_empty": [bool(v) for v in ev.empty],
         "val_mean_tuned": float(np.mean(jaccard)),
         "val_jaccard_tuned": jaccard,
-        "val_thresholds_tuned": [tuned["thresholds"][c] for c in range(1, NUM_CLASSES + 1)],
+        "val_thresholds_tuned": [tuned["thresholds"][c] for c in range(1, k + 1)],
     }
