@@ -376,3 +376,28 @@ def test_a_dstl_cache_refuses_a_description(sample: Path, dstl_lite: Path, tmp_p
     align_dataset(dstl_lite, cache, image_ids=["6010_1_2"], progress=False)
     with pytest.raises(DataError, match=r"holds scenes of the classes \['Buildings'"):
         align_dataset(sample, cache, progress=False)
+
+
+def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: Path) -> None:
+    """Validation of a one-class run: the tiled prediction has the model's one channel and
+    the summary names the schema's class."""
+    from spectraseg.cli import main
+
+    scenes = "".join(
+        f'[[scenes]]\nid = "{i}"\nbands = {{ pan = "{spacenet / "sample_geotiff.tif"}" }}\n'
+        f'labels = "{spacenet / "geotiff_labels.geojson"}"\n'
+        for i in ("a_0_0", "b_0_0")
+    )
+    desc = _write(tmp_path / "two.toml", "[classes]\nhouse = { value = 1 }\n" + scenes)
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    assert main(["align", str(desc), "--cache", str(cache), "--workers", "0", "--quiet"]) == 0
+    sets = [
+        f'data.cache="{cache}"', f'data.root="{desc}"', 'data.val_scenes=["b_0_0"]',
+        "train.steps=2", "train.epochs=0", "train.steps_per_epoch=2", "model.width=8",
+        "model.depth=2", "train.patch_size=64", "predict.tile=128",
+    ]  # fmt: skip
+    args = ["train", "--out", str(run), "--quiet"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    row = json.loads((run / "metrics.json").read_text())["epochs"][-1]
+    assert len(row["val_jaccard"]) == 1 and len(row["val_thresholds_tuned"]) == 1
+    assert 0.0 <= row["val_mean"] <= 1.0

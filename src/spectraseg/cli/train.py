@@ -11,8 +11,10 @@ a run averages the K models.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectraseg import CLASS_NAMES
@@ -62,11 +64,21 @@ def _summary(result: TrainResult, rank: int) -> None:
     print(f"best validation mean Jaccard {result.best_score:.4f} at step {result.best_step}")
     best = next((r for r in result.history if r.get("step") == result.best_step), None)
     if best and best.get("val_jaccard"):
+        names = _class_names(result.run_dir)
         for c, (j, empty) in enumerate(
             zip(best["val_jaccard"], best["val_empty"], strict=True), start=1
         ):
             note = "  (no truth and no prediction)" if empty else ""
-            print(f"  {c:>2} {CLASS_NAMES[c]:<26} {j:.4f}{note}")
+            print(f"  {c:>2} {names.get(c, str(c)):<26} {j:.4f}{note}")
+
+
+def _class_names(run_dir: str | os.PathLike[str]) -> dict[int, str]:
+    """Class names of a run (its ``metrics.json``), DSTL's when it has none."""
+    try:
+        doc = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+        return dict(enumerate(doc["classes"], start=1))
+    except (OSError, ValueError, KeyError, TypeError):
+        return dict(CLASS_NAMES)
 
 
 def run(args: argparse.Namespace) -> int:

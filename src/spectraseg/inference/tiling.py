@@ -231,7 +231,7 @@ def predict_probs(
     batch: int = 8,
     tta: bool = False,
     device: torch.device | str | None = None,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int | None = None,
     progress: bool = False,
     channels_last: bool = True,
     multiple: int | None = None,
@@ -252,7 +252,8 @@ def predict_probs(
         batch: tiles per forward pass.
         tta: average the 8 dihedral transforms (8x the compute).
         device: where the model runs; default the device of the model's parameters.
-        num_classes: channels of the model output.
+        num_classes: channels of the model output; default ``model.num_classes`` if it
+            has one, else 10 (DSTL).
         progress: show a tqdm bar (stderr) over tiles.
         channels_last: feed tiles in channels-last memory format (same values; on CPU
             convolutions then run about 2x faster, and the model needs no conversion).
@@ -278,6 +279,8 @@ def predict_probs(
     ry = reflect_index(-margin, max(y + s for y, s in ys), h)
     rx = reflect_index(-margin, max(x + s for x, s in xs), w)
     dev = torch.device(device) if device is not None else _model_device(model)
+    if num_classes is None:
+        num_classes = int(getattr(model, "num_classes", NUM_CLASSES))
     out = np.empty((num_classes, h, w), dtype=np.float32)
     # Tiles of one shape are batched together (at most 4 shapes: full and edge sizes).
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}

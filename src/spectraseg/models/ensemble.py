@@ -30,6 +30,7 @@ class ProbabilityMean(nn.Module):
         first = members[0]
         self.in_channels = int(getattr(first, "in_channels", 0))
         self.multiple = int(getattr(first, "multiple", 1))
+        self.num_classes = int(getattr(first, "num_classes", 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.sigmoid(self.members[0](x).float())
