@@ -251,12 +251,12 @@ def test_thresholds_json_round_trip(tmp_path: Path, pixel: bool) -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"drop": "10"}, "thresholds must give classes 1..10 a value in [0, 1]"),
-        ({"set": ("4", 1.5)}, "thresholds must give classes 1..10 a value in [0, 1]"),
-        ({"set": ("11", 0.5)}, "thresholds must give classes 1..10 a value in [0, 1]"),
+        ({"drop": "5"}, "thresholds must give classes 1..K a value in [0, 1]"),
+        ({"set": ("4", 1.5)}, "thresholds must give classes 1..K a value in [0, 1]"),
+        ({"set": ("12", 0.5)}, "thresholds must give classes 1..K a value in [0, 1]"),
         ({"set": ("x", 0.5)}, "invalid literal for int() with base 10: 'x'"),
     ],
-    ids=["class-10-missing", "above-1", "class-11", "not-a-class"],
+    ids=["class-5-missing", "above-1", "class-12-after-a-gap", "not-a-class"],
 )
 def test_thresholds_file_missing_a_class_is_a_data_error(
     tmp_path: Path, change: dict, reason: str
@@ -271,3 +271,21 @@ def test_thresholds_file_missing_a_class_is_a_data_error(
     path.write_text(json.dumps(doc))
     with pytest.raises(DataError, match=invalid(path, "thresholds", reason)):
         read_thresholds(tmp_path)
+
+
+def test_thresholds_of_another_class_count_are_refused_at_prediction(tmp_path: Path) -> None:
+    """A document holds one threshold per class of its run (1..K): a consistent document for
+    another K is valid as a file but refused by a prediction with a K-class model."""
+    from spectraseg.config import Config
+    from spectraseg.inference.scene import PredictOptions
+    from spectraseg.inference.tuning import plan_thresholds
+
+    doc = make_thresholds(pixel=False).to_json()
+    for c in range(2, 11):
+        del doc["thresholds"][str(c)]
+    (tmp_path / "thresholds.json").write_text(json.dumps(doc))
+    assert list(read_thresholds(tmp_path).thresholds) == [1]
+    with pytest.raises(
+        DataError, match="gives thresholds for 1 classes, but the run's model predicts 10"
+    ):
+        plan_thresholds(RunDir(tmp_path), Config(), PredictOptions(), "auto", 10)

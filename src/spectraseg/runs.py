@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from spectraseg import NUM_CLASSES
 from spectraseg.config import Config, from_dict, to_toml
 from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.files import atomic_output, write_text_atomic
@@ -253,6 +252,12 @@ def model_mtime_ns(run_dir: str | os.PathLike[str] | RunDir, which: str) -> int 
 def pixel_mtime_ns(run_dir: str | os.PathLike[str] | RunDir) -> int | None:
     """When the run's per-pixel model last changed (None: it has none), in ns."""
     return _newest([m.pixel_model for m in members(run_dir)])
+
+
+def run_schema(run_dir: str | os.PathLike[str] | RunDir, which: str = "best") -> ClassSchema:
+    """The classes a run's model predicts (its first member's checkpoint), in order."""
+    run = members(run_dir)[0]
+    return load_checkpoint(run.checkpoint(which)).schema
 
 
 def _load_unet(run: RunDir, which: str) -> tuple[UNet, Config]:
@@ -500,10 +505,13 @@ class TunedThresholds:
         """The document read back (ValueError/KeyError/TypeError when incomplete)."""
         thresholds = _per_class(doc["thresholds"])
         assert thresholds is not None
-        if sorted(thresholds) != list(range(1, NUM_CLASSES + 1)) or not all(
-            0.0 <= v <= 1.0 for v in thresholds.values()
+        k = len(thresholds)
+        if (
+            not k
+            or sorted(thresholds) != list(range(1, k + 1))
+            or not all(0.0 <= v <= 1.0 for v in thresholds.values())
         ):
-            raise ValueError("thresholds must give classes 1..10 a value in [0, 1]")
+            raise ValueError("thresholds must give classes 1..K a value in [0, 1]")
         return cls(
             thresholds=thresholds,
             jaccard=_per_class(doc["jaccard"]) or {},

@@ -13,9 +13,11 @@ A class mask ``(H, W)`` on a scene's grid becomes one MultiPolygon in the normal
    4-connectivity matters, since regions touching only at a corner would otherwise give
    self-touching rings. Rasterising the result again (pixel centres) gives back the mask
    exactly, because every edge lies half a pixel away from the nearest centre.
-2. The vertices go through the affine map of :func:`spectraseg.data.geometry.pixel_transform`
-   (numpy), and every ring is simplified on its own (Douglas-Peucker with a tolerance in
-   pixels times the pixel's length, one vectorised shapely call over all rings of a class);
+2. The vertices go through the scene's north-up affine (numpy): a georeferenced scene's
+   transform (:func:`masks_to_map`) or DSTL's grid scaling
+   (:func:`spectraseg.data.geometry.pixel_transform`, :func:`masks_to_polygons`), and
+   every ring is simplified on its own (Douglas-Peucker with a tolerance in pixels times
+   the pixel's length, one vectorised shapely call over all rings of a class);
    a shell that collapses is dropped with its holes, a collapsed hole is dropped.
    (Simplifying the integer pixel coordinates instead gives 7% more vertices: exact ties
    between staircase corners send Douglas-Peucker to the first one.) Simplifying rings
@@ -57,10 +59,11 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 import shapely
+from affine import Affine
 from shapely.geometry import MultiPolygon
 from shapely.geometry.base import BaseGeometry
 
-from spectraseg.data.geometry import EMPTY, pixel_scale, to_multipolygon
+from spectraseg.data.geometry import EMPTY, pixel_transform, to_multipolygon
 from spectraseg.errors import SpectrasegWarning
 
 DEFAULT_TOLERANCE = 0.5
@@ -473,10 +476,13 @@ def trace_pixels(masks: np.ndarray) -> dict[int, Ragged]:
     return {k + 1: trace_mask(masks[k]) for k in range(masks.shape[0]) if masks[k].any()}
 
 
-def _to_grid(coords: np.ndarray, width: int, height: int, xmax: float, ymin: float) -> np.ndarray:
-    """Pixel ``(col, row)`` -> grid ``(x, y)``, the arithmetic of ``pixel_transform``."""
-    sx, sy = pixel_scale(width, height, xmax, ymin)
-    return coords * np.array([1.0 / sx, 1.0 / sy])
+def _to_map(coords: np.ndarray, transform: Affine) -> np.ndarray:
+    """Pixel ``(col, row)`` -> ``(x, y)`` through a north-up affine (no offset is added when
+    it is 0, so DSTL grid coordinates keep their signed zeros)."""
+    out = coords * np.array([transform.a, transform.e])
+    if transform.c or transform.f:
+        out += np.array([transform.c, transform.f])
+    return out
 
 
 def simplify_rings(rag: Ragged, tolerance: float) -> Ragged:
@@ -554,10 +560,9 @@ def _validated(mp: MultiPolygon, decimals: int) -> MultiPolygon:
     return to_multipolygon(shapely.set_precision(mp, 10.0**-decimals))
 
 
-def _pixel_size(width: int, height: int, xmax: float, ymin: float) -> tuple[float, float]:
-    """(length, area) of one pixel in grid units (geometric mean of the two axes)."""
-    sx, sy = pixel_scale(width, height, xmax, ymin)
-    area = 1.0 / abs(sx * sy)
+def _pixel_size(transform: Affine) -> tuple[float, float]:
+    """(length, area) of one pixel in map units (geometric mean of the two axes)."""
+    area = abs(transform.a * transform.e)
     return float(np.sqrt(area)), float(area)
 
 
@@ -569,31 +574,50 @@ def masks_to_polygons(
     min_area: float | Mapping[int, float] = 0.0,
     decimals: int = DEFAULT_DECIMALS,
 ) -> dict[int, MultiPolygon]:
-    """Class masks of one scene -> valid MultiPolygons in grid coordinates.
+    """Class masks of one DSTL scene -> valid MultiPolygons in grid coordinates: the
+    scene's grid extent ``xmax``, ``ymin`` as the affine of :func:`masks_to_map` (the
+    transform uses ``W``, ``H`` of the mask, so any product's grid works)."""
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
+    _, h, w = masks.shape
+    transform = pixel_transform(w, h, xmax, ymin)
+    return masks_to_map(masks, transform, tolerance, min_area, decimals)
+
+
+def masks_to_map(
+    masks: np.ndarray,
+    transform: Affine,
+    tolerance: float = DEFAULT_TOLERANCE,
+    min_area: float | Mapping[int, float] = 0.0,
+    decimals: int = DEFAULT_DECIMALS,
+) -> dict[int, MultiPolygon]:
+    """Class masks of one scene -> valid MultiPolygons in the coordinates of ``transform``.
 
     Args:
-        masks: ``(K, H, W)`` bool or {0, 1} integers on the scene's grid (any product's grid:
-            the transform uses ``W``, ``H`` of the mask); channel ``k`` is class ``k + 1``.
-        xmax, ymin: the scene's grid extent.
+        masks: ``(K, H, W)`` bool or {0, 1} integers on the scene's grid; channel ``k`` is
+            class ``k + 1``.
+        transform: north-up affine from pixel ``(col, row)`` corners to map ``(x, y)``: a
+            georeferenced scene's, or DSTL's grid scaling (:func:`masks_to_polygons`).
         tolerance: Douglas-Peucker tolerance in pixels (0: only the exact pixel outlines;
             also for a class over :data:`SIMPLIFY_MAX_VERTICES`).
         min_area: parts (after simplification) smaller than this many square pixels are
             dropped; one value for all classes or ``{class: pixels}`` (missing: 0).
-        decimals: decimals kept in grid coordinates (see :func:`finalize`).
+        decimals: decimals kept in map coordinates (see :func:`finalize`).
 
     Returns:
         ``{class: MultiPolygon}`` for classes ``1..K`` (``MULTIPOLYGON EMPTY`` where nothing
         is left), valid after rounding to ``decimals``. Exact outlines are not checked:
         distinct pixel corners lie a pixel apart, more than rounding moves them when a
-        pixel is longer than ``10**-decimals`` grid units, and rounding keeps their order,
+        pixel is longer than ``10**-decimals`` map units, and rounding keeps their order,
         so the rounded outlines are the traced ones (valid) drawn on a finer grid.
     """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
-    k_, h, w = masks.shape
-    pix, pix_area = _pixel_size(w, h, xmax, ymin)
-    sx, sy = pixel_scale(w, h, xmax, ymin)
-    exact_rounding = min(1 / abs(sx), 1 / abs(sy)) > 10.0**-decimals
+    if transform.b or transform.d:
+        raise ValueError(f"transform must be north-up (no rotation), got {transform}")
+    k_ = masks.shape[0]
+    pix, pix_area = _pixel_size(transform)
+    exact_rounding = min(abs(transform.a), abs(transform.e)) > 10.0**-decimals
     out: dict[int, MultiPolygon] = {}
     for c in range(1, k_ + 1):
         try:
@@ -612,7 +636,7 @@ def masks_to_polygons(
             out[c] = EMPTY
             continue
         exact = tolerance <= 0 or len(rag.coords) > SIMPLIFY_MAX_VERTICES
-        rag.coords = _to_grid(rag.coords, w, h, xmax, ymin)
+        rag.coords = _to_map(rag.coords, transform)
         if not exact:
             rag = simplify_rings(rag, tolerance * pix)
         rag.coords = _round(rag.coords, decimals)

@@ -22,6 +22,7 @@ from spectraseg.data import georef
 from spectraseg.data.description import read_description
 from spectraseg.data.inspection import summarize
 from spectraseg.errors import DataError
+from spectraseg.evaluation.levels import threshold_masks
 
 MINIMAL = """
 [classes]
@@ -401,3 +402,33 @@ def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: P
     row = json.loads((run / "metrics.json").read_text())["epochs"][-1]
     assert len(row["val_jaccard"]) == 1 and len(row["val_thresholds_tuned"]) == 1
     assert 0.0 <= row["val_mean"] <= 1.0
+
+    # Predict the description: a GeoPackage per scene in the raster's CRS, whose exact
+    # outlines (tolerance 0) rasterise back to the thresholded probabilities.
+    pred = tmp_path / "pred"
+    args = ["predict", str(desc), "--run", str(run), "--out", str(pred), "--workers", "0"]
+    assert main([*args, "--tolerance", "0", "--quiet"]) == 0
+    doc = json.loads((pred / "predict.json").read_text())
+    assert doc["classes"] == ["house"] and doc["predictions"] is None
+    (threshold,) = doc["thresholds"].values()
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        crs, transform, shape, bounds = src.crs, src.transform, src.shape, src.bounds
+    for image_id in ("a_0_0", "b_0_0"):
+        gpkg = pred / image_id / "polygons.gpkg"
+        info = pyogrio.read_info(gpkg, layer="polygons")
+        assert rasterio.crs.CRS.from_user_input(info["crs"]) == crs
+        assert list(info["fields"]) == ["class", "area"]
+        _, _, wkb, (names, areas) = pyogrio.raw.read(gpkg, layer="polygons")
+        geoms = shapely.from_wkb(wkb)
+        assert set(names) <= {"house"} and shapely.is_valid(geoms).all()
+        np.testing.assert_allclose(areas, shapely.area(geoms))
+        if len(geoms):
+            left, bottom, right, top = shapely.total_bounds(geoms)
+            assert bounds.left <= left and right <= bounds.right
+            assert bounds.bottom <= bottom and top <= bounds.top
+        levels = np.load(pred / "probs" / f"{image_id}.npy")
+        mask = threshold_masks(levels, {1: threshold})[0]
+        drawn = rasterio.features.rasterize(
+            [(g, 1) for g in geoms], out_shape=shape, transform=transform
+        ) if len(geoms) else np.zeros(shape, np.uint8)  # fmt: skip
+        np.testing.assert_array_equal(drawn.astype(bool), mask)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-from spectraseg import CLASS_NAMES
 from spectraseg.cli.options import (
     add_progress,
     add_scenes,
@@ -41,7 +40,11 @@ def parse_class_values(items: list[str], what: str) -> dict[int, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="dataset root (DSTL layout) holding the scenes to predict")
+    p.add_argument(
+        "data",
+        help="dataset root (DSTL layout) or dataset description (.toml) holding the scenes "
+        "to predict; a description's scenes are written as PRED/{id}/polygons.gpkg",
+    )
     p.add_argument("--run", required=True, help="training run directory")
     p.add_argument("--out", required=True, metavar="PRED", help="prediction directory")
     add_scenes(p, "--images", "scenes to predict (default: all)")
@@ -127,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(sorted(computed))} (new to the run) computed from the scenes predicted"
         )
     for c, t in sorted(report.thresholds.items()):
-        print(f"  {c:>2} {CLASS_NAMES[c]:<26} {t:.2f}")
+        print(f"  {c:>2} {report.classes[c - 1]:<26} {t:.2f}")
     if report.predictions is not None:
         print(f"wrote {report.predictions}")
+    if report.geopackages:
+        print(f"wrote {report.out_dir}/{{id}}/polygons.gpkg for {len(report.geopackages)} scene(s)")
     for s in report.failed:
         print(f"failed: {s['image_id']}: {s['reason']}")
     return 1 if report.failed else 0

@@ -8,6 +8,13 @@
     PRED/sources/{id}.*.npy      each model's own levels (PredictOptions.sources)
     PRED/predictions.csv         ImageId,ClassType,MultipolygonWKT for every predicted scene
 
+A georeferenced scene (of a dataset description) writes instead of the GeoJSON and WKT::
+
+    PRED/{id}/polygons.gpkg      layer ``polygons``: one Polygon feature per part, attributes
+                                 ``class`` (the schema's class name) and ``area`` (squared
+                                 map units), in the scene's CRS
+
+and is not in ``predictions.csv`` (the competition format has no CRS).
 Every file is written atomically.
 """
 
@@ -15,11 +22,13 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyogrio.raw
 import shapely
 from shapely.geometry import MultiPolygon
 
@@ -119,6 +128,52 @@ def write_scene_outputs(
     write_text_atomic(paths["geojson"], text + "\n")
     rows = [(image_id, c, polygons.get(c, EMPTY)) for c in range(1, NUM_CLASSES + 1)]
     write_wkt_csv(paths["wkt"], rows, decimals=decimals)
+    return paths
+
+
+GPKG_LAYER = "polygons"
+"""Layer name of ``PRED/{id}/polygons.gpkg``."""
+
+
+def gpkg_path(out_dir: str | os.PathLike[str], image_id: str) -> Path:
+    """``PRED/{id}/polygons.gpkg``."""
+    return Path(out_dir) / check_image_id(image_id) / "polygons.gpkg"
+
+
+def write_gpkg(
+    path: Path, polygons: Mapping[int, MultiPolygon], names: Sequence[str], crs_wkt: str
+) -> None:
+    """Write a scene's polygons as a GeoPackage layer, atomically: one Polygon feature per
+    part (what GIS tools select and style), ``class`` = ``names[c - 1]``, ``area``."""
+    parts, classes = [], []
+    for c in sorted(polygons):
+        geoms = shapely.get_parts(polygons[c])
+        parts.extend(geoms)
+        classes.extend([names[c - 1]] * len(geoms))
+    geoms = np.array(parts, dtype=object)
+    fields = [np.array(classes, dtype=object), shapely.area(geoms).astype(np.float64)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        # The temporary name ends in .tmp; the file is renamed to .gpkg when complete.
+        warnings.filterwarnings("ignore", "The filename extension should be", RuntimeWarning)
+        pyogrio.raw.write(
+            str(tmp), shapely.to_wkb(geoms), geometry_type="Polygon", field_data=fields,
+            fields=["class", "area"], crs=crs_wkt, driver="GPKG", layer=GPKG_LAYER,
+        )  # fmt: skip
+
+
+def write_georef_outputs(
+    out_dir: str | os.PathLike[str],
+    image_id: str,
+    levels: np.ndarray,
+    polygons: Mapping[int, MultiPolygon],
+    names: Sequence[str],
+    crs_wkt: str,
+) -> dict[str, Path]:
+    """Write a georeferenced scene's probabilities and ``polygons.gpkg`` (each atomically)."""
+    paths = {"probs": scene_paths(out_dir, image_id)["probs"], "gpkg": gpkg_path(out_dir, image_id)}
+    save_levels(paths["probs"], levels)
+    write_gpkg(paths["gpkg"], polygons, names, crs_wkt)
     return paths
 
 

@@ -23,17 +23,18 @@ from tqdm import tqdm
 
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
-from spectraseg.data.dstl import Dataset, open_dataset
 from spectraseg.data.files import remove_temporaries, write_text_atomic
+from spectraseg.data.georef import GeoDataset
+from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import ConfigError
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
-from spectraseg.inference.outputs import write_predictions_csv
+from spectraseg.inference.outputs import gpkg_path, write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
 from spectraseg.inference.tasks import cached_model, predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
 from spectraseg.parallel import Job, Runner, describe, open_runner
-from spectraseg.runs import RunDir, TunedThresholds, write_thresholds
+from spectraseg.runs import RunDir, TunedThresholds, run_schema, write_thresholds
 
 IN_PROCESS_MPX = 8.0
 """Requests of fewer megapixels (all scenes together) are predicted in this process by
@@ -92,6 +93,10 @@ class PredictReport:
     """Per-class U-Net weight of the blend with the run's pixel model (None: U-Net alone)."""
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    classes: list[str] = field(default_factory=list)
+    """The run's class names, in output-channel order (class ``c`` is ``classes[c - 1]``)."""
+    geopackages: list[Path] = field(default_factory=list)
+    """``PRED/{id}/polygons.gpkg`` of the georeferenced scenes predicted."""
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -101,6 +106,8 @@ class PredictReport:
         return {
             "out_dir": str(self.out_dir),
             "predictions": str(self.predictions) if self.predictions else None,
+            "geopackages": [str(p) for p in self.geopackages],
+            "classes": self.classes,
             "thresholds": {str(k): v for k, v in self.thresholds.items()},
             "threshold_source": self.threshold_source,
             "blend": {str(k): v for k, v in self.blend.items()} if self.blend else None,
@@ -113,7 +120,7 @@ class PredictReport:
         }
 
 
-def _megapixels(ds: Dataset, ids: Sequence[str]) -> float:
+def _megapixels(ds: Source, ids: Sequence[str]) -> float:
     """Megapixels of the scenes' reference grids (read from the file headers)."""
     grids = (ds.scene(i).reference for i in ids)
     return sum(g.height * g.width for g in grids) / 1e6
@@ -125,7 +132,7 @@ class PredictPlan:
 
     run: RunDir
     config: Config
-    dataset: Dataset
+    dataset: Source
     ids: list[str]
     out: Path
     cache_dir: Path
@@ -135,6 +142,15 @@ class PredictPlan:
     workers: int
     scheduler: str | None
     run_stats: Stats | None
+    names: list[str]
+    """The run's class names, in output-channel order."""
+
+    def grid(self, image_id: str) -> tuple[float, float]:
+        """A DSTL scene's grid extent ``(xmax, ymin)``; ``(0, 0)`` for a georeferenced scene,
+        whose transform the cache holds."""
+        if isinstance(self.dataset, GeoDataset):
+            return (0.0, 0.0)
+        return self.dataset.grid_sizes[image_id]
 
 
 def _checked_options(
@@ -155,7 +171,7 @@ def _checked_options(
 
 
 def _cache_for(
-    config: Config, ds: Dataset, out: Path, cache_dir: str | os.PathLike[str] | None
+    config: Config, ds: Source, out: Path, cache_dir: str | os.PathLike[str] | None
 ) -> Path:
     """The run's cache when the dataset is the run's own, else ``PRED/cache``."""
     if cache_dir is not None:
@@ -189,7 +205,8 @@ def predict_run(
     Args:
         run_dir: the training run (checkpoints, config.toml, stats.json, split.json).
         data_root: DSTL-layout dataset with the scenes to predict (its ``grid_sizes.csv``
-            gives the extents).
+            gives the extents), or a dataset description (``.toml``), whose scenes are
+            written as GeoPackages in their CRS (:mod:`spectraseg.inference.outputs`).
         out_dir: the prediction directory ``PRED`` (:mod:`spectraseg.inference.outputs`).
         image_ids: scenes to predict (default: every scene of ``data_root``).
         workers: local Dask worker processes (0: in this process; None: one per core, up
@@ -208,9 +225,10 @@ def predict_run(
     t0 = time.perf_counter()
     run, out = RunDir.of(run_dir), Path(out_dir)
     options, config, run_stats = _checked_options(run, options, scheduler)
-    ds = open_dataset(data_root)
-    ids = ds.select(image_ids, "predict", gridded=True)
-    tp = plan_thresholds(run, config, options, thresholds)
+    ds = open_source(data_root)
+    ids = _select(ds, image_ids)
+    schema = run_schema(run, options.checkpoint)
+    tp = plan_thresholds(run, config, options, thresholds, len(schema))
     areas = min_area if min_area is not None else dict(enumerate(config.predict.min_area, 1))
     jobs = len(ids) + len(tp.tune_scenes or ())
     plan = PredictPlan(
@@ -219,9 +237,11 @@ def predict_run(
         plan_workers(
             workers, scheduler, jobs, options.device.startswith("cuda"), _megapixels(ds, ids)
         ),
-        scheduler, run_stats,
+        scheduler, run_stats, schema.names,
     )  # fmt: skip
-    report = PredictReport(out_dir=plan.out, min_area=plan.min_area, options=_options_doc(plan))
+    report = PredictReport(
+        out_dir=plan.out, min_area=plan.min_area, options=_options_doc(plan), classes=plan.names
+    )
     remove_temporaries(plan.out, recursive=True)  # a killed earlier prediction's
     align = align_dataset(
         plan.dataset.root,
@@ -239,11 +259,19 @@ def predict_run(
         results = _predict_scenes(runner, plan, report, stats, failed, progress)
     report.scenes = [results[i] for i in plan.ids]
     ok = sorted(s["image_id"] for s in report.scenes if s["status"] == "ok")
-    if ok:
+    if ok and isinstance(ds, GeoDataset):
+        report.geopackages = [gpkg_path(plan.out, i) for i in ok]
+    elif ok:
         report.predictions = write_predictions_csv(plan.out, ok)
     report.seconds = time.perf_counter() - t0
     write_text_atomic(plan.out / "predict.json", json.dumps(report.to_dict(), indent=1) + "\n")
     return report
+
+
+def _select(ds: Source, image_ids: Sequence[str] | None) -> list[str]:
+    if isinstance(ds, GeoDataset):
+        return ds.select(image_ids, "predict")
+    return ds.select(image_ids, "predict", gridded=True)
 
 
 def _options_doc(plan: PredictPlan) -> dict[str, Any]:
@@ -294,10 +322,10 @@ def _predict_scenes(
     for i in plan.ids:
         if i in failed:
             continue
-        xmax, ymin = plan.dataset.grid_sizes[i]
+        xmax, ymin = plan.grid(i)
         args = (
             str(plan.run.root), str(plan.cache_dir), i, xmax, ymin, str(plan.out),
-            report.thresholds, report.min_area, opts, report.blend, stats,
+            report.thresholds, report.min_area, opts, report.blend, stats, plan.names,
         )  # fmt: skip
         jobs.append((i, args))
     with tqdm(total=len(jobs), desc="predict", unit="scene", disable=not progress) as bar:

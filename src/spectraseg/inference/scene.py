@@ -14,13 +14,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from affine import Affine
 from shapely.geometry import MultiPolygon
 
 from spectraseg.config import Config
+from spectraseg.data.geometry import pixel_transform
 from spectraseg.evaluation.levels import quantize, threshold_masks
 from spectraseg.inference.tiling import predict_probs
 from spectraseg.runtime import resolve_device
-from spectraseg.vectorize import DEFAULT_DECIMALS, DEFAULT_TOLERANCE, masks_to_polygons
+from spectraseg.vectorize import DEFAULT_DECIMALS, DEFAULT_TOLERANCE, masks_to_map
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,16 @@ def levels_to_polygons(
     thresholds: Mapping[int, float],
     min_area: Mapping[int, float] | float = 0.0,
     options: PredictOptions = PredictOptions(),
+    transform: Affine | None = None,
 ) -> dict[int, MultiPolygon]:
-    """Probability levels -> per-class thresholds -> ``{class: MultiPolygon}`` (grid units).
+    """Probability levels -> per-class thresholds -> ``{class: MultiPolygon}``.
 
-    Vectorised by :func:`spectraseg.vectorize.masks_to_polygons` with ``options.tolerance``
-    and ``options.decimals``; ``min_area`` in pixels (per class or one value).
+    Vectorised by :func:`spectraseg.vectorize.masks_to_map` with ``options.tolerance`` and
+    ``options.decimals``, in DSTL grid units (the extent ``xmax``, ``ymin``) or, given a
+    georeferenced scene's ``transform``, in its map coordinates; ``min_area`` in pixels
+    (per class or one value).
     """
     masks = threshold_masks(levels, thresholds)
-    return masks_to_polygons(masks, xmax, ymin, options.tolerance, min_area, options.decimals)
+    if transform is None:
+        transform = pixel_transform(masks.shape[2], masks.shape[1], xmax, ymin)
+    return masks_to_map(masks, transform, options.tolerance, min_area, options.decimals)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from affine import Affine
 from torch import nn
 
-from spectraseg import NUM_CLASSES
+from spectraseg.align.cache import open_cache
 from spectraseg.align.masks import open_mask
 from spectraseg.config import Config
 from spectraseg.errors import DataError
@@ -26,7 +27,12 @@ from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms
 from spectraseg.features.patches import load_scene
 from spectraseg.features.stats import Stats
-from spectraseg.inference.outputs import save_levels, scene_paths, write_scene_outputs
+from spectraseg.inference.outputs import (
+    save_levels,
+    scene_paths,
+    write_georef_outputs,
+    write_scene_outputs,
+)
 from spectraseg.inference.scene import (
     PredictOptions,
     levels_to_polygons,
@@ -121,15 +127,19 @@ def predict_scene_task(
     options: PredictOptions,
     blend: Mapping[int, float] | None = None,
     stats: Stats | None = None,
+    names: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Predict one cached scene and write its outputs (run by Dask workers or in-process).
 
     ``blend`` (per-class U-Net weights) mixes in the run's pixel model, when it has one;
     None uses the U-Net alone. The written probabilities are the blended ones. ``stats``
-    normalises the scene (None: the run's ``stats.json``).
+    normalises the scene (None: the run's ``stats.json``). A georeferenced scene (its cache
+    entry has a ``transform``) is vectorised in map coordinates and written as a GeoPackage
+    whose ``class`` attribute holds ``names`` (the run's class names); ``xmax``/``ymin``
+    are then unused.
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
-    (per class, squared grid units) and ``parts`` (per class polygon count).
+    (per class, squared grid or map units) and ``parts`` (per class polygon count).
     """
     t0 = time.perf_counter()
     _set_threads(options.threads)
@@ -147,8 +157,16 @@ def predict_scene_task(
     else:
         levels = scene_levels(model, image, opts)
     del image  # the float32 scene is the largest array: free it before vectorising
-    polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
-    write_scene_outputs(out_dir, image_id, levels, polygons, xmax, ymin, thresholds, opts.decimals)
+    entry = open_cache(cache_dir).entry(image_id)
+    if "transform" in entry:
+        transform = Affine(*entry["transform"])
+        polygons = levels_to_polygons(levels, 0, 0, thresholds, min_area, opts, transform)
+        write_georef_outputs(out_dir, image_id, levels, polygons, names, entry["crs"])
+    else:
+        polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
+        write_scene_outputs(
+            out_dir, image_id, levels, polygons, xmax, ymin, thresholds, opts.decimals
+        )
     return {
         "image_id": image_id,
         "height": int(levels.shape[1]),
@@ -165,7 +183,7 @@ def tune_scene_task(
     """Probability histograms of a labelled cached scene (:func:`class_histograms`), one
     pair per U-Net weight of :data:`BLEND_GRID` when the run has a pixel model.
 
-    Returns ``(pos, neg)`` float64 ``(B, 10, 256)`` with ``B = len(BLEND_GRID)``, or
+    Returns ``(pos, neg)`` float64 ``(B, K, 256)`` with ``B = len(BLEND_GRID)``, or
     ``B = 1`` (the U-Net alone) without a pixel model.
     """
     _set_threads(options.threads)
@@ -178,9 +196,10 @@ def tune_scene_task(
     if pixel is None:
         pos, neg = class_histograms(levels, truth, weight)
         return pos[None], neg[None]
+    k = levels.shape[0]
     pairs = [
         class_histograms(
-            blend_levels(levels, pixel, dict.fromkeys(range(1, NUM_CLASSES + 1), w)), truth, weight
+            blend_levels(levels, pixel, dict.fromkeys(range(1, k + 1), w)), truth, weight
         )
         for w in BLEND_GRID
     ]

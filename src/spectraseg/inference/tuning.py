@@ -114,18 +114,25 @@ def plan_thresholds(
     config: Config,
     options: PredictOptions,
     choice: str | Mapping[int, float],
+    k: int = NUM_CLASSES,
 ) -> ThresholdPlan:
     """Where the thresholds of a prediction come from (``choice`` as ``predict_run``'s
-    ``thresholds``): given, the config's, the run's document, or tuning to do."""
+    ``thresholds``): given, the config's, the run's document, or tuning to do, for a model
+    of ``k`` classes (DataError when the run's document holds another number)."""
     if isinstance(choice, Mapping):
-        return ThresholdPlan({int(k): float(v) for k, v in choice.items()}, "given")
+        return ThresholdPlan({int(c): float(v) for c, v in choice.items()}, "given")
     if choice == "config":
-        return ThresholdPlan(config_thresholds(config), "config predict.thresholds")
+        return ThresholdPlan(config_thresholds(config, k), "config predict.thresholds")
     if choice not in ("auto", "retune"):
         raise ConfigError(f"thresholds {choice!r} must be auto, retune, config or a mapping")
     if read_cv(run) is not None:
         return _cv_thresholds(run, options, choice)
     doc = read_thresholds(run) if choice == "auto" else None
+    if doc is not None and len(doc.thresholds) != k:
+        raise DataError(
+            f"{run.thresholds} gives thresholds for {len(doc.thresholds)} classes, but the "
+            f"run's model predicts {k}"
+        )
     if doc is not None and not doc_matches(doc, run, options):
         warnings.warn(
             f"{run.thresholds} was tuned for another checkpoint or TTA setting; re-tuning",
@@ -146,7 +153,7 @@ def plan_thresholds(
         stacklevel=3,
     )
     return ThresholdPlan(
-        config_thresholds(config), "config predict.thresholds (no validation scenes)"
+        config_thresholds(config, k), "config predict.thresholds (no validation scenes)"
     )
 
 
@@ -211,10 +218,10 @@ def _thresholds_doc(
 ) -> TunedThresholds:
     """The record of a tuning; ``pos``/``neg`` are the U-Net's own histograms, for the
     diagnostic of how the config's thresholds would have scored."""
-    cfg = config_thresholds(config)
+    cfg = config_thresholds(config, len(pos))
     at_config = {
         k + 1: float(jaccard_curves(pos[k : k + 1], neg[k : k + 1], [cfg[k + 1]])[0, 0])
-        for k in range(NUM_CLASSES)
+        for k in range(len(pos))
     }
     return TunedThresholds(
         thresholds=tuned["thresholds"],
