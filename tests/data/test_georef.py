@@ -432,3 +432,46 @@ def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: P
             [(g, 1) for g in geoms], out_shape=shape, transform=transform
         ) if len(geoms) else np.zeros(shape, np.uint8)  # fmt: skip
         np.testing.assert_array_equal(drawn.astype(bool), mask)
+
+
+def test_evaluate_scores_geopackages_against_vector_truth(
+    sample: Path, spacenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exact areas in map units: the labels themselves score 1; half of them (the rest
+    missed) score area(half) / area(all); the same half written in EPSG:4326 is reprojected
+    to the scene's CRS and scores the same within the round trip's error."""
+    from spectraseg.evaluation.metrics import evaluate_description
+    from spectraseg.inference.outputs import write_gpkg
+
+    _, _, wkb, _ = pyogrio.raw.read(spacenet / "geotiff_labels.geojson")
+    geoms = shapely.from_wkb(wkb)
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        crs = src.crs
+    pred = tmp_path / "pred"
+    whole = shapely.union_all(geoms)
+
+    def write(parts: np.ndarray, to: str | None = None) -> None:
+        if to is not None:
+            parts = np.array([shapely.geometry.shape(g) for g in
+                              rasterio.warp.transform_geom(crs, to, list(parts))])  # fmt: skip
+        mp = shapely.MultiPolygon(list(shapely.get_parts(parts)))
+        write_gpkg(pred / "sample" / "polygons.gpkg", {1: mp}, ["building"], to or crs.to_wkt())
+
+    write(geoms)
+    ev = evaluate_description(pred, sample)
+    assert ev.names == ("building",) and ev.units == "metre^2" and ev.image_ids == ("sample",)
+    assert ev.mean == pytest.approx(1.0, abs=1e-12)
+    assert ev.tp[0] == pytest.approx(whole.area)
+    half = geoms[::2]
+    expected = shapely.union_all(half).area / whole.area
+    write(half)
+    assert evaluate_description(pred, sample).mean == pytest.approx(expected, rel=1e-9)
+    write(half, "EPSG:4326")
+    assert evaluate_description(pred, sample).mean == pytest.approx(expected, rel=1e-6)
+    from spectraseg.cli import main
+
+    capsys.readouterr()
+    assert main(["evaluate", str(pred), "--truth", str(sample), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["classes"][0]["name"] == "building" and doc["units"] == "metre^2"
+    assert doc["mean"] == pytest.approx(expected, rel=1e-6)

@@ -3,6 +3,8 @@
 Score PRED against TRUTH (both ImageId,ClassType,MultipolygonWKT) with the competition metric:
 per class, intersection and union areas summed over the images in both files, then the mean of
 the 10 classes. A class whose union is empty over all scored images scores 0 and is marked '*'.
+With a dataset description as TRUTH, PRED is a prediction directory of its scenes
+(PRED/{id}/polygons.gpkg), scored against their label layers in map units, per schema class.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ def parse_split(text: str) -> tuple[str, list[str]]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", help="prediction CSV, or a directory holding predictions.csv")
-    p.add_argument("--truth", required=True, help="ground truth CSV (.csv or .csv.gz)")
+    p.add_argument(
+        "--truth",
+        required=True,
+        help="ground truth CSV (.csv or .csv.gz), or a dataset description (.toml) whose "
+        "label layers score PRED/{id}/polygons.gpkg",
+    )
     p.add_argument(
         "--split",
         action="append",
@@ -44,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
-    from spectraseg.evaluation.metrics import evaluate_files, format_table
+    from spectraseg.data.description import is_description
+    from spectraseg.evaluation.metrics import evaluate_description, evaluate_files, format_table
 
     splits: dict[str, list[str]] = {}
     for text in args.split:
@@ -56,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--raster needs --data ROOT (the dataset whose RGB grid to count on)")
     if args.data and not args.raster:
         raise ConfigError("--data is only used with --raster")
-    ev = evaluate_files(args.pred, args.truth, splits, args.data if args.raster else None)
+    if is_description(args.truth):
+        if args.raster:
+            raise ConfigError("--raster scores DSTL files; a description is scored on polygons")
+        ev = evaluate_description(args.pred, args.truth, splits)
+    else:
+        ev = evaluate_files(args.pred, args.truth, splits, args.data if args.raster else None)
     if args.json:
         sys.stdout.write(ev.to_json() + "\n")
     else:

@@ -14,6 +14,7 @@ CRS (``rasterio.warp.transform_geom``, GDAL's own transformer) and rasterised wi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -463,3 +464,23 @@ class GeoDataset:
     def labelled_ids(self) -> list[str]:
         """Ids of the scenes that name label layers, in description order."""
         return [s.image_id for s in self.description.scenes if s.labels]
+
+
+PREDICTION_LAYER = "polygons"
+"""Layer name of a georeferenced scene's predicted polygons."""
+
+
+def prediction_gpkg(pred_dir: str | os.PathLike[str], image_id: str) -> Path:
+    """``PRED/{id}/polygons.gpkg``: where ``predict`` writes a georeferenced scene's polygons
+    (layer :data:`PREDICTION_LAYER`, a ``class`` attribute holding class names)."""
+    return Path(pred_dir) / image_id / "polygons.gpkg"
+
+
+def read_predicted(
+    pred_dir: str | os.PathLike[str], image_id: str, schema: ClassSchema, crs: CRS
+) -> dict[int, list[BaseGeometry]]:
+    """A scene's predicted polygons per class channel, in ``crs`` (see :func:`read_labels`;
+    the ``class`` attribute holds the schema's class names)."""
+    by_name = ClassSchema(tuple(dataclasses.replace(c, value=c.name) for c in schema.classes))
+    source = LabelSource(prediction_gpkg(pred_dir, image_id), PREDICTION_LAYER)
+    return read_labels(source, by_name, "class", crs)

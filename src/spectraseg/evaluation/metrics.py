@@ -28,7 +28,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.align.cache import Cache
 from spectraseg.data.dstl import open_dataset, read_grid_sizes, read_predictions, read_wkt_csv
 from spectraseg.data.geometry import EMPTY, pixel_scale, rasterize, repair
+from spectraseg.data.georef import GeoDataset, prediction_gpkg, read_predicted
 from spectraseg.errors import DataError, SpectrasegWarning
 
 EMPTY_UNION_SCORE = 0.0
@@ -54,8 +55,9 @@ Labels = Mapping[str, Mapping[int, BaseGeometry]]
 class Evaluation:
     """Per-image, per-class areas and the scores they give.
 
-    ``counts`` is float64 ``(n_images, 10, 3)``: TP, FP, FN areas (squared grid units) of
-    each scored image (rows in ``image_ids`` order) and class (column ``c - 1``).
+    ``counts`` is float64 ``(n_images, K, 3)``: TP, FP, FN areas (squared grid units, or
+    map units for georeferenced scenes: ``units``) of each scored image (rows in
+    ``image_ids`` order) and class (column ``c - 1``); K = 10 for DSTL, else the schema's.
     """
 
     image_ids: tuple[str, ...]
@@ -63,6 +65,9 @@ class Evaluation:
     method: str = "polygon"
     empty_score: float = EMPTY_UNION_SCORE
     splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    names: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in range(1, NUM_CLASSES + 1))
+    """Class names, in column order."""
+    units: str = "grid^2"
 
     @property
     def totals(self) -> np.ndarray:
@@ -107,7 +112,7 @@ class Evaluation:
         if missing:
             raise DataError(f"image id {missing[0]} is not among the scored images")
         rows = [index[i] for i in ids]
-        return Evaluation(tuple(ids), self.counts[rows], self.method, self.empty_score)
+        return replace(self, image_ids=tuple(ids), counts=self.counts[rows], splits={})
 
     def with_splits(self, splits: Mapping[str, Sequence[str]]) -> Evaluation:
         """A copy carrying named image subsets (reported as extra columns / JSON keys)."""
@@ -115,13 +120,7 @@ class Evaluation:
             self.subset(ids)  # validates the ids
             if not ids:
                 raise DataError(f"split {name!r} lists no image ids")
-        return Evaluation(
-            self.image_ids,
-            self.counts,
-            self.method,
-            self.empty_score,
-            {k: tuple(v) for k, v in splits.items()},
-        )
+        return replace(self, splits={k: tuple(v) for k, v in splits.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``{"classes": [{"class", "name", "jaccard", "tp", "fp", "fn", ...}],
@@ -130,20 +129,20 @@ class Evaluation:
         classes = [
             {
                 "class": c,
-                "name": CLASS_NAMES[c],
+                "name": self.names[c - 1],
                 "jaccard": float(jac[c - 1]),
                 "tp": float(tot[c - 1, 0]),
                 "fp": float(tot[c - 1, 1]),
                 "fn": float(tot[c - 1, 2]),
                 "empty": bool(empty[c - 1]),
             }
-            for c in range(1, NUM_CLASSES + 1)
+            for c in range(1, len(self.names) + 1)
         ]
         out: dict[str, Any] = {
             "classes": classes,
             "mean": self.mean,
             "method": self.method,
-            "units": "grid^2",
+            "units": self.units,
             "images": list(self.image_ids),
             "empty_union_score": self.empty_score,
         }
@@ -366,24 +365,30 @@ def evaluate_masks(
 # --------------------------------------------------------------------------- table
 
 
+def _units_text(units: str) -> str:
+    return "squared grid units" if units == "grid^2" else units
+
+
 def format_table(ev: Evaluation, splits: Mapping[str, Sequence[str]] | None = None) -> str:
     """The per-class table in the seed team's style.
 
-    Columns: class, name, Jaccard, contribution (J/10, the contributions sum to the score),
-    TP, FP, FN areas (squared grid units), then one Jaccard column per split. Classes with
-    an empty union are marked ``*`` and explained under the table.
+    Columns: class, name, Jaccard, contribution (J/K, the contributions sum to the score),
+    TP, FP, FN areas (``ev.units``), then one Jaccard column per split. Classes with an
+    empty union are marked ``*`` and explained under the table.
     """
+    k_ = len(ev.names)
     splits = dict(ev.splits if splits is None else splits)
     subs = {name: ev.subset(ids) for name, ids in splits.items()}
     jac, tot, empty = ev.jaccard, ev.totals, ev.empty
-    head = f"{'class':>5}  {'name':<24} {'Jaccard':>8} {'J/10':>8} {'TP':>11} {'FP':>11} {'FN':>11}"
+    share = f"J/{k_}"
+    head = f"{'class':>5}  {'name':<24} {'Jaccard':>8} {share:>8} {'TP':>11} {'FP':>11} {'FN':>11}"
     head += "".join(f" {name[:10]:>10}" for name in subs)
     lines = [head, "-" * len(head)]
-    for c in range(1, NUM_CLASSES + 1):
+    for c in range(1, k_ + 1):
         k = c - 1
         mark = "*" if empty[k] else " "
         row = (
-            f"{c:>5}{mark} {CLASS_NAMES[c]:<24} {jac[k]:8.4f} {jac[k] / NUM_CLASSES:8.5f} "
+            f"{c:>5}{mark} {ev.names[k]:<24} {jac[k]:8.4f} {jac[k] / k_:8.5f} "
             f"{tot[k, 0]:11.4e} {tot[k, 1]:11.4e} {tot[k, 2]:11.4e}"
         )
         for sub in subs.values():
@@ -397,7 +402,7 @@ def format_table(ev: Evaluation, splits: Mapping[str, Sequence[str]] | None = No
         total += f" {cell:>10}"
     lines.append(total.rstrip())
     lines.append(
-        f"{ev.method} metric over {len(ev.image_ids)} image(s); areas in squared grid units"
+        f"{ev.method} metric over {len(ev.image_ids)} image(s); areas in {_units_text(ev.units)}"
         + "".join(f"; {name}: {len(ids)} image(s)" for name, ids in splits.items())
     )
     if empty.any() or any(s.empty.any() for s in subs.values()):
@@ -459,3 +464,61 @@ def evaluate_files(
             sizes[i] = (ref.width, ref.height)
         ev = raster_jaccard(pred, truth, sizes, ds.grid_sizes, image_ids, empty_score)
     return ev.with_splits(splits) if splits else ev
+
+
+def evaluate_description(
+    pred_dir: str | os.PathLike[str],
+    description: str | os.PathLike[str],
+    splits: Mapping[str, Sequence[str]] | None = None,
+    empty_score: float = EMPTY_UNION_SCORE,
+) -> Evaluation:
+    """Score georeferenced predictions (``PRED/{id}/polygons.gpkg``) against the label
+    layers of a dataset description, with the competition metric on polygon areas in map
+    units (predictions reprojected to each scene's CRS when they are in another).
+
+    The scored scenes are those with labels and a prediction, plus every split's scenes
+    (a labelled scene without a prediction counts as predicted empty). DataError when
+    nothing is in common or a split names a scene without labels.
+    """
+    ds = GeoDataset(description)
+    schema = ds.description.classes
+    labelled = set(ds.labelled_ids)
+    predicted = {i for i in ds.image_ids if prediction_gpkg(pred_dir, i).is_file()}
+    extra = sorted(predicted - labelled)
+    if extra:
+        warnings.warn(
+            f"{len(extra)} predicted scene(s) have no labels in {ds.root} and are not scored "
+            f"(e.g. {extra[0]})",
+            SpectrasegWarning,
+            stacklevel=2,
+        )
+    ids = labelled & predicted
+    for name, members in (splits or {}).items():
+        for i in members:
+            if i not in labelled:
+                raise DataError(f"split {name!r}: scene {i} has no labels in {ds.root}")
+        ids.update(members)
+    if not ids:
+        raise DataError(f"{pred_dir} has no polygons.gpkg of a labelled scene of {ds.root}")
+    image_ids = sorted(ids)
+    counts = np.zeros((len(image_ids), len(schema), 3), dtype=np.float64)
+    units = set()
+    for n, image_id in enumerate(image_ids):
+        crs = ds.scene(image_id).grid.crs
+        units.add(crs.linear_units)
+        truth = ds.labels(image_id)
+        pred = read_predicted(pred_dir, image_id, schema, crs) if image_id in predicted else {}
+        for c in range(1, len(schema) + 1):
+            counts[n, c - 1] = polygon_counts(_union(pred.get(c, [])), _union(truth[c]))
+    unit = f"{units.pop()}^2" if len(units) == 1 else "map units^2"
+    ev = Evaluation(
+        tuple(image_ids), counts, "polygon", empty_score, names=tuple(schema.names), units=unit
+    )
+    return ev.with_splits(splits) if splits else ev
+
+
+def _union(geoms: Sequence[BaseGeometry]) -> BaseGeometry:
+    """One valid geometry covering ``geoms`` (overlapping label polygons count once)."""
+    if not geoms:
+        return EMPTY
+    return repair(shapely.union_all([repair(g) for g in geoms]))

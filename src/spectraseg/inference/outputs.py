@@ -36,6 +36,7 @@ from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.data.dstl import PREDICTIONS_CSV, WKT_HEADER, check_image_id, write_wkt_csv
 from spectraseg.data.files import atomic_output, write_text_atomic
 from spectraseg.data.geometry import EMPTY
+from spectraseg.data.georef import PREDICTION_LAYER, prediction_gpkg
 from spectraseg.vectorize import DEFAULT_DECIMALS
 
 
@@ -131,13 +132,9 @@ def write_scene_outputs(
     return paths
 
 
-GPKG_LAYER = "polygons"
-"""Layer name of ``PRED/{id}/polygons.gpkg``."""
-
-
 def gpkg_path(out_dir: str | os.PathLike[str], image_id: str) -> Path:
-    """``PRED/{id}/polygons.gpkg``."""
-    return Path(out_dir) / check_image_id(image_id) / "polygons.gpkg"
+    """``PRED/{id}/polygons.gpkg`` (:func:`spectraseg.data.georef.prediction_gpkg`)."""
+    return prediction_gpkg(out_dir, check_image_id(image_id))
 
 
 def write_gpkg(
@@ -158,7 +155,7 @@ def write_gpkg(
         warnings.filterwarnings("ignore", "The filename extension should be", RuntimeWarning)
         pyogrio.raw.write(
             str(tmp), shapely.to_wkb(geoms), geometry_type="Polygon", field_data=fields,
-            fields=["class", "area"], crs=crs_wkt, driver="GPKG", layer=GPKG_LAYER,
+            fields=["class", "area"], crs=crs_wkt, driver="GPKG", layer=PREDICTION_LAYER,
         )  # fmt: skip
 
 
