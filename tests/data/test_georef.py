@@ -475,3 +475,38 @@ def test_evaluate_scores_geopackages_against_vector_truth(
     doc = json.loads(capsys.readouterr().out)
     assert doc["classes"][0]["name"] == "building" and doc["units"] == "metre^2"
     assert doc["mean"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_nodata_pixels_are_flagged_filled_and_left_out_of_statistics(
+    spacenet: Path, tmp_path: Path
+) -> None:
+    """A block of MS nodata: every channel of those pan pixels is flagged in the cache's
+    nodata mask, holds the channel's mean, and is left out of the scene's statistics."""
+    from spectraseg.features.normalization import compute_stats
+
+    with rasterio.open(spacenet / "ms1.tif") as src:
+        profile, pixels = src.profile, src.read()
+    pixels[:, 100:150, 60:120] = -1.0
+    profile["nodata"] = -1.0
+    holed = tmp_path / "ms_holed.tif"
+    with rasterio.open(holed, "w", **profile) as dst:
+        dst.write(pixels)
+    desc = _pair(spacenet, tmp_path, holed)
+    report = align_dataset(desc, tmp_path / "cache", progress=False)
+    assert report.ok
+    cache = open_cache(tmp_path / "cache")
+    nodata = cache.nodata("pair1")
+    assert nodata is not None
+    # The hole, on the pan grid (2 px per MS px), widened by the cubic kernel and the shift;
+    # the shift (about +0.6, +0.3 MS px) also pushes the last row and column off the MS file.
+    assert nodata[204:296, 124:236].all()
+    assert not nodata[:190, :-1].any() and not nodata[310:-1, :-1].any()
+    assert not nodata[:-1, :110].any() and nodata[:, -1].all() and nodata[-1].all()
+    stack = np.asarray(cache.load("pair1"))
+    valid = ~np.asarray(nodata)
+    for c in range(stack.shape[0]):
+        assert (stack[c][~valid] == np.rint(stack[c][valid].mean())).all()
+    entry = compute_stats(cache, mode="image", progress=False).image["pair1"]
+    assert set(entry.counts) == {int(valid.sum())}
+    np.testing.assert_allclose(entry.mean, stack[:, valid].mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(entry.std, stack[:, valid].std(axis=1), rtol=1e-9)

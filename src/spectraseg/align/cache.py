@@ -259,10 +259,35 @@ class Cache:
             )
         return arr
 
+    def nodata(self, image_id: str) -> np.ndarray | None:
+        """A georeferenced scene's ``(H, W)`` bool nodata mask (True: some band group has no
+        data there; those pixels hold channel means), memory-mapped; None when it has none."""
+        path = nodata_path(self.root, image_id)
+        if not path.is_file():
+            return None
+        try:
+            mask = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} cannot be read as a .npy array ({exc})") from None
+        entry = self.entry(image_id)
+        if mask.shape != (int(entry["height"]), int(entry["width"])) or mask.dtype != bool:
+            raise DataError(f"{path} is {mask.dtype} {mask.shape}, not the scene's bool mask")
+        return mask
+
     def shifts(self) -> list[ShiftRow]:
         """The rows of the cache's ``shifts.csv`` (empty if absent)."""
         path = self.root / SHIFTS
         return read_shifts(path) if path.is_file() else []
+
+
+NODATA_DIR = "nodata"
+"""``CACHE/nodata/{id}.npy``: ``(H, W)`` bool, True where some band group of a
+georeferenced scene has no data (only for scenes that have such pixels)."""
+
+
+def nodata_path(cache_dir: str | os.PathLike[str], image_id: str) -> Path:
+    """``CACHE/nodata/{id}.npy``."""
+    return Path(cache_dir) / NODATA_DIR / f"{check_image_id(image_id)}.npy"
 
 
 def open_cache(cache_dir: str | os.PathLike[str]) -> Cache:

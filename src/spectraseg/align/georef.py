@@ -20,6 +20,7 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from spectraseg.align.cache import nodata_path
 from spectraseg.align.estimators import DEFAULT_CONFIG, RegistrationConfig
 from spectraseg.align.registration import ProductEstimate, ShiftRow, estimate_products
 from spectraseg.data.files import atomic_output
@@ -28,10 +29,6 @@ from spectraseg.data.georef import GeoScene, Grid, GroupInfo, native_grid, read_
 STRIP_ROWS = 512
 """Rows of the target grid warped and written at a time: memory holds one strip of every
 band (``C x 512 x W`` float32), whatever the scene's height."""
-
-NODATA_DIR = "nodata"
-"""``CACHE/nodata/{id}.npy``: ``(H, W)`` bool, True where some band has no data (only for
-scenes that have such pixels). Those pixels hold each channel's mean in the stack."""
 
 
 def reference_group(infos: Sequence[GroupInfo], grid: Grid) -> GroupInfo:
@@ -156,7 +153,7 @@ def _fill_nodata(out: np.ndarray, nodata: np.ndarray, sums: np.ndarray) -> None:
 
 
 def _write_nodata(cache: Path, image_id: str, nodata: np.ndarray) -> None:
-    path = cache / NODATA_DIR / f"{image_id}.npy"
+    path = nodata_path(cache, image_id)
     if not nodata.any():
         path.unlink(missing_ok=True)
         return

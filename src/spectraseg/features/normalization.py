@@ -108,7 +108,9 @@ class Moments:
 
 
 def scene_moments(cache: Cache, image_id: str, block_values: int = _BLOCK_VALUES) -> Moments:
-    """Moments of one cached scene's channels over their non-fill pixels, in stored units.
+    """Moments of one cached scene's channels over their non-fill pixels (inside each
+    product's valid box and, for a georeferenced scene, outside its nodata mask), in stored
+    units.
 
     Streams the scene in row blocks of about ``block_values`` values (float64), so memory
     stays bounded whatever the scene size. Channels of one product share a valid box and
@@ -124,6 +126,7 @@ def scene_moments(cache: Cache, image_id: str, block_values: int = _BLOCK_VALUES
             f"{len(channels)}"
         )
     boxes = channel_valid_boxes(cache, image_id, arr.shape)
+    nodata = cache.nodata(image_id)
     # Consecutive channels with one box (one product) form a group read as one slab.
     groups: list[tuple[int, int, tuple[int, int, int, int]]] = []
     for c, box in enumerate(boxes):
@@ -138,8 +141,11 @@ def scene_moments(cache: Cache, image_id: str, block_values: int = _BLOCK_VALUES
             continue
         step = max(1, block_values // max(1, (c1 - c0) * width))
         for r in range(r0, r1, step):
-            block = np.asarray(arr[c0:c1, r : min(r + step, r1), q0:q1])
-            acc.merge_into(Moments.of(block.reshape(c1 - c0, -1)), slice(c0, c1))
+            rows = slice(r, min(r + step, r1))
+            values = np.asarray(arr[c0:c1, rows, q0:q1]).reshape(c1 - c0, -1)
+            if nodata is not None:
+                values = values[:, ~np.asarray(nodata[rows, q0:q1]).ravel()]
+            acc.merge_into(Moments.of(values), slice(c0, c1))
     return acc
 
 
