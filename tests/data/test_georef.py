@@ -510,3 +510,24 @@ def test_nodata_pixels_are_flagged_filled_and_left_out_of_statistics(
     assert set(entry.counts) == {int(valid.sum())}
     np.testing.assert_allclose(entry.mean, stack[:, valid].mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(entry.std, stack[:, valid].std(axis=1), rtol=1e-9)
+
+    # Training patches carry their valid pixels (the loss ignores the others), transformed
+    # as the patch is.
+    from spectraseg.features.patches import PatchDataset
+    from spectraseg.features.windows import dihedral, read_window
+
+    stats = compute_stats(cache, mode="image", progress=False)
+    (tmp_path / "cache" / "masks").mkdir()
+    np.save(tmp_path / "cache" / "masks" / "pair1.npy", np.zeros((1, 600, 600), np.uint8))
+    ds = PatchDataset(cache, ["pair1"], stats, size=64, length=40, rare_classes=(), seed=3)
+    assert ds.has_nodata
+    seen = 0
+    for i in range(40):
+        plan = ds.plan(i)
+        item = ds[i]
+        want = (~read_window(np.asarray(nodata)[None], plan.row0, plan.col0, 64)).astype(np.uint8)
+        if plan.transform:
+            want = dihedral(want, plan.transform)
+        np.testing.assert_array_equal(item["valid"].numpy(), want)
+        seen += int((want == 0).any())
+    assert seen > 0

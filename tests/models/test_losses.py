@@ -127,3 +127,20 @@ def test_build_loss_from_config() -> None:
     loss = build_loss(cfg)
     assert (loss.bce_weight, loss.jaccard_weight, loss.mode) == (0.5, 2.0, "present")
     assert loss.pos_weight.tolist() == [2.0] * 10
+
+
+@pytest.mark.parametrize("mode", ["batch", "present", "sample"])
+def test_pixels_outside_valid_count_for_nothing(mode: str) -> None:
+    """The loss with the right half marked invalid equals the loss of the left half alone,
+    whatever the right half holds; all-valid equals no mask."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    target = (torch.rand(2, 3, 8, 8, generator=g) > 0.6).float()
+    valid = torch.zeros(2, 1, 8, 8)
+    valid[..., :4] = 1
+    loss = BCEJaccardLoss(mode=mode, num_classes=3)
+    left = loss(logits[..., :4], target[..., :4])
+    noisy = logits.clone()
+    noisy[..., 4:] = 50.0 * torch.randn(2, 3, 8, 4, generator=g)
+    torch.testing.assert_close(loss(noisy, target, valid), left)
+    torch.testing.assert_close(loss(logits, target, torch.ones(2, 1, 8, 8)), loss(logits, target))

@@ -236,6 +236,9 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         area = np.array([h * w for h, w in self._shapes], dtype=np.float64)
         self._area_p = area / area.sum()
 
+        self._nodata_maps: dict[int, np.ndarray | None] = {}
+        self.has_nodata = any(opened.nodata(i) is not None for i in self.image_ids)
+        """Whether items carry ``valid`` masks (some training scene has nodata pixels)."""
         k = len(opened.schema)
         if any(int(c) > k for c in rare_classes):
             raise ConfigError(f"rare classes {list(rare_classes)} go beyond the data's {k} classes")
@@ -304,6 +307,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         # Memory maps are reopened lazily in each worker process.
         state = self.__dict__.copy()
         state["_arrays"] = {}
+        state["_nodata_maps"] = {}
         return state
 
     def _scene_arrays(self, s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -385,9 +389,27 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             lab = dihedral(lab, plan.transform)
         return np.ascontiguousarray(out), np.ascontiguousarray(lab)
 
+    def valid(self, plan: PatchPlan) -> np.ndarray | None:
+        """uint8 ``(1, S, S)``: 1 where the patch of ``plan`` has data in every band group,
+        0 on nodata pixels (transformed as the patch is); None for a scene without nodata."""
+        if plan.scene not in self._nodata_maps:
+            self._nodata_maps[plan.scene] = self._cache.nodata(self.image_ids[plan.scene])
+        nodata = self._nodata_maps[plan.scene]
+        if nodata is None:
+            return None
+        window = read_window(nodata[None], plan.row0, plan.col0, self.size)
+        valid = (~window).astype(np.uint8)
+        return np.ascontiguousarray(dihedral(valid, plan.transform) if plan.transform else valid)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, mask = self.sample(self.plan(index))
-        return {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
+        plan = self.plan(index)
+        image, mask = self.sample(plan)
+        item = {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
+        if self.has_nodata:
+            valid = self.valid(plan)
+            ones = np.ones((1, self.size, self.size), dtype=np.uint8)
+            item["valid"] = torch.from_numpy(ones if valid is None else valid)
+        return item
 
 
 # --------------------------------------------------------------------------- whole scenes

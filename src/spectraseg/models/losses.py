@@ -55,6 +55,7 @@ def soft_jaccard(
     target: torch.Tensor,
     mode: str = "batch",
     smooth: float = 1.0,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft Jaccard per class.
 
@@ -63,6 +64,8 @@ def soft_jaccard(
         target: ``(N, C, H, W)`` in ``{0, 1}``.
         mode: ``"batch"`` / ``"present"`` (sums over the batch) or ``"sample"``.
         smooth: added to numerator and denominator (pixels); keeps empty classes defined.
+        valid: ``(N, 1, H, W)`` in ``{0, 1}``: pixels that count (None: all); the others
+            (nodata) add to neither intersection nor union.
 
     Returns:
         ``(jaccard, valid)``: float32 ``(C,)`` for the batch modes or ``(N, C)`` for
@@ -78,6 +81,9 @@ def soft_jaccard(
         )
     p = probs.float()
     t = target.float()
+    if valid is not None:
+        v = valid.float()
+        p, t = p * v, t * v
     dims = (2, 3) if mode == "sample" else (0, 2, 3)
     inter = (p * t).sum(dims)
     total = p.sum(dims) + t.sum(dims)
@@ -102,7 +108,9 @@ class BCEJaccardLoss(nn.Module):
         class_weights: per-class weight of both terms (``C`` values) or None.
         num_classes: ``C``.
 
-    ``forward(logits, target) -> loss`` (0-d float32 tensor). ``last_terms`` keeps the
+    ``forward(logits, target, valid=None) -> loss`` (0-d float32 tensor); ``valid``
+    ``(N, 1, H, W)`` in ``{0, 1}`` leaves nodata pixels out of both terms (None: every
+    pixel counts, computed exactly as before the option existed). ``last_terms`` keeps the
     detached ``{"bce": ..., "jaccard": ...}`` of the last call for logging (``jaccard`` is
     the soft Jaccard itself, not the loss term).
     """
@@ -143,7 +151,9 @@ class BCEJaccardLoss(nn.Module):
         self.register_buffer("class_weights", cw, persistent=False)
         self.last_terms: dict[str, float] = {}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if logits.shape != target.shape or logits.ndim != 4:
             raise ValueError(
                 f"logits and target must both be (N, C, H, W), got {tuple(logits.shape)} "
@@ -160,7 +170,11 @@ class BCEJaccardLoss(nn.Module):
         if self.bce_weight > 0:
             pw = None if self.pos_weight is None else self.pos_weight.view(1, c, 1, 1)
             bce = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
-            per_class = bce.mean(dim=(0, 2, 3))
+            if valid is None:
+                per_class = bce.mean(dim=(0, 2, 3))
+            else:
+                v = valid.float()
+                per_class = (bce * v).sum(dim=(0, 2, 3)) / v.sum().clamp(min=1.0)
             if cw is None:
                 bce_value = per_class.mean()
             else:
@@ -168,8 +182,8 @@ class BCEJaccardLoss(nn.Module):
             loss = loss + self.bce_weight * bce_value
         jac_value = x.new_ones(())
         if self.jaccard_weight > 0:
-            jac, valid = soft_jaccard(torch.sigmoid(x), t, self.mode, self.smooth)
-            w = valid.float()
+            jac, counted = soft_jaccard(torch.sigmoid(x), t, self.mode, self.smooth, valid)
+            w = counted.float()
             if cw is not None:
                 w = w * cw  # broadcasts over the sample axis in "sample" mode
             if float(w.sum()) > 0:

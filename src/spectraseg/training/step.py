@@ -33,15 +33,17 @@ class StepStats:
 
 def _to_device(
     batch: Mapping[str, Any], device: torch.device, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A micro-batch's image (float32, in the training memory format) and mask on ``device``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A micro-batch's image (float32, in the training memory format), mask and, when the
+    batch has one, its ``valid`` pixels (nodata excluded), on ``device``."""
     x = torch.as_tensor(batch["image"])
     y = torch.as_tensor(batch["mask"])
     nb = device.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.to(device, dtype=torch.float32, non_blocking=nb).contiguous(memory_format=fmt)
     y = y.to(device, non_blocking=nb)
-    return x, y
+    v = batch.get("valid")
+    return x, y, None if v is None else torch.as_tensor(v).to(device, non_blocking=nb)
 
 
 def accumulation_step(
@@ -60,8 +62,9 @@ def accumulation_step(
     Zeroes the gradients, runs forward/backward on each micro-batch with its loss divided
     by ``accumulate`` (so the accumulated gradient is the mean over all micro-batches), then
     steps the optimizer once. Under DDP gradients are synchronised only on the last
-    micro-batch. ``batches`` yields ``{"image": (N, C, S, S), "mask": (N, 10, S, S)}``;
-    exactly ``accumulate`` are consumed.
+    micro-batch. ``batches`` yields ``{"image": (N, C, S, S), "mask": (N, K, S, S)}``
+    and, for data with nodata pixels, ``"valid": (N, 1, S, S)`` (the loss ignores the
+    others); exactly ``accumulate`` are consumed.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -73,12 +76,12 @@ def accumulation_step(
             batch = next(it)
         except StopIteration:
             raise RuntimeError(f"accumulation step needs {accumulate} batches, got {k}") from None
-        x, y = _to_device(batch, device, channels_last)
+        x, y, v = _to_device(batch, device, channels_last)
         sync = ddp.no_sync() if ddp is not None and k < accumulate - 1 else contextlib.nullcontext()
         with sync:
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = model(x)
-            loss = loss_fn(logits, y)  # float32: the loss upcasts the logits
+            loss = loss_fn(logits, y, v)  # float32: the loss upcasts the logits
             scaled = loss / accumulate
             if scaler is not None:
                 scaler.scale(scaled).backward()
