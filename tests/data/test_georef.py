@@ -404,7 +404,12 @@ def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: P
     assert 0.0 <= row["val_mean"] <= 1.0
 
     # Predict the description: a GeoPackage per scene in the raster's CRS, whose exact
-    # outlines (tolerance 0) rasterise back to the thresholded probabilities.
+    # outlines (tolerance 0) rasterise back to the thresholded probabilities; where the
+    # input has no data (a block flagged in b_0_0's cache), nothing is predicted.
+    hole = np.zeros((900, 900), dtype=bool)
+    hole[100:300, 200:500] = True
+    (cache / "nodata").mkdir()
+    np.save(cache / "nodata" / "b_0_0.npy", hole)
     pred = tmp_path / "pred"
     args = ["predict", str(desc), "--run", str(run), "--out", str(pred), "--workers", "0"]
     assert main([*args, "--tolerance", "0", "--quiet"]) == 0
@@ -432,6 +437,8 @@ def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: P
             [(g, 1) for g in geoms], out_shape=shape, transform=transform
         ) if len(geoms) else np.zeros(shape, np.uint8)  # fmt: skip
         np.testing.assert_array_equal(drawn.astype(bool), mask)
+        if image_id == "b_0_0":
+            assert not levels[:, hole].any() and not mask[hole].any()
 
 
 def test_evaluate_scores_geopackages_against_vector_truth(
@@ -531,3 +538,24 @@ def test_nodata_pixels_are_flagged_filled_and_left_out_of_statistics(
         np.testing.assert_array_equal(item["valid"].numpy(), want)
         seen += int((want == 0).any())
     assert seen > 0
+
+
+def test_cli_bad_description_is_one_line_and_no_output(
+    spacenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A description error stops the verb with one line naming the file (exit 1); a scene
+    whose files cannot be fused fails alone with its reason (exit 3); nothing half-written."""
+    from spectraseg.cli import main
+
+    bad = _write(tmp_path / "bad.toml", _two(spacenet / "pan1.tif", spacenet / "ms1.tif").replace(
+        '"B", "G", "R", "N"', '"B", "G", "G", "N"'))  # fmt: skip
+    cache = tmp_path / "cache"
+    assert main(["align", str(bad), "--cache", str(cache), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.toml" in err and "twice" in err
+    assert not cache.exists()
+    apart = _write(tmp_path / "apart.toml", _two(spacenet / "pan1.tif", spacenet / "ms2.tif"))
+    assert main(["align", str(apart), "--cache", str(cache), "--quiet"]) == 3
+    out = capsys.readouterr()
+    assert "ms2.tif does not overlap" in out.out + out.err and "Traceback" not in out.err
+    assert not list(cache.glob("*.npy"))

@@ -136,7 +136,7 @@ def predict_scene_task(
     normalises the scene (None: the run's ``stats.json``). A georeferenced scene (its cache
     entry has a ``transform``) is vectorised in map coordinates and written as a GeoPackage
     whose ``class`` attribute holds ``names`` (the run's class names); ``xmax``/``ymin``
-    are then unused.
+    are then unused. Its nodata pixels get probability 0 (no polygon covers them).
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
     (per class, squared grid or map units) and ``parts`` (per class polygon count).
@@ -157,8 +157,12 @@ def predict_scene_task(
     else:
         levels = scene_levels(model, image, opts)
     del image  # the float32 scene is the largest array: free it before vectorising
-    entry = open_cache(cache_dir).entry(image_id)
+    cache = open_cache(cache_dir)
+    entry = cache.entry(image_id)
     if "transform" in entry:
+        nodata = cache.nodata(image_id)
+        if nodata is not None:  # no class where the input has no data
+            levels[:, np.asarray(nodata)] = 0
         transform = Affine(*entry["transform"])
         polygons = levels_to_polygons(levels, 0, 0, thresholds, min_area, opts, transform)
         write_georef_outputs(out_dir, image_id, levels, polygons, names, entry["crs"])
