@@ -230,36 +230,24 @@ def _bad(tmp_path: Path, text: str) -> str:
     return str(err.value)
 
 
+def _ms_only(ms: Path, names: str | None) -> str:
+    """A one-class description of one scene holding only an MS file (``names``: TOML list)."""
+    group = f'"{ms}"' if names is None else f'{{ file = "{ms}", names = {names} }}'
+    return f'[classes]\nb = {{ value = 1 }}\n[[scenes]]\nid = "x"\nbands = {{ ms = {group} }}\n'
+
+
 def test_band_name_listed_twice(spacenet: Path, tmp_path: Path) -> None:
-    msg = _bad(tmp_path, f"""
-[classes]
-b = {{ value = 1 }}
-[[scenes]]
-id = "x"
-bands = {{ ms = {{ file = "{spacenet / "ms1.tif"}", names = ["B", "G", "G", "N"] }} }}
-""")  # fmt: skip
+    msg = _bad(tmp_path, _ms_only(spacenet / "ms1.tif", '["B", "G", "G", "N"]'))
     assert "bad.toml" in msg and "lists band 'G' twice" in msg
 
 
 def test_fewer_bands_than_described(spacenet: Path, tmp_path: Path) -> None:
-    msg = _bad(tmp_path, f"""
-[classes]
-b = {{ value = 1 }}
-[[scenes]]
-id = "x"
-bands = {{ ms = {{ file = "{spacenet / "ms1.tif"}", names = ["C", "B", "G", "Y", "R"] }} }}
-""")  # fmt: skip
+    msg = _bad(tmp_path, _ms_only(spacenet / "ms1.tif", '["C", "B", "G", "Y", "R"]'))
     assert "ms1.tif has 4 band(s), fewer than the 5" in msg
 
 
 def test_group_without_names_needs_the_full_band_count(spacenet: Path, tmp_path: Path) -> None:
-    msg = _bad(tmp_path, f"""
-[classes]
-b = {{ value = 1 }}
-[[scenes]]
-id = "x"
-bands = {{ ms = "{spacenet / "ms1.tif"}" }}
-""")  # fmt: skip
+    msg = _bad(tmp_path, _ms_only(spacenet / "ms1.tif", None))
     assert "ms1.tif has 4 band(s)" in msg and "names = [...]" in msg
 
 

@@ -437,23 +437,10 @@ def evaluate_files(
     pred = read_predictions(pred_path)
     truth = read_wkt_csv(truth_path)
     splits = dict(splits or {})
-    extra = sorted(set(pred) - set(truth))
-    if extra:
-        warnings.warn(
-            f"{len(extra)} predicted image(s) have no ground truth in {truth_path} and are not "
-            f"scored (e.g. {extra[0]})",
-            SpectrasegWarning,
-            stacklevel=2,
-        )
-    ids = set(pred) & set(truth)
-    for name, members in splits.items():
-        for i in members:
-            if i not in truth:
-                raise DataError(f"split {name!r}: image id {i} has no ground truth in {truth_path}")
-        ids.update(members)
-    if not ids:
-        raise DataError(f"{pred_path} and {truth_path} have no image id in common")
-    image_ids = sorted(ids)
+    image_ids = _scored_ids(
+        set(pred), set(truth), splits, str(truth_path),
+        f"{pred_path} and {truth_path} have no image id in common",
+    )  # fmt: skip
     if raster_root is None:
         ev = evaluate_polygons(pred, truth, image_ids, empty_score, validate=False)
     else:
@@ -464,6 +451,36 @@ def evaluate_files(
             sizes[i] = (ref.width, ref.height)
         ev = raster_jaccard(pred, truth, sizes, ds.grid_sizes, image_ids, empty_score)
     return ev.with_splits(splits) if splits else ev
+
+
+def _scored_ids(
+    predicted: set[str],
+    labelled: set[str],
+    splits: Mapping[str, Sequence[str]],
+    truth_name: str,
+    nothing: str,
+) -> list[str]:
+    """The images an evaluation scores: those predicted and labelled, plus every split's
+    (a split image without a prediction counts as predicted empty). Predicted images
+    without truth are ignored with a warning; DataError for a split image without truth
+    or (``nothing``) when no image is left."""
+    extra = sorted(predicted - labelled)
+    if extra:
+        warnings.warn(
+            f"{len(extra)} predicted image(s) have no ground truth in {truth_name} and are not "
+            f"scored (e.g. {extra[0]})",
+            SpectrasegWarning,
+            stacklevel=3,
+        )
+    ids = predicted & labelled
+    for name, members in splits.items():
+        for i in members:
+            if i not in labelled:
+                raise DataError(f"split {name!r}: image id {i} has no ground truth in {truth_name}")
+        ids.update(members)
+    if not ids:
+        raise DataError(nothing)
+    return sorted(ids)
 
 
 def evaluate_description(
@@ -484,23 +501,10 @@ def evaluate_description(
     schema = ds.description.classes
     labelled = set(ds.labelled_ids)
     predicted = {i for i in ds.image_ids if prediction_gpkg(pred_dir, i).is_file()}
-    extra = sorted(predicted - labelled)
-    if extra:
-        warnings.warn(
-            f"{len(extra)} predicted scene(s) have no labels in {ds.root} and are not scored "
-            f"(e.g. {extra[0]})",
-            SpectrasegWarning,
-            stacklevel=2,
-        )
-    ids = labelled & predicted
-    for name, members in (splits or {}).items():
-        for i in members:
-            if i not in labelled:
-                raise DataError(f"split {name!r}: scene {i} has no labels in {ds.root}")
-        ids.update(members)
-    if not ids:
-        raise DataError(f"{pred_dir} has no polygons.gpkg of a labelled scene of {ds.root}")
-    image_ids = sorted(ids)
+    image_ids = _scored_ids(
+        predicted, labelled, splits or {}, str(ds.root),
+        f"{pred_dir} has no polygons.gpkg of a labelled scene of {ds.root}",
+    )  # fmt: skip
     counts = np.zeros((len(image_ids), len(schema), 3), dtype=np.float64)
     units = set()
     for n, image_id in enumerate(image_ids):
