@@ -50,3 +50,22 @@ def test_jaccard_curves_match_the_metric_on_masks() -> None:
         counts = mask_counts(threshold_masks(probs, t), truth)
         want = counts[:, 0] / counts.sum(1)
         np.testing.assert_allclose(curves[:, j], want)
+
+
+def test_pixels_outside_valid_are_not_counted() -> None:
+    """Counting with a valid mask equals counting the valid pixels alone."""
+    from spectraseg.evaluation.metrics import mask_counts
+
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 256, size=(2, 6, 7)).astype(np.uint8)
+    truth = (rng.random((2, 6, 7)) > 0.5).astype(np.uint8)
+    valid = np.ones((6, 7), dtype=bool)
+    valid[:, 4:] = False
+    pos, neg = class_histograms(levels, truth, 2.0, valid)
+    pos_l, neg_l = class_histograms(levels[:, :, :4], truth[:, :, :4], 2.0)
+    np.testing.assert_array_equal(pos, pos_l)
+    np.testing.assert_array_equal(neg, neg_l)
+    pred = levels >= 128
+    np.testing.assert_array_equal(
+        mask_counts(pred, truth, valid), mask_counts(pred[:, :, :4], truth[:, :, :4])
+    )

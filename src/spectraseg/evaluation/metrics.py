@@ -267,15 +267,19 @@ def evaluate_polygons(
 # --------------------------------------------------------------------------- rasters
 
 
-def mask_counts(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def mask_counts(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Pixel counts of boolean masks: int64 ``(K, 3)`` TP, FP, FN per channel.
 
-    ``pred`` and ``truth`` are ``(K, H, W)`` (any dtype; nonzero is positive).
+    ``pred`` and ``truth`` are ``(K, H, W)`` (any dtype; nonzero is positive); ``valid``
+    ``(H, W)`` bool leaves the other pixels (nodata) out of every count.
     """
     if pred.shape != truth.shape or pred.ndim != 3:
         raise ValueError(f"masks must both be (K, H, W), got {pred.shape} and {truth.shape}")
     p = pred.reshape(pred.shape[0], -1).astype(bool, copy=False)
     g = truth.reshape(truth.shape[0], -1).astype(bool, copy=False)
+    if valid is not None:
+        keep = np.asarray(valid, dtype=bool).ravel()
+        p, g = p[:, keep], g[:, keep]
     tp = np.count_nonzero(p & g, axis=1)
     return np.stack([tp, np.count_nonzero(p, axis=1) - tp, np.count_nonzero(g, axis=1) - tp], 1)
 

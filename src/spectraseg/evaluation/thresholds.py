@@ -24,26 +24,30 @@ DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20)
 
 
 def class_histograms(
-    probs: np.ndarray, truth: np.ndarray, weight: float = 1.0
+    probs: np.ndarray, truth: np.ndarray, weight: float = 1.0, valid: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-class counts of stored probability levels on true and on false pixels.
 
     Args:
-        probs: ``(10, H, W)`` uint8 levels or float probabilities (quantised first).
-        truth: ``(10, H, W)`` {0, 1} masks on the same grid.
+        probs: ``(K, H, W)`` uint8 levels or float probabilities (quantised first).
+        truth: ``(K, H, W)`` {0, 1} masks on the same grid.
         weight: multiplies the counts (the pixel area, to sum scenes in grid units).
+        valid: ``(H, W)`` bool; the other pixels (nodata) are not counted (None: all).
 
     Returns:
-        ``(pos, neg)``, float64 ``(10, 256)``: weighted pixel counts per level.
+        ``(pos, neg)``, float64 ``(K, 256)``: weighted pixel counts per level.
     """
     if probs.shape != truth.shape:
         raise ValueError(f"probabilities {probs.shape} and truth {truth.shape} differ in shape")
     k_ = probs.shape[0]
     pos = np.zeros((k_, PROB_LEVELS + 1))
     neg = np.zeros((k_, PROB_LEVELS + 1))
+    keep = None if valid is None else np.asarray(valid, dtype=bool)
     for k in range(k_):
         q = as_levels(probs[k])
         t = truth[k].astype(bool, copy=False)
+        if keep is not None:
+            q, t = q[keep], t[keep]
         allc = np.bincount(q.ravel(), minlength=PROB_LEVELS + 1)
         pos[k] = np.bincount(q[t], minlength=PROB_LEVELS + 1)
         neg[k] = allc - pos[k]

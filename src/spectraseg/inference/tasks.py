@@ -197,13 +197,15 @@ def tune_scene_task(
     levels, pixel = run_levels(run_dir, model, image, opts)
     del image
     truth = open_mask(cache_dir, image_id, levels.shape[1:])
+    nodata = open_cache(cache_dir).nodata(image_id)
+    valid = None if nodata is None else ~np.asarray(nodata)
     if pixel is None:
-        pos, neg = class_histograms(levels, truth, weight)
+        pos, neg = class_histograms(levels, truth, weight, valid)
         return pos[None], neg[None]
-    k = levels.shape[0]
+    classes = range(1, levels.shape[0] + 1)
     pairs = [
         class_histograms(
-            blend_levels(levels, pixel, dict.fromkeys(range(1, k + 1), w)), truth, weight
+            blend_levels(levels, pixel, dict.fromkeys(classes, w)), truth, weight, valid
         )
         for w in BLEND_GRID
     ]

@@ -65,8 +65,10 @@ def validate(
         )  # fmt: skip
         area = data.pixel_area(image_id) if data.pixel_area is not None else 1.0
         levels = quantize(probs)
-        counts[n] = mask_counts(threshold_masks(levels, thresholds), truth) * area
-        hp, hn = class_histograms(levels, truth, area)
+        nodata = data.nodata(image_id) if data.nodata is not None else None
+        valid = None if nodata is None else ~np.asarray(nodata)
+        counts[n] = mask_counts(threshold_masks(levels, thresholds), truth, valid) * area
+        hp, hn = class_histograms(levels, truth, area, valid)
         pos, neg = pos + hp, neg + hn
         # Class by class: a full-resolution scene's (K, H, W) maps are large.
         bce_sum += sum(_bce_sum(probs[c], truth[c]) for c in range(k))
