@@ -515,7 +515,7 @@ def test_nodata_pixels_are_flagged_filled_and_left_out_of_statistics(
     (tmp_path / "cache" / "masks").mkdir()
     np.save(tmp_path / "cache" / "masks" / "pair1.npy", np.zeros((1, 600, 600), np.uint8))
     ds = PatchDataset(cache, ["pair1"], stats, size=64, length=40, rare_classes=(), seed=3)
-    assert ds.has_nodata
+    assert ds.has_ignored
     seen = 0
     for i in range(40):
         plan = ds.plan(i)
@@ -547,3 +547,48 @@ def test_cli_bad_description_is_one_line_and_no_output(
     out = capsys.readouterr()
     assert "ms2.tif does not overlap" in out.out + out.err and "Traceback" not in out.err
     assert not list(cache.glob("*.npy"))
+
+
+def test_label_extent_marks_the_rest_unlabelled(
+    sample: Path, spacenet: Path, tmp_path: Path
+) -> None:
+    """Pixels outside ``label_extent`` are flagged when the masks are built, and training
+    patches mark them invalid (the loss ignores them)."""
+    from spectraseg.align.masks import build_masks
+    from spectraseg.features.normalization import compute_stats
+    from spectraseg.features.patches import PatchDataset
+
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        left, bottom, _, top = src.bounds
+    # The western 300 columns (0.5 m pixels), written in EPSG:4326 to exercise reprojection.
+    box = shapely.box(left, bottom, left + 150.0, top)
+    (moved,) = rasterio.warp.transform_geom("EPSG:32616", "EPSG:4326", [box])
+    extent = tmp_path / "extent.geojson"
+    extent.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": moved}]}))  # fmt: skip
+    text = sample.read_text() + f'label_extent = "{extent}"\n'
+    desc = _write(tmp_path / "extent.toml", text)
+    align_dataset(desc, tmp_path / "cache", progress=False)
+    cache = open_cache(tmp_path / "cache")
+    build_masks(cache, desc, progress=False)
+    unlabelled = cache.unlabelled("sample")
+    assert unlabelled is not None and cache.nodata("sample") is None
+    np.testing.assert_array_equal(cache.ignored("sample"), unlabelled)
+    # Reprojection bends the box's edges by well under a pixel: columns 0-298 in, 301+ out.
+    assert not unlabelled[:, :299].any() and unlabelled[:, 301:].all()
+    stats = compute_stats(cache, mode="image", progress=False)
+    ds = PatchDataset(
+        cache, ["sample"], stats, size=64, length=16, rare_classes=(), seed=1, augment=False
+    )
+    assert ds.has_ignored
+    checked = 0
+    for i in range(16):
+        plan, item = ds.plan(i), ds[i]
+        assert item["valid"].shape == (1, 64, 64)
+        if 0 <= plan.col0 and plan.col0 + 64 <= 900:
+            checked += 1
+            cols = slice(plan.col0, plan.col0 + 64)
+            rows = slice(max(plan.row0, 0), min(plan.row0 + 64, 900))
+            got = item["valid"].numpy()[0, rows.start - plan.row0 : rows.stop - plan.row0]
+            np.testing.assert_array_equal(got, ~unlabelled[rows, cols])
+    assert checked > 0

@@ -262,7 +262,22 @@ class Cache:
     def nodata(self, image_id: str) -> np.ndarray | None:
         """A georeferenced scene's ``(H, W)`` bool nodata mask (True: some band group has no
         data there; those pixels hold channel means), memory-mapped; None when it has none."""
-        path = nodata_path(self.root, image_id)
+        return self._pixel_mask(nodata_path(self.root, image_id), image_id)
+
+    def unlabelled(self, image_id: str) -> np.ndarray | None:
+        """``(H, W)`` bool, True outside a scene's labelled extent (its description's
+        ``label_extent``), memory-mapped; None when the whole scene is labelled."""
+        return self._pixel_mask(self.root / UNLABELLED_DIR / f"{image_id}.npy", image_id)
+
+    def ignored(self, image_id: str) -> np.ndarray | None:
+        """``(H, W)`` bool, True where labels say nothing (nodata or outside the labelled
+        extent): the loss, validation and threshold tuning skip those pixels."""
+        masks = [m for m in (self.nodata(image_id), self.unlabelled(image_id)) if m is not None]
+        if not masks:
+            return None
+        return masks[0] if len(masks) == 1 else np.asarray(masks[0]) | np.asarray(masks[1])
+
+    def _pixel_mask(self, path: Path, image_id: str) -> np.ndarray | None:
         if not path.is_file():
             return None
         try:
@@ -279,6 +294,10 @@ class Cache:
         path = self.root / SHIFTS
         return read_shifts(path) if path.is_file() else []
 
+
+UNLABELLED_DIR = "unlabelled"
+"""``CACHE/unlabelled/{id}.npy``: ``(H, W)`` bool, True outside a georeferenced scene's
+labelled extent (written with its label masks; only for scenes that have one)."""
 
 NODATA_DIR = "nodata"
 """``CACHE/nodata/{id}.npy``: ``(H, W)`` bool, True where some band group of a

@@ -91,11 +91,13 @@ class LabelSource:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """One scene: its band groups (in product order) and label layers."""
+    """One scene: its band groups (in product order), label layers and, when only part of
+    it is labelled, the polygons of that part (outside them labels say nothing)."""
 
     image_id: str
     groups: tuple[BandGroup, ...]
     labels: tuple[LabelSource, ...] = ()
+    label_extent: LabelSource | None = None
 
     def group(self, product: str) -> BandGroup:
         for g in self.groups:
@@ -245,7 +247,7 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
     key = f"scenes[{n}]"
     if not isinstance(raw, dict):
         raise where.error(key, "must be a table")
-    where.keys(raw, {"id", "bands", "labels"}, key + ".")
+    where.keys(raw, {"id", "bands", "labels", "label_extent"}, key + ".")
     image_id = raw.get("id")
     if not isinstance(image_id, str):
         raise where.error(key + ".id", "must be text")
@@ -264,7 +266,11 @@ def _scene(raw: object, n: int, where: _Where) -> SceneSpec:
     labels = raw.get("labels", [])
     labels = labels if isinstance(labels, list) else [labels]
     sources = tuple(_label(v, f"{key}.labels", where) for v in labels)
-    return SceneSpec(image_id, tuple(groups), sources)
+    extent = raw.get("label_extent")
+    if extent is not None and not sources:
+        raise where.error(key + ".label_extent", "needs labels to bound")
+    ext = None if extent is None else _label(extent, f"{key}.label_extent", where)
+    return SceneSpec(image_id, tuple(groups), sources, ext)
 
 
 def _group(name: str, raw: object, key: str, where: _Where) -> BandGroup:

@@ -460,6 +460,17 @@ class GeoDataset:
         scene = self.scene(image_id)
         return scene_labels(self.description, scene.spec, scene.grid.crs)
 
+    def labelled_area(self, image_id: str) -> np.ndarray | None:
+        """``(H, W)`` bool, True inside the scene's ``label_extent`` polygons (any feature,
+        reprojected, pixel centres); None when the scene has no extent (all labelled)."""
+        scene = self.scene(image_id)
+        source = scene.spec.label_extent
+        if source is None:
+            return None
+        one = ClassSchema((dataclasses.replace(self.description.classes.classes[0], value=1),))
+        geoms = read_labels(source, one, None, scene.grid.crs)[1]
+        return rasterize_labels({1: geoms}, scene.grid, 1)[0].astype(bool)
+
     @property
     def labelled_ids(self) -> list[str]:
         """Ids of the scenes that name label layers, in description order."""

@@ -236,14 +236,15 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         area = np.array([h * w for h, w in self._shapes], dtype=np.float64)
         self._area_p = area / area.sum()
 
-        self._nodata_maps: dict[int, np.ndarray | None] = {}
-        self.has_nodata = any(opened.nodata(i) is not None for i in self.image_ids)
-        """Whether items carry ``valid`` masks (some training scene has nodata pixels)."""
         k = len(opened.schema)
         if any(int(c) > k for c in rare_classes):
             raise ConfigError(f"rare classes {list(rare_classes)} go beyond the data's {k} classes")
         if data_root is not None:
             build_masks(opened, data_root, self.image_ids, progress=progress)
+        self._ignored: dict[int, np.ndarray | None] = {}
+        self.has_ignored = any(opened.ignored(i) is not None for i in self.image_ids)
+        """Whether items carry ``valid`` masks (some training scene has pixels that labels
+        say nothing about: nodata, or outside a labelled extent)."""
         self._rare = self._index_rare(opened, [int(c) for c in rare_classes], progress)
         if self.rare_share > 0 and rare_classes and not self._rare:
             warnings.warn(
@@ -307,7 +308,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         # Memory maps are reopened lazily in each worker process.
         state = self.__dict__.copy()
         state["_arrays"] = {}
-        state["_nodata_maps"] = {}
+        state["_ignored"] = {}
         return state
 
     def _scene_arrays(self, s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -391,10 +392,11 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
 
     def valid(self, plan: PatchPlan) -> np.ndarray | None:
         """uint8 ``(1, S, S)``: 1 where the patch of ``plan`` has data in every band group,
-        0 on nodata pixels (transformed as the patch is); None for a scene without nodata."""
-        if plan.scene not in self._nodata_maps:
-            self._nodata_maps[plan.scene] = self._cache.nodata(self.image_ids[plan.scene])
-        nodata = self._nodata_maps[plan.scene]
+        0 where labels say nothing (nodata, outside the labelled extent; transformed as the
+        patch is); None for a scene without such pixels."""
+        if plan.scene not in self._ignored:
+            self._ignored[plan.scene] = self._cache.ignored(self.image_ids[plan.scene])
+        nodata = self._ignored[plan.scene]
         if nodata is None:
             return None
         window = read_window(nodata[None], plan.row0, plan.col0, self.size)
@@ -405,7 +407,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         plan = self.plan(index)
         image, mask = self.sample(plan)
         item = {"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}
-        if self.has_nodata:
+        if self.has_ignored:
             valid = self.valid(plan)
             ones = np.ones((1, self.size, self.size), dtype=np.uint8)
             item["valid"] = torch.from_numpy(ones if valid is None else valid)

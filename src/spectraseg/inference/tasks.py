@@ -197,8 +197,8 @@ def tune_scene_task(
     levels, pixel = run_levels(run_dir, model, image, opts)
     del image
     truth = open_mask(cache_dir, image_id, levels.shape[1:])
-    nodata = open_cache(cache_dir).nodata(image_id)
-    valid = None if nodata is None else ~np.asarray(nodata)
+    ignored = open_cache(cache_dir).ignored(image_id)
+    valid = None if ignored is None else ~np.asarray(ignored)
     if pixel is None:
         pos, neg = class_histograms(levels, truth, weight, valid)
         return pos[None], neg[None]

@@ -43,8 +43,9 @@ class TrainData:
         stats: the normalisation statistics (saved as ``stats.json``), or None.
         train_scenes: the scene ids ``train`` draws from (recorded in ``split.json``).
         schema: the classes of the masks (``K`` = ``len(schema)`` output channels).
-        nodata: ``image_id -> (H, W) bool`` nodata mask of a validation scene, or None
-            (validation leaves those pixels out of every count).
+        ignored: ``image_id -> (H, W) bool`` pixels of a validation scene its labels say
+            nothing about (nodata, outside the labelled extent), or None; validation leaves
+            them out of every count.
     """
 
     train: Any
@@ -55,7 +56,7 @@ class TrainData:
     stats: Stats | None = None
     train_scenes: Sequence[str] = ()
     schema: ClassSchema = DSTL_SCHEMA
-    nodata: Callable[[str], np.ndarray | None] | None = None
+    ignored: Callable[[str], np.ndarray | None] | None = None
 
 
 def _from_rank0(value: T, world: int) -> T:
@@ -142,5 +143,5 @@ def prepare_data(
         stats=stats,
         train_scenes=train_ids,
         schema=cache.schema,
-        nodata=cache.nodata,
+        ignored=cache.ignored,
     )

@@ -65,8 +65,8 @@ def validate(
         )  # fmt: skip
         area = data.pixel_area(image_id) if data.pixel_area is not None else 1.0
         levels = quantize(probs)
-        nodata = data.nodata(image_id) if data.nodata is not None else None
-        valid = None if nodata is None else ~np.asarray(nodata)
+        ignored = data.ignored(image_id) if data.ignored is not None else None
+        valid = None if ignored is None else ~np.asarray(ignored)
         counts[n] = mask_counts(threshold_masks(levels, thresholds), truth, valid) * area
         hp, hn = class_histograms(levels, truth, area, valid)
         pos, neg = pos + hp, neg + hn
