@@ -592,3 +592,13 @@ def test_label_extent_marks_the_rest_unlabelled(
             got = item["valid"].numpy()[0, rows.start - plan.row0 : rows.stop - plan.row0]
             np.testing.assert_array_equal(got, ~unlabelled[rows, cols])
     assert checked > 0
+
+
+def test_validation_weights_are_pixel_areas_in_map_units(spacenet: Path, tmp_path: Path) -> None:
+    from spectraseg.evaluation.metrics import pixel_areas
+
+    desc = _pair(spacenet, tmp_path)
+    align_dataset(desc, tmp_path / "cache", progress=False)
+    (area,) = pixel_areas(open_cache(tmp_path / "cache"), str(desc), ["pair1"]).values()
+    with rasterio.open(spacenet / "pan1.tif") as src:
+        assert area == pytest.approx(abs(src.transform.a * src.transform.e), rel=1e-12)

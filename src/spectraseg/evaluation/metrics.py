@@ -293,14 +293,19 @@ def pixel_area(width: int, height: int, xmax: float, ymin: float) -> float:
 def pixel_areas(
     cache: Cache, root: str | os.PathLike[str] | None, image_ids: Iterable[str]
 ) -> dict[str, float]:
-    """The metric's weight of each cached scene: the area of one of its pixels in squared
-    grid units, from the dataset's ``grid_sizes.csv`` under ``root``; 1.0 (pixel counts)
-    where the dataset gives no grid size (no ``root``, no file, or the scene not in it)."""
+    """The metric's weight of each cached scene: the area of one of its pixels, in squared
+    map units for a georeferenced scene (its cached transform), in squared grid units from
+    the dataset's ``grid_sizes.csv`` under ``root`` for a DSTL one; 1.0 (pixel counts)
+    where neither is known (no ``root``, no file, or the scene not in it)."""
     grid: dict[str, tuple[float, float]] = {}
     if root and (Path(root) / "grid_sizes.csv").is_file():
         grid = read_grid_sizes(Path(root) / "grid_sizes.csv")
     out = {}
     for i in image_ids:
+        transform = cache.entry(i).get("transform")
+        if transform is not None:
+            out[i] = abs(float(transform[0]) * float(transform[4]))
+            continue
         h, w = cache.load(i).shape[1:]
         out[i] = pixel_area(w, h, *grid[i]) if i in grid else 1.0
     return out
