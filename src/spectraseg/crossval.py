@@ -8,7 +8,7 @@ Layout of ``RUN``::
     RUN/stats.json           statistics over every cached scene (they use no labels)
     RUN/cv.json              folds, member runs and scores (runs.CrossValidation)
     RUN/folds/{k}/           fold k's run: the other folds' scenes, no validation split
-    RUN/oof/{id}.unet.npy    uint8 (10, H, W) levels of the fold model that did not see the scene
+    RUN/oof/{id}.unet.npy    uint8 (K, H, W) levels of the fold model that did not see the scene
     RUN/oof/{id}.pixel.npy   the same for that fold's per-pixel model (``pixel.enabled``)
     RUN/thresholds.json      per-class thresholds (and U-Net / pixel blend weights) fitted on
                              the pooled out-of-fold predictions of every scene
@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from spectraseg import NUM_CLASSES
 from spectraseg.align.cache import Cache, open_cache
 from spectraseg.align.masks import open_mask
 from spectraseg.config import Config
+from spectraseg.data.classes import DSTL_SCHEMA
 from spectraseg.errors import ConfigError
 from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.metrics import Evaluation, pixel_areas
@@ -195,17 +195,22 @@ def _predict_oof(
 def scene_histograms(
     run: RunDir, cache: Cache, image_id: str, weight: float, pixel: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A scene's out-of-fold level histograms ``(B, 10, 256)`` against its labels, one pair per
-    U-Net weight of :data:`BLEND_GRID` with a pixel model (``B = 5``), else ``B = 1``."""
+    """A scene's out-of-fold level histograms ``(B, K, 256)`` against its labels (pixels they
+    say nothing about left out), one pair per U-Net weight of :data:`BLEND_GRID` with a pixel
+    model (``B = 5``), else ``B = 1``."""
     paths = oof_paths(run, image_id)
     unet = np.load(paths["unet"])
     truth = open_mask(cache, image_id, unet.shape[1:])
+    ignored = cache.ignored(image_id)
+    valid = None if ignored is None else ~np.asarray(ignored)
     if not pixel:
-        pos, neg = class_histograms(unet, truth, weight)
+        pos, neg = class_histograms(unet, truth, weight, valid)
         return pos[None], neg[None]
     other = np.load(paths["pixel"])
-    everywhere = [dict.fromkeys(range(1, NUM_CLASSES + 1), w) for w in BLEND_GRID]
-    pairs = [class_histograms(blend_levels(unet, other, b), truth, weight) for b in everywhere]
+    everywhere = [dict.fromkeys(range(1, len(unet) + 1), w) for w in BLEND_GRID]
+    pairs = [
+        class_histograms(blend_levels(unet, other, b), truth, weight, valid) for b in everywhere
+    ]
     return np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])
 
 
@@ -231,22 +236,26 @@ def _decide(hist: Histograms, scenes: Sequence[str], mode: str) -> dict[str, Any
 def _score(
     hist: Histograms, scenes: Sequence[str], decided: Mapping[str, Any], blend: Any = "decided"
 ) -> np.ndarray:
-    """Per-scene TP/FP/FN ``(n, 10, 3)`` of ``scenes`` at decisions ``decided``; ``blend``
+    """Per-scene TP/FP/FN ``(n, K, 3)`` of ``scenes`` at decisions ``decided``; ``blend``
     ``"decided"`` uses their blend weights, a number one weight for every class."""
     if blend == "decided":
         weights = decided["blend"]
         thresholds = decided["thresholds"]
     else:  # one partner alone, at its own thresholds
-        weights = dict.fromkeys(range(1, NUM_CLASSES + 1), float(blend))
+        weights = dict.fromkeys(decided["thresholds"], float(blend))
         thresholds = decided["thresholds_unet" if blend == 1.0 else "thresholds_pixel"]
     return np.stack([counts_at(*hist[i], thresholds, weights) for i in scenes])
 
 
 def nested_scores(
-    hist: Histograms, folds: Sequence[Sequence[str]], mode: str, blend: Any = "decided"
+    hist: Histograms,
+    folds: Sequence[Sequence[str]],
+    mode: str,
+    blend: Any = "decided",
+    names: Sequence[str] = DSTL_SCHEMA.names,
 ) -> tuple[Evaluation, list[dict[str, Any]]]:
     """Every fold scored with decisions fitted on the other folds' histograms; the score and
-    each fold's decisions."""
+    each fold's decisions (``names``: the classes, in order)."""
     ids: list[str] = []
     counts, decisions = [], []
     for k, held_out in enumerate(folds):
@@ -254,7 +263,8 @@ def nested_scores(
         decisions.append(_decide(hist, others, mode))
         counts.append(_score(hist, held_out, decisions[-1], blend))
         ids.extend(held_out)
-    return Evaluation(tuple(ids), np.concatenate(counts), "raster"), decisions
+    ev = Evaluation(tuple(ids), np.concatenate(counts), "raster", names=tuple(names))
+    return ev, decisions
 
 
 def _tuned(
@@ -347,18 +357,21 @@ def _conclude(
     }
     mode = config.pixel.blend
     decided = _decide(hist, scenes, mode)
+    names = cache.schema.names
     models = (
-        {name: nested_scores(hist, cv.folds, mode, w)[0] for name, w in MODELS.items()}
+        {name: nested_scores(hist, cv.folds, mode, w, names)[0] for name, w in MODELS.items()}
         if pixel
         else {}
     )
-    nested, fold_decisions = nested_scores(hist, cv.folds, mode)
+    nested, fold_decisions = nested_scores(hist, cv.folds, mode, names=names)
     result = CVResult(
         run_dir=run.root,
         folds=[list(f) for f in cv.folds],
         decisions=_tuned(decided, config, run, scenes, options),
         nested=nested,
-        plain=Evaluation(tuple(scenes), _score(hist, scenes, decided), "raster"),
+        plain=Evaluation(
+            tuple(scenes), _score(hist, scenes, decided), "raster", names=tuple(names)
+        ),
         models=models,
         fold_decisions=fold_decisions,
     )

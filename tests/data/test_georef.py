@@ -602,3 +602,33 @@ def test_validation_weights_are_pixel_areas_in_map_units(spacenet: Path, tmp_pat
     (area,) = pixel_areas(open_cache(tmp_path / "cache"), str(desc), ["pair1"]).values()
     with rasterio.open(spacenet / "pan1.tif") as src:
         assert area == pytest.approx(abs(src.transform.a * src.transform.e), rel=1e-12)
+
+
+def test_cross_validation_on_a_description(spacenet: Path, tmp_path: Path) -> None:
+    """``train --folds 2`` on two labelled scenes of different regions: one class scored per
+    fold, one-class decisions that ``predict`` then uses for the GeoPackages."""
+    from spectraseg.cli import main
+    from spectraseg.runs import read_cv, read_thresholds
+
+    scenes = "".join(
+        f'[[scenes]]\nid = "{i}"\nbands = {{ pan = "{spacenet / "sample_geotiff.tif"}" }}\n'
+        f'labels = "{spacenet / "geotiff_labels.geojson"}"\n'
+        for i in ("a_0_0", "b_0_0")
+    )
+    desc = _write(tmp_path / "two.toml", "[classes]\nhouse = { value = 1 }\n" + scenes)
+    cache, run, pred = tmp_path / "cache", tmp_path / "run", tmp_path / "pred"
+    assert main(["align", str(desc), "--cache", str(cache), "--workers", "0", "--quiet"]) == 0
+    sets = [
+        f'data.cache="{cache}"', f'data.root="{desc}"', "train.steps=1", "train.epochs=0",
+        "train.steps_per_epoch=1", "model.width=8", "model.depth=2", "train.patch_size=64",
+        "predict.tile=128",
+    ]  # fmt: skip
+    args = ["train", "--folds", "2", "--out", str(run), "--quiet"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    cv = read_cv(run)
+    assert cv is not None and sorted(map(sorted, cv.folds)) == [["a_0_0"], ["b_0_0"]]
+    assert len(cv.scores["nested"]["jaccard"]) == 1
+    assert list(read_thresholds(run).thresholds) == [1]
+    argv = ["predict", str(desc), "--run", str(run), "--out", str(pred), "--workers", "0"]
+    assert main([*argv, "--quiet"]) == 0
+    assert (pred / "a_0_0" / "polygons.gpkg").is_file()

@@ -141,9 +141,9 @@ def _cross_validate(
     minutes = result.seconds / 60
     print(f"run {result.run_dir}: {len(result.folds)} folds, {minutes:.1f} training min")
     print(f"{'class':<31} {'nested':>8} {'plain':>8}")
-    for c in range(1, 11):
+    for c, name in enumerate(result.nested.names, start=1):
         nested, plain = result.nested.jaccard[c - 1], result.plain.jaccard[c - 1]
-        print(f"  {c:>2} {CLASS_NAMES[c]:<26} {nested:8.4f} {plain:8.4f}")
+        print(f"  {c:>2} {name:<26} {nested:8.4f} {plain:8.4f}")
     print(f"  {'mean':<29} {result.nested.mean:8.4f} {result.plain.mean:8.4f}")
     print("raster mean Jaccard pooled over all scenes, out of fold: nested = decisions fitted")
     print("on the other folds (the honest figure), plain = on every scene (optimistic)")
