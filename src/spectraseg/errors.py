@@ -19,3 +19,10 @@ class ConfigError(SpectrasegError):
 
 class SpectrasegWarning(UserWarning):
     """Something was repaired or fell back; the result is still usable."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-sentence error quotes of a library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -35,7 +35,7 @@ from spectraseg.data.dstl import (
     read_sample_order,
 )
 from spectraseg.data.files import atomic_output, remove_temporaries
-from spectraseg.errors import SpectrasegWarning
+from spectraseg.errors import SpectrasegWarning, first_line
 from spectraseg.vectorize import DEFAULT_DECIMALS, finalize
 
 
@@ -119,8 +119,7 @@ def _wkt_problem(text: str) -> str | None:
     try:
         g = shapely.from_wkt(text)
     except (GEOSException, ValueError, TypeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"malformed WKT ({msg[:80]})"
+        return f"malformed WKT ({first_line(exc)[:80]})"
     if g.is_empty:
         return None
     if g.geom_type not in ("Polygon", "MultiPolygon"):

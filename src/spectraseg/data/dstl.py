@@ -40,7 +40,7 @@ from shapely.geometry.base import BaseGeometry
 from spectraseg import NUM_CLASSES
 from spectraseg.data.files import write_text_atomic
 from spectraseg.data.geometry import EMPTY, repair, to_multipolygon
-from spectraseg.errors import DataError, SpectrasegWarning
+from spectraseg.errors import DataError, SpectrasegWarning, first_line
 
 PRODUCTS: tuple[str, ...] = ("RGB", "P", "M", "A")
 """Product names, in fusion order."""
@@ -320,7 +320,7 @@ def _probe(name: str, path: Path) -> ProductInfo:
                 bands, height, width = src.count, src.height, src.width
                 dtypes = set(src.dtypes)
     except RasterioError as exc:
-        raise DataError(f"{path} cannot be read as a raster ({_first_line(exc)})") from None
+        raise DataError(f"{path} cannot be read as a raster ({first_line(exc)})") from None
     if len(dtypes) != 1:
         raise DataError(f"{path} mixes band dtypes {sorted(dtypes)}")
     dtype = np.dtype(dtypes.pop())
@@ -330,10 +330,6 @@ def _probe(name: str, path: Path) -> ProductInfo:
     if bands != expected:
         raise DataError(f"{path} has {bands} band(s), but a {name} product has {expected}")
     return ProductInfo(name, path, bands, height, width, dtype)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def product_path(root: Path, image_id: str, product: str) -> Path:
@@ -404,9 +400,7 @@ class Scene:
                 with rasterio.open(info.path) as src:
                     return src.read(window=win)
         except RasterioError as exc:
-            raise DataError(
-                f"{info.path} is unreadable or truncated ({_first_line(exc)})"
-            ) from None
+            raise DataError(f"{info.path} is unreadable or truncated ({first_line(exc)})") from None
 
 
 class Dataset:

@@ -46,7 +46,7 @@ from spectraseg.data.description import (
     read_description,
 )
 from spectraseg.data.dstl import CHANNEL_ORDER, CHANNELS, region_of
-from spectraseg.errors import DataError
+from spectraseg.errors import DataError, first_line
 
 
 @dataclass(frozen=True)
@@ -96,10 +96,6 @@ class GroupInfo:
         return self.group.path
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def open_group(group: BandGroup) -> GroupInfo:
     """Read and check one band file's header (no pixels).
 
@@ -113,7 +109,7 @@ def open_group(group: BandGroup) -> GroupInfo:
                 count, dtypes, crs, transform = src.count, set(src.dtypes), src.crs, src.transform
                 width, height, nodata = src.width, src.height, src.nodata
     except RasterioError as exc:
-        raise DataError(f"{group.path} cannot be read as a raster ({_first_line(exc)})") from None
+        raise DataError(f"{group.path} cannot be read as a raster ({first_line(exc)})") from None
     dtype = np.dtype(sorted(dtypes)[0])
     if len(dtypes) != 1 or not (
         np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
@@ -165,7 +161,7 @@ def _grid_in(info: GroupInfo, crs: CRS, resolution: float | None) -> Grid:
             g.crs, crs, g.width, g.height, left, bottom, right, top, **kwargs
         )
     except (CRSError, RasterioError) as exc:
-        raise DataError(f"{info.path} cannot be warped to {crs} ({_first_line(exc)})") from None
+        raise DataError(f"{info.path} cannot be warped to {crs} ({first_line(exc)})") from None
     return Grid(transform, int(width), int(height), crs)
 
 
@@ -181,7 +177,7 @@ def target_grid(
         try:
             dst = CRS.from_user_input(crs)
         except CRSError as exc:
-            raise DataError(f"crs {crs!r} is not a CRS ({_first_line(exc)})") from None
+            raise DataError(f"crs {crs!r} is not a CRS ({first_line(exc)})") from None
     else:
         # The finest in its own units; files in other CRSs are compared once warped.
         dst = max(infos, key=lambda i: i.grid.width * i.grid.height).grid.crs
@@ -255,7 +251,7 @@ def read_on_grid(
             alpha = vrt.read(n + 1, window=window)
     except (RasterioError, CRSError) as exc:
         raise DataError(
-            f"{info.path} cannot be warped onto the scene grid ({_first_line(exc)})"
+            f"{info.path} cannot be warped onto the scene grid ({first_line(exc)})"
         ) from None
     if info.group.scale != 1.0:
         data *= np.float32(info.group.scale)
@@ -273,7 +269,7 @@ def _crs_of(text: str | None, path: Path) -> CRS:
     try:
         return CRS.from_user_input(text)
     except CRSError as exc:
-        raise DataError(f"{path} has a CRS that cannot be read ({_first_line(exc)})") from None
+        raise DataError(f"{path} has a CRS that cannot be read ({first_line(exc)})") from None
 
 
 def read_labels(
@@ -293,7 +289,7 @@ def read_labels(
             path, layer=source.layer, columns=[attribute] if attribute else []
         )
     except Exception as exc:  # pyogrio raises its own DataSourceError/FieldError family
-        raise DataError(f"{path} cannot be read as a vector layer ({_first_line(exc)})") from None
+        raise DataError(f"{path} cannot be read as a vector layer ({first_line(exc)})") from None
     if attribute and (not len(meta["fields"]) or meta["fields"][0] != attribute):
         raise DataError(f"{path} has no attribute {attribute!r} (label_attribute)")
     src_crs = _crs_of(meta.get("crs"), path)
@@ -320,7 +316,7 @@ def _transform(geoms: np.ndarray, src: CRS, dst: CRS, path: Path) -> np.ndarray:
         moved = rasterio.warp.transform_geom(src, dst, [g for g in geoms if g is not None])
     except Exception as exc:  # GDAL's CPLE_* errors are not RasterioErrors
         raise DataError(
-            f"{path}: its CRS {src} cannot be transformed to the scene's {dst} ({_first_line(exc)})"
+            f"{path}: its CRS {src} cannot be transformed to the scene's {dst} ({first_line(exc)})"
         ) from None
     it = iter(moved)
     out = np.array([None if g is None else shape(next(it)) for g in geoms], dtype=object)
@@ -354,11 +350,6 @@ def scene_labels(desc: Description, scene: SceneSpec, crs: CRS) -> dict[int, lis
         for c, geoms in read_labels(source, desc.classes, desc.label_attribute, crs).items():
             out[c].extend(geoms)
     return out
-
-
-def pixel_area(grid: Grid) -> float:
-    """Area of one pixel in squared map units."""
-    return abs(grid.transform.a * grid.transform.e)
 
 
 def footprint_fraction(info: GroupInfo, grid: Grid) -> float:
