@@ -632,3 +632,35 @@ def test_cross_validation_on_a_description(spacenet: Path, tmp_path: Path) -> No
     argv = ["predict", str(desc), "--run", str(run), "--out", str(pred), "--workers", "0"]
     assert main([*argv, "--quiet"]) == 0
     assert (pred / "a_0_0" / "polygons.gpkg").is_file()
+
+
+def test_plain_directory_of_stacks_needs_no_description(
+    spacenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each GeoTIFF is a scene, its group from its band count, labelled by the vector layer
+    of the same name (one class); a 4-band file is ambiguous and named as such."""
+    from spectraseg.align.masks import build_masks, open_mask
+    from spectraseg.cli import main
+
+    root = tmp_path / "tiles"
+    root.mkdir()
+    (root / "site_0_0.tif").symlink_to(spacenet / "sample_geotiff.tif")
+    (root / "site_0_0.geojson").symlink_to(spacenet / "geotiff_labels.geojson")
+    (root / "site_0_1.tif").symlink_to(spacenet / "pan1.tif")
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 scene(s), 1 labelled" in out and "object" in out and "EPSG:32631" in out
+    cache = tmp_path / "cache"
+    assert main(["align", str(root), "--cache", str(cache), "--workers", "0", "--quiet"]) == 0
+    opened = open_cache(cache)
+    assert opened.image_ids == ["site_0_0", "site_0_1"] and opened.schema.names == ["object"]
+    build_masks(opened, root, ["site_0_0"], progress=False)
+    # The same masks as the raster's own rasterisation of its labels.
+    with rasterio.open(spacenet / "sample_geotiff.tif") as src:
+        _, _, wkb, _ = pyogrio.raw.read(spacenet / "geotiff_labels.geojson")
+        polys = [(g, 1) for g in shapely.from_wkb(wkb)]
+        expected = rasterio.features.rasterize(polys, out_shape=src.shape, transform=src.transform)
+    np.testing.assert_array_equal(open_mask(opened, "site_0_0", (900, 900))[0], expected)
+    (root / "site_0_2.tif").symlink_to(spacenet / "ms1.tif")
+    with pytest.raises(DataError, match=r"site_0_2\.tif has 4 bands: a plain directory holds"):
+        georef.GeoDataset(root)

@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
-    from spectraseg.data.description import is_description
+    from spectraseg.data.sources import is_georeferenced
     from spectraseg.evaluation.metrics import evaluate_description, evaluate_files, format_table
 
     splits: dict[str, list[str]] = {}
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--raster needs --data ROOT (the dataset whose RGB grid to count on)")
     if args.data and not args.raster:
         raise ConfigError("--data is only used with --raster")
-    if is_description(args.truth):
+    if is_georeferenced(args.truth):
         if args.raster:
             raise ConfigError("--raster scores DSTL files; a description is scored on polygons")
         ev = evaluate_description(args.pred, args.truth, splits)

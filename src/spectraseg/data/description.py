@@ -129,6 +129,25 @@ def is_description(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() == ".toml"
 
 
+RASTER_SUFFIXES = (".tif", ".tiff")
+"""Files a plain directory's scenes are read from."""
+
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp")
+"""Label layers a plain directory pairs with its rasters (same stem), in this order."""
+
+
+def is_stack_directory(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a plain directory of georeferenced stacks: GeoTIFFs at its top
+    level and none of the DSTL layout's ``grid_sizes.csv``, ``three_band/``,
+    ``sixteen_band/``."""
+    root = Path(path)
+    if not root.is_dir() or any(
+        (root / n).exists() for n in ("grid_sizes.csv", "three_band", "sixteen_band")
+    ):
+        return False
+    return any(p.suffix.lower() in RASTER_SUFFIXES for p in root.iterdir())
+
+
 def read_description(path: str | os.PathLike[str]) -> Description:
     """Parse and check a dataset description; DataError naming the file and key at fault.
 

@@ -37,15 +37,18 @@ from rasterio.windows import Window
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from spectraseg.data.classes import ClassSchema
+from spectraseg.data.classes import ClassSchema, schema_of
 from spectraseg.data.description import (
+    RASTER_SUFFIXES,
+    VECTOR_SUFFIXES,
     BandGroup,
     Description,
     LabelSource,
     SceneSpec,
+    is_stack_directory,
     read_description,
 )
-from spectraseg.data.dstl import CHANNEL_ORDER, CHANNELS, region_of
+from spectraseg.data.dstl import CHANNEL_ORDER, CHANNELS, check_image_id, region_of
 from spectraseg.errors import DataError, first_line
 
 
@@ -413,10 +416,12 @@ class GeoScene:
 
 
 class GeoDataset:
-    """The scenes of a dataset description, opened on demand."""
+    """The scenes of a dataset description (or of a plain directory of stacks,
+    :func:`describe_directory`), opened on demand."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.description = read_description(path)
+        stacks = is_stack_directory(path)
+        self.description = describe_directory(path) if stacks else read_description(path)
         self.root = self.description.path
         self._scenes: dict[str, GeoScene] = {}
 
@@ -486,3 +491,43 @@ def read_predicted(
     by_name = ClassSchema(tuple(dataclasses.replace(c, value=c.name) for c in schema.classes))
     source = LabelSource(prediction_gpkg(pred_dir, image_id), PREDICTION_LAYER)
     return read_labels(source, by_name, "class", crs)
+
+
+# --------------------------------------------------------------------------- plain directories
+
+
+STACK_GROUPS: dict[int, str] = {1: "pan", 3: "rgb", 8: "ms"}
+"""The band group of a plain directory's stack by its band count: panchromatic, RGB, or
+WorldView-3 multispectral (C, B, G, Y, R, RE, N1, N2). Other counts are ambiguous (a
+4-band file may be B, G, R, N or R, G, B, N) and need a dataset description."""
+
+
+def describe_directory(path: str | os.PathLike[str]) -> Description:
+    """A description of a plain directory: each GeoTIFF at its top level is one scene (id:
+    its file name without suffix) whose one band group follows from its band count
+    (:data:`STACK_GROUPS`), labelled by the vector layer of the same name if there is one
+    (``.gpkg``, ``.geojson``, ``.json``, ``.shp``), every feature of the one class
+    ``object``. DataError naming a file this cannot describe."""
+    root = Path(path)
+    scenes = []
+    for raster in sorted(p for p in root.iterdir() if p.suffix.lower() in RASTER_SUFFIXES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(raster) as src:
+                    count = src.count
+        except RasterioError as exc:
+            raise DataError(f"{raster} cannot be read as a raster ({first_line(exc)})") from None
+        key = STACK_GROUPS.get(count)
+        if key is None:
+            raise DataError(
+                f"{raster} has {count} bands: a plain directory holds 1-band (pan), 3-band "
+                "(RGB) or 8-band (WorldView-3 MS) stacks; describe it in a dataset "
+                "description that names its bands (README: your own GeoTIFFs)"
+            )
+        check_image_id(raster.stem)
+        group = BandGroup(key, raster, None)
+        labels = [raster.with_suffix(s) for s in VECTOR_SUFFIXES]
+        found = tuple(LabelSource(p) for p in labels if p.is_file())[:1]
+        scenes.append(SceneSpec(raster.stem, (group,), found))
+    return Description(root, schema_of([("object", 1)]), tuple(scenes))

@@ -9,8 +9,8 @@ import shapely
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.data import georef
-from spectraseg.data.description import is_description, read_description
 from spectraseg.data.dstl import open_dataset, region_of
+from spectraseg.data.sources import is_georeferenced
 
 
 def summarize(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def summarize(root: str | os.PathLike[str]) -> dict[str, Any]:
     ``class_names`` (class -> name). A dataset description (``.toml``) is summarised by
     :func:`summarize_description`.
     """
-    if is_description(root):
+    if is_georeferenced(root):
         return summarize_description(root)
     ds = open_dataset(root)
     scenes = []
@@ -63,7 +63,7 @@ def summarize_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``crs``, ``height``, ``width``, ``res``) and per band group its file, channels, CRS,
     resolution and the share of the grid it covers; class shares of the labelled scenes
     are label areas (after reprojection, clipped to the grid) over grid areas."""
-    desc = read_description(path)
+    desc = georef.GeoDataset(path).description
     scenes = []
     area = {c.index: 0.0 for c in desc.classes.classes}
     total = 0.0
