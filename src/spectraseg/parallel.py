@@ -70,17 +70,24 @@ class Runner:
                 fut.release()
 
 
+def check_workers(workers: int | None, scheduler: str | None) -> None:
+    """ConfigError when both a worker count and a scheduler are given, or a negative count:
+    the one rule every stage that runs on Dask (and the command line) applies."""
+    if workers is not None and scheduler is not None:
+        raise ConfigError("give either --workers or --scheduler, not both")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+
+
 @contextlib.contextmanager
 def open_runner(workers: int | None, scheduler: str | None) -> Iterator[Runner]:
     """A :class:`Runner`: in this process (``workers`` None or 0, no scheduler), on a local
     cluster of ``workers`` single-threaded processes, or on the cluster at ``scheduler``.
 
-    Raises ConfigError for both or a negative count, and when the scheduler is unreachable.
+    Raises ConfigError for both or a negative count (:func:`check_workers`), and when the
+    scheduler is unreachable.
     """
-    if workers is not None and scheduler is not None:
-        raise ConfigError("give either --workers or --scheduler, not both")
-    if workers is not None and workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    check_workers(workers, scheduler)
     if scheduler is None and not workers:
         yield Runner(None, None)
         return

@@ -11,6 +11,7 @@ import argparse
 from typing import Any
 
 from spectraseg.errors import ConfigError
+from spectraseg.parallel import check_workers
 
 MINIMUMS: dict[str, int] = {"workers": 0, "threads": 0}
 """The smallest value of each shared count option, by ``dest``."""
@@ -26,8 +27,7 @@ def check(args: argparse.Namespace) -> None:
     """Check the shared options present in ``args``; ConfigError naming the flag at fault."""
     for dest, minimum in MINIMUMS.items():
         at_least(f"--{dest}", getattr(args, dest, None), minimum)
-    if getattr(args, "workers", None) is not None and getattr(args, "scheduler", None):
-        raise ConfigError("give either --workers or --scheduler, not both")
+    check_workers(getattr(args, "workers", None), getattr(args, "scheduler", None))
 
 
 def add_workers(

@@ -33,7 +33,7 @@ from spectraseg.inference.outputs import gpkg_path, write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
 from spectraseg.inference.tasks import cached_model, predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
-from spectraseg.parallel import Job, Runner, describe, open_runner
+from spectraseg.parallel import Job, Runner, check_workers, describe, open_runner
 from spectraseg.runs import RunDir, TunedThresholds, run_schema, write_thresholds
 
 IN_PROCESS_MPX = 8.0
@@ -59,10 +59,7 @@ def plan_workers(
     scenes are predicted on CUDA) it runs in-process, so that one process feeds the GPU
     instead of one CUDA context per core.
     """
-    if workers is not None and scheduler is not None:
-        raise ConfigError("give either --workers or --scheduler, not both")
-    if workers is not None and workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    check_workers(workers, scheduler)
     if scheduler is not None:
         return 0
     if workers is None:
