@@ -664,3 +664,23 @@ def test_plain_directory_of_stacks_needs_no_description(
     (root / "site_0_2.tif").symlink_to(spacenet / "ms1.tif")
     with pytest.raises(DataError, match=r"site_0_2\.tif has 4 bands: a plain directory holds"):
         georef.GeoDataset(root)
+
+
+def test_registration_reads_large_scenes_decimated(spacenet: Path, tmp_path: Path) -> None:
+    """Groups are read down so that the coarsest keeps ``max_size`` px (what ECC works on);
+    the shift, scaled back to native pixels, agrees with the full-resolution estimate."""
+    from spectraseg.align.estimators import RegistrationConfig
+    from spectraseg.align.georef import decimation, native_images
+
+    scene = _scene(_pair(spacenet, tmp_path))
+    assert decimation(scene) == 1  # 300 px MS: read whole
+    small = RegistrationConfig(max_size=100, coarse_size=50, fit_size=64)
+    assert decimation(scene, small) == 3
+    images = native_images(scene, 3)
+    assert images["P"].shape == (1, 200, 200) and images["M"].shape == (4, 100, 100)
+    (full,) = resolve_shifts(estimate_georef(scene, RegistrationConfig(max_size=300)))
+    (down,) = resolve_shifts(estimate_georef(scene, small))
+    assert down.method == "ecc"
+    assert down.dx == pytest.approx(full.dx, abs=0.15) and down.dy == pytest.approx(
+        full.dy, abs=0.15
+    )

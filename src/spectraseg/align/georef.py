@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from spectraseg.align.cache import nodata_path
-from spectraseg.align.estimators import DEFAULT_CONFIG, RegistrationConfig
+from spectraseg.align.estimators import (
+    DEFAULT_CONFIG,
+    SHIFT_DECIMALS,
+    Estimate,
+    RegistrationConfig,
+)
 from spectraseg.align.registration import ProductEstimate, ShiftRow, estimate_products
 from spectraseg.data.files import atomic_output
 from spectraseg.data.georef import GeoScene, Grid, GroupInfo, native_grid, read_on_grid
@@ -41,23 +48,63 @@ def reference_group(infos: Sequence[GroupInfo], grid: Grid) -> GroupInfo:
     return min(infos, key=area)
 
 
-def native_images(scene: GeoScene) -> dict[str, np.ndarray]:
-    """Product -> ``(B, h, w)`` float32 pixels of each group at its own resolution over
-    the scene grid's extent (bilinear where warped; a plain window where aligned)."""
+def decimation(scene: GeoScene, config: RegistrationConfig = DEFAULT_CONFIG) -> int:
+    """The integer factor every group is read down by for registration: as large as keeps
+    the coarsest group's longer side at least ``config.max_size`` px, the most ECC ever
+    works on (it runs on the coarser grid of each pair, capped there). 1 for scenes whose
+    coarsest group is under twice that; a 32k px pan with an 8k px MS is read at 1/4, so
+    registration never holds a full-resolution strip."""
+    coarsest = min(
+        max(g.width, g.height) for g in (native_grid(i, scene.grid) for i in scene.infos)
+    )
+    return max(1, coarsest // config.max_size)
+
+
+def native_images(scene: GeoScene, factor: int = 1) -> dict[str, np.ndarray]:
+    """Product -> ``(B, h, w)`` float32 pixels of each group at its own resolution divided
+    by ``factor`` over the scene grid's extent (bilinear where warped, averaged where
+    decimated; a plain window where aligned and ``factor`` is 1)."""
     out: dict[str, np.ndarray] = {}
+    resampling = Resampling.bilinear if factor == 1 else Resampling.average
     for info in scene.infos:
-        grid = native_grid(info, scene.grid)
-        out[info.product], _ = read_on_grid(info, grid, resampling=Resampling.bilinear)
+        g = _decimated(native_grid(info, scene.grid), factor)
+        out[info.product], _ = read_on_grid(info, g, resampling=resampling)
     return out
+
+
+def _decimated(g: Grid, factor: int) -> Grid:
+    """``g``'s extent with about ``factor`` times fewer pixels along each axis."""
+    w, h = max(1, round(g.width / factor)), max(1, round(g.height / factor))
+    return Grid(g.transform @ Affine.scale(g.width / w, g.height / h), w, h, g.crs)
 
 
 def estimate_georef(
     scene: GeoScene, config: RegistrationConfig = DEFAULT_CONFIG
 ) -> list[ProductEstimate]:
     """Phase 1 of one georeferenced scene: the ECC shift of every group other than the
-    finest, in that group's native pixels over the grid's extent (``shifts.csv`` units)."""
+    finest, in that group's native pixels over the grid's extent (``shifts.csv`` units),
+    estimated on groups read down by :func:`decimation` and scaled back."""
     reference = reference_group(scene.infos, scene.grid).product
-    return estimate_products(native_images(scene), scene.image_id, reference, config)
+    factor = decimation(scene, config)
+    found = estimate_products(native_images(scene, factor), scene.image_id, reference, config)
+    return found if factor == 1 else [_scaled(e, scene, factor) for e in found]
+
+
+def _scaled(e: ProductEstimate, scene: GeoScene, factor: int) -> ProductEstimate:
+    """An estimate made on decimated pixels, in the group's native pixels."""
+    g = native_grid(scene.products[e.product], scene.grid)
+    d = _decimated(g, factor)
+    sx, sy = g.width / d.width, g.height / d.height
+
+    def up(est: Estimate | None) -> Estimate | None:
+        if est is None:
+            return None
+        dx, dy = round(est.dx * sx, SHIFT_DECIMALS), round(est.dy * sy, SHIFT_DECIMALS)
+        return replace(est, dx=dx, dy=dy)
+
+    ecc = up(e.ecc)
+    assert ecc is not None
+    return replace(e, height=g.height, width=g.width, ecc=ecc, backup=up(e.backup))
 
 
 def grid_shifts(rows: Sequence[ShiftRow], scene: GeoScene) -> dict[str, tuple[float, float]]:
