@@ -93,6 +93,9 @@ def test_sample_labels_rasterise_like_rasterio(sample: Path, spacenet: Path) -> 
     assert mask.shape == (1, *shape) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask[0], expected)
     assert 30_000 < int(mask.sum()) < 40_000
+    # Strip by strip (STRtree per strip) gives the same pixels whatever the strip height.
+    for rows in (1, 7, 128, 899):
+        np.testing.assert_array_equal(georef.rasterize_labels(labels, grid, 1, rows=rows), mask)
 
 
 def test_labels_in_another_crs_rasterise_to_the_same_mask(

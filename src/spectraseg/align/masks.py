@@ -58,10 +58,10 @@ def build_masks(
             raise DataError(f"scene {image_id} has no labels in {_label_source(ds)}")
         _, h, w = cache.load(image_id).shape
         if isinstance(ds, GeoDataset):
-            mask = _georef_mask(ds, image_id, (h, w), len(cache.schema))
+            _write_georef_mask(ds, image_id, (h, w), len(cache.schema), path)
             _write_unlabelled(cache, image_id, ds.labelled_area(image_id))
-        else:
-            mask = _dstl_mask(ds, image_id, (h, w))
+            continue
+        mask = _dstl_mask(ds, image_id, (h, w))
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.save(f, mask)
     return paths
@@ -106,10 +106,19 @@ def _dstl_mask(ds: Dataset, image_id: str, hw: tuple[int, int]) -> np.ndarray:
     return rasterize_classes(ds.scene_labels(image_id), hw[1], hw[0], xmax, ymin)
 
 
-def _georef_mask(ds: GeoDataset, image_id: str, hw: tuple[int, int], k: int) -> np.ndarray:
+def _write_georef_mask(
+    ds: GeoDataset, image_id: str, hw: tuple[int, int], k: int, path: Path
+) -> None:
+    """Rasterise a georeferenced scene's labels strip by strip straight into its ``.npy``
+    (a memory map), atomically: no full-size mask in memory."""
     grid = ds.scene(image_id).grid
     _check_size(image_id, hw, grid.shape, f"grid in {ds.root}")
-    return rasterize_labels(ds.labels(image_id), grid, k)
+    labels = ds.labels(image_id)
+    with atomic_output(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(k, *hw))
+        rasterize_labels(labels, grid, k, out=out)
+        out.flush()
+        del out
 
 
 def mask_ok(path: Path, hw: tuple[int, ...], k: int) -> bool:

@@ -329,20 +329,44 @@ def _transform(geoms: np.ndarray, src: CRS, dst: CRS, path: Path) -> np.ndarray:
     return out
 
 
+STRIP_ROWS = 1024
+"""Rows rasterised at a time by :func:`rasterize_labels` (one strip of one class in memory)."""
+
+
 def rasterize_labels(
-    labels: dict[int, list[BaseGeometry]], grid: Grid, num_classes: int
+    labels: dict[int, list[BaseGeometry]],
+    grid: Grid,
+    num_classes: int,
+    out: np.ndarray | None = None,
+    rows: int = STRIP_ROWS,
 ) -> np.ndarray:
     """``(num_classes, H, W)`` uint8 {0, 1} masks on ``grid``; channel ``c - 1`` is class ``c``.
 
     A pixel belongs to a class when its centre is inside one of the class's polygons
-    (``rasterio.features.rasterize``, ``all_touched=False``), as DSTL masks are made.
+    (``rasterio.features.rasterize``, ``all_touched=False``), as DSTL masks are made. Strip
+    by strip of ``rows`` rows, each with the polygons an STRtree finds over it, into ``out``
+    (e.g. a memory map; zeros allocated when None): the same pixels as one whole-grid call,
+    for grids larger than memory.
     """
-    out = np.zeros((num_classes, grid.height, grid.width), dtype=np.uint8)
+    if out is None:
+        out = np.zeros((num_classes, grid.height, grid.width), dtype=np.uint8)
     for c, geoms in labels.items():
-        if geoms:
-            rasterio.features.rasterize(
-                [(g, 1) for g in geoms], out=out[c - 1], transform=grid.transform, fill=0
-            )
+        if not geoms:
+            out[c - 1] = 0
+            continue
+        parts = np.array(geoms, dtype=object)
+        tree = shapely.STRtree(parts)
+        for r0 in range(0, grid.height, rows):
+            h = min(rows, grid.height - r0)
+            transform = grid.transform @ Affine.translation(0, r0)
+            left, bottom, right, top = rasterio.transform.array_bounds(h, grid.width, transform)
+            hits = parts[tree.query(shapely.box(left, bottom, right, top))]
+            strip = np.zeros((h, grid.width), dtype=np.uint8)
+            if len(hits):
+                rasterio.features.rasterize(
+                    [(g, 1) for g in hits], out=strip, transform=transform, fill=0
+                )
+            out[c - 1, r0 : r0 + h] = strip
     return out
 
 
