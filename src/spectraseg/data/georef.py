@@ -124,28 +124,30 @@ def open_group(group: BandGroup) -> GroupInfo:
         raise DataError(f"{group.path} has no CRS: every raster of a georeferenced scene needs one")
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise DataError(f"{group.path} is not north-up (transform {tuple(transform)[:6]})")
-    channels = group.channels
-    if channels is None:
-        channels = CHANNELS[group.product]
-        if count != len(channels):
+    channels = _channels(group, count)
+    grid = Grid(transform, width, height, crs)
+    nodata = group.nodata if group.nodata is not None else nodata
+    return GroupInfo(group, channels, dtype, grid, nodata)
+
+
+def _channels(group: BandGroup, count: int) -> tuple[str, ...]:
+    """The cache channels of a file of ``count`` bands: its group's names, or the product's
+    full list when it names none; DataError when the count does not match."""
+    names = group.channels
+    if names is None:
+        names = CHANNELS[group.product]
+        if count != len(names):
             raise DataError(
                 f"{group.path} has {count} band(s), but a {group.key} group without names "
-                f"has {len(channels)}: name its bands with names = [...]"
+                f"has {len(names)}: name its bands with names = [...]"
             )
-    elif count < len(channels):
+    elif count != len(names):
+        fewer = count < len(names)
         raise DataError(
-            f"{group.path} has {count} band(s), fewer than the {len(channels)} its "
-            f"{group.key} group names"
+            f"{group.path} has {count} band(s), {'fewer' if fewer else 'more'} than the "
+            f"{len(names)} its {group.key} group names" + ("" if fewer else ": name every band")
         )
-    elif count > len(channels):
-        raise DataError(
-            f"{group.path} has {count} band(s), more than the {len(channels)} its "
-            f"{group.key} group names: name every band"
-        )
-    grid = Grid(transform, width, height, crs)
-    return GroupInfo(
-        group, tuple(channels), dtype, grid, group.nodata if group.nodata is not None else nodata
-    )
+    return tuple(names)
 
 
 def open_groups(scene: SceneSpec) -> list[GroupInfo]:
