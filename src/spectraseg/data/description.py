@@ -15,6 +15,7 @@ README's "your own GeoTIFFs" section has a complete example)::
     id = "siteA_0_1"              # "{region}_{i}_{j}" groups scenes by region, as DSTL ids do
     bands = { pan = "pan1.tif", ms = { file = "ms1.tif", names = ["B", "G", "R", "N1"] } }
     labels = "buildings.gpkg"     # a path, or { file = "x.gpkg", layer = "buildings" }
+    label_extent = "surveyed.gpkg"  # optional: where labels are complete (rest ignored)
 
 Paths are relative to the description file. Band groups are the WorldView products
 ``rgb``, ``pan``, ``ms`` and ``swir`` (the DSTL products RGB, P, M and A); band names map
