@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("spectraseg.models",),
     ("spectraseg.evaluation", "spectraseg.vectorize", "spectraseg.inference.tiling"),
     ("spectraseg.runs",),
-    ("spectraseg.training", "spectraseg.inference"),
+    ("spectraseg.training", "spectraseg.inference", "spectraseg.bundle"),
     ("spectraseg.submission", "spectraseg.report", "spectraseg.crossval"),
     ("spectraseg.demo",),
     ("spectraseg.cli",),
@@ -163,7 +163,7 @@ def write(root: Path, files: dict[str, str]) -> Path:
 TOY_LAYERS = (
     ("spectraseg",),
     ("spectraseg.data",),
-    ("spectraseg.training", "spectraseg.inference"),
+    ("spectraseg.training", "spectraseg.inference", "spectraseg.bundle"),
 )
 
 

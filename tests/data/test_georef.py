@@ -431,6 +431,28 @@ def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: P
         if image_id == "b_0_0":
             assert not levels[:, hole].any() and not mask[hole].any()
 
+    # The run as one bundle file predicts the same probabilities and polygons.
+    bundle = tmp_path / "model.spectraseg"
+    assert main(["export", str(run), "--out", str(bundle)]) == 0
+    again = tmp_path / "again"
+    argv = ["predict", str(desc), "--model", str(bundle), "--out", str(again), "--workers", "0"]
+    assert main([*argv, "--tolerance", "0", "--quiet"]) == 0
+    assert json.loads((again / "predict.json").read_text())["thresholds"] == doc["thresholds"]
+    for image_id in ("a_0_0", "b_0_0"):
+        name = f"probs/{image_id}.npy"
+        np.testing.assert_array_equal(np.load(again / name), np.load(pred / name))
+        _, _, wkb_a, _ = pyogrio.raw.read(pred / image_id / "polygons.gpkg")
+        _, _, wkb_b, _ = pyogrio.raw.read(again / image_id / "polygons.gpkg")
+        assert list(wkb_a) == list(wkb_b)
+    with pytest.raises(DataError, match="is not a spectraseg model bundle"):
+        from spectraseg.bundle import read_bundle
+
+        torch_file = tmp_path / "other.pt"
+        import torch
+
+        torch.save({"weights": torch.zeros(1)}, torch_file)
+        read_bundle(torch_file)
+
 
 def test_evaluate_scores_geopackages_against_vector_truth(
     sample: Path, spacenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

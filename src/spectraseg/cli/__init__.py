@@ -32,6 +32,7 @@ VERBS: tuple[str, ...] = (
     "stats",
     "train",
     "predict",
+    "export",
     "evaluate",
     "submit",
     "demo",

@@ -11,6 +11,7 @@ first use.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from spectraseg.cli.options import (
     add_progress,
@@ -45,7 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="dataset root (DSTL layout) or dataset description (.toml) holding the scenes "
         "to predict; a description's scenes are written as PRED/{id}/polygons.gpkg",
     )
-    p.add_argument("--run", required=True, help="training run directory")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="training run directory")
+    model.add_argument(
+        "--model",
+        metavar="FILE",
+        help="model bundle written by `spectraseg export` (unpacked into PRED/.model)",
+    )
     p.add_argument("--out", required=True, metavar="PRED", help="prediction directory")
     add_scenes(p, "--images", "scenes to predict (default: all)")
     add_workers(p, "one per core up to the number of scenes", scheduler=True)
@@ -108,8 +115,13 @@ def run(args: argparse.Namespace) -> int:
         tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
         threads=args.threads or None,  # 0: torch's default, as None
     )
+    run_dir = args.run
+    if args.model is not None:
+        from spectraseg.bundle import unpack_bundle
+
+        run_dir = unpack_bundle(args.model, Path(args.out) / ".model").root
     report = predict_run(
-        args.run,
+        run_dir,
         args.data,
         args.out,
         image_ids=args.images,
