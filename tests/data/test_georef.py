@@ -709,3 +709,29 @@ def test_registration_reads_large_scenes_decimated(spacenet: Path, tmp_path: Pat
     assert down.dx == pytest.approx(full.dx, abs=0.15) and down.dy == pytest.approx(
         full.dy, abs=0.15
     )
+
+
+def test_predicting_a_scene_without_the_trained_bands_names_them(
+    spacenet: Path, sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model trained on pan + 4 MS bands, asked to predict a pan-only scene: the scene
+    fails with the channels it lacks."""
+    from spectraseg.cli import main
+
+    desc = _pair(spacenet, tmp_path)
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    align_dataset(desc, cache, progress=False)
+    (cache / "masks").mkdir()
+    np.save(cache / "masks" / "pair1.npy", np.zeros((1, 600, 600), np.uint8))
+    sets = [
+        f'data.cache="{cache}"', "data.val_fraction=0", "train.steps=1", "train.epochs=0",
+        "train.steps_per_epoch=1", "model.width=8", "model.depth=2", "train.patch_size=64",
+        "predict.tile=128",
+    ]  # fmt: skip
+    args = ["train", "--out", str(run), "--quiet"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    pred = tmp_path / "pred"
+    argv = ["predict", str(sample), "--run", str(run), "--out", str(pred), "--workers", "0"]
+    assert main([*argv, "--thresholds", "config", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "failed: sample:" in out and "lacks M2, M3, M5, M7 (it has P)" in out

@@ -108,9 +108,12 @@ def _load_input(
     image = load_scene(cache_dir, image_id, stats, config.data.indices)
     expected = getattr(model, "in_channels", image.shape[0])
     if image.shape[0] != expected:
+        have = open_cache(cache_dir).channels(image_id)
+        missing = [c for c in stats.channels if c not in have]
+        lacks = f"lacks {', '.join(missing)}" if missing else "lacks a product the run used"
         raise DataError(
             f"scene {image_id} gives {image.shape[0]} input channels but the model was "
-            f"trained on {expected}: the cache lacks a product the run used"
+            f"trained on {expected}: it {lacks} (it has {', '.join(have)})"
         )
     return image
 
