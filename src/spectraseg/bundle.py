@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from spectraseg.align.cache import open_cache
 from spectraseg.data.files import atomic_output, write_text_atomic
-from spectraseg.errors import DataError, SpectrasegError
+from spectraseg.errors import DataError
 from spectraseg.runs import (
     Checkpoint,
     RunDir,
@@ -42,6 +41,7 @@ from spectraseg.runs import (
     read_stats,
     read_thresholds,
     save_checkpoint,
+    training_resolution,
     write_thresholds,
 )
 
@@ -79,26 +79,12 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
         "stats": json.dumps(stats.to_json()),
         "thresholds": None if tuned is None else json.dumps(tuned.to_json()),
         "cv": None if cv is None else json.dumps(cv.to_json()),
-        "resolution": _resolution(ckpts[0]),
+        "resolution": training_resolution(run),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         torch.save(state, tmp)
     return out
-
-
-def _resolution(ckpt: Checkpoint) -> float | None:
-    """The training scenes' pixel size in map units (their cache's transform), if known."""
-    cache = ckpt.parsed_config().data.cache
-    try:
-        opened = open_cache(cache)
-    except SpectrasegError:
-        return None
-    for image_id in opened.image_ids:
-        transform = opened.entry(image_id).get("transform")
-        if transform is not None:
-            return float(abs(transform[0]))
-    return None
 
 
 def read_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -126,6 +112,7 @@ def unpack_bundle(path: str | os.PathLike[str], into: str | os.PathLike[str]) ->
     run.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.config, state["config"])
     write_text_atomic(run.stats, state["stats"] + "\n")
+    write_text_atomic(run.model, json.dumps({"resolution": state["resolution"]}) + "\n")
     cv = None if state["cv"] is None else json.loads(state["cv"])
     dirs = [run] if cv is None else [RunDir(run.root / m) for m in cv["members"]]
     for member, weights in zip(dirs, state["members"], strict=True):

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from spectraseg.align.cache import open_cache
 from spectraseg.config import Config, from_dict, to_toml
 from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.files import atomic_output, write_text_atomic
-from spectraseg.errors import ConfigError, DataError
+from spectraseg.errors import ConfigError, DataError, SpectrasegError
 from spectraseg.features.stats import Stats, load_stats, save_stats
 from spectraseg.models.ensemble import ProbabilityMean
 from spectraseg.models.unet import UNet, build_model
@@ -81,6 +82,8 @@ class RunDir:
     pixel_model = _File("pixelmodel.pkl")
     thresholds = _File("thresholds.json")
     cv = _File("cv.json")
+    model = _File("model.json")
+    """What a run unpacked from a model bundle knows of its training data (``resolution``)."""
     oof = _File("oof")
 
     @classmethod
@@ -252,6 +255,25 @@ def model_mtime_ns(run_dir: str | os.PathLike[str] | RunDir, which: str) -> int 
 def pixel_mtime_ns(run_dir: str | os.PathLike[str] | RunDir) -> int | None:
     """When the run's per-pixel model last changed (None: it has none), in ns."""
     return _newest([m.pixel_model for m in members(run_dir)])
+
+
+def training_resolution(run_dir: str | os.PathLike[str] | RunDir) -> float | None:
+    """The pixel size (map units) of a run's georeferenced training scenes: ``RUN/model.json``
+    of an unpacked bundle, else the run's cache (its first scene with a transform); None for
+    DSTL data or a cache that is gone."""
+    run = RunDir.of(run_dir)
+    if run.model.is_file():
+        value = json.loads(run.model.read_text(encoding="utf-8")).get("resolution")
+        return None if value is None else float(value)
+    try:
+        cache = open_cache(read_config(run).data.cache)
+    except SpectrasegError:
+        return None
+    for image_id in cache.image_ids:
+        transform = cache.entry(image_id).get("transform")
+        if transform is not None:
+            return float(abs(transform[0]))
+    return None
 
 
 def run_schema(run_dir: str | os.PathLike[str] | RunDir, which: str = "best") -> ClassSchema:

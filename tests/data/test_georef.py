@@ -370,7 +370,9 @@ def test_a_dstl_cache_refuses_a_description(sample: Path, dstl_lite: Path, tmp_p
         align_dataset(sample, cache, progress=False)
 
 
-def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: Path) -> None:
+def test_one_class_run_validates_and_names_its_class(
+    spacenet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Validation of a one-class run: the tiled prediction has the model's one channel and
     the summary names the schema's class."""
     from spectraseg.cli import main
@@ -444,6 +446,14 @@ def test_one_class_run_validates_and_names_its_class(spacenet: Path, tmp_path: P
         _, _, wkb_a, _ = pyogrio.raw.read(pred / image_id / "polygons.gpkg")
         _, _, wkb_b, _ = pyogrio.raw.read(again / image_id / "polygons.gpkg")
         assert list(wkb_a) == list(wkb_b)
+    # A scene resampled to 1 m pixels, twice the training resolution, is predicted with a
+    # warning naming both (the bundle keeps the training resolution).
+    coarse = _write(tmp_path / "coarse.toml", "resolution = 1.0\n" + desc.read_text())
+    argv = ["predict", str(coarse), "--model", str(bundle), "--out", str(tmp_path / "p2")]
+    capsys.readouterr()
+    assert main([*argv, "--workers", "0", "--images", "a_0_0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: scene a_0_0 has 1-unit pixels but the model was trained on 0.5" in err
     with pytest.raises(DataError, match="is not a spectraseg model bundle"):
         from spectraseg.bundle import read_bundle
 

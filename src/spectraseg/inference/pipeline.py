@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from spectraseg.align.cache import open_cache
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
 from spectraseg.data.files import remove_temporaries, write_text_atomic
 from spectraseg.data.georef import GeoDataset
 from spectraseg.data.sources import Source, open_source
-from spectraseg.errors import ConfigError
+from spectraseg.errors import ConfigError, SpectrasegWarning
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
 from spectraseg.inference.outputs import gpkg_path, write_predictions_csv
@@ -34,7 +36,13 @@ from spectraseg.inference.scene import PredictOptions, resolve_options
 from spectraseg.inference.tasks import cached_model, predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
 from spectraseg.parallel import Job, Runner, check_workers, describe, open_runner
-from spectraseg.runs import RunDir, TunedThresholds, run_schema, write_thresholds
+from spectraseg.runs import (
+    RunDir,
+    TunedThresholds,
+    run_schema,
+    training_resolution,
+    write_thresholds,
+)
 
 IN_PROCESS_MPX = 8.0
 """Requests of fewer megapixels (all scenes together) are predicted in this process by
@@ -250,6 +258,7 @@ def predict_run(
     )
     failed = {s.image_id: s.reason for s in align.scenes if s.status == "failed"}
     aligned = [i for i in plan.ids if i not in failed]
+    _check_resolution(plan, aligned)
     stats = _request_stats(plan.run_stats, plan.cache_dir, aligned, plan.out, report, progress)
     with open_runner(plan.workers or None, plan.scheduler) as runner:
         _settle_thresholds(runner, plan, report, progress)
@@ -263,6 +272,31 @@ def predict_run(
     report.seconds = time.perf_counter() - t0
     write_text_atomic(plan.out / "predict.json", json.dumps(report.to_dict(), indent=1) + "\n")
     return report
+
+
+RESOLUTION_TOLERANCE = 1.5
+"""A scene whose pixels are this many times larger or smaller than the training scenes'
+is predicted with a warning: objects appear at another scale than the model learnt."""
+
+
+def _check_resolution(plan: PredictPlan, image_ids: Sequence[str]) -> None:
+    """Warn for each georeferenced scene far from the run's training resolution."""
+    trained = training_resolution(plan.run)
+    if trained is None:
+        return
+    cache = open_cache(plan.cache_dir)
+    for image_id in image_ids:
+        transform = cache.entry(image_id).get("transform")
+        if transform is None:
+            continue
+        res = abs(float(transform[0]))
+        if not 1 / RESOLUTION_TOLERANCE <= res / trained <= RESOLUTION_TOLERANCE:
+            warnings.warn(
+                f"scene {image_id} has {res:g}-unit pixels but the model was trained on "
+                f"{trained:g}: resample it (resolution = {trained:g} in its description)",
+                SpectrasegWarning,
+                stacklevel=3,
+            )
 
 
 def _select(ds: Source, image_ids: Sequence[str] | None) -> list[str]:
