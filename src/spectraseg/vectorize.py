@@ -587,7 +587,7 @@ def masks_to_polygons(
 def masks_to_map(
     masks: np.ndarray,
     transform: Affine,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | Mapping[int, float] = DEFAULT_TOLERANCE,
     min_area: float | Mapping[int, float] = 0.0,
     decimals: int = DEFAULT_DECIMALS,
 ) -> dict[int, MultiPolygon]:
@@ -599,7 +599,8 @@ def masks_to_map(
         transform: north-up affine from pixel ``(col, row)`` corners to map ``(x, y)``: a
             georeferenced scene's, or DSTL's grid scaling (:func:`masks_to_polygons`).
         tolerance: Douglas-Peucker tolerance in pixels (0: only the exact pixel outlines;
-            also for a class over :data:`SIMPLIFY_MAX_VERTICES`).
+            also for a class over :data:`SIMPLIFY_MAX_VERTICES`); one value for all classes
+            or ``{class: pixels}`` (missing: :data:`DEFAULT_TOLERANCE`).
         min_area: parts (after simplification) smaller than this many square pixels are
             dropped; one value for all classes or ``{class: pixels}`` (missing: 0).
         decimals: decimals kept in map coordinates (see :func:`finalize`).
@@ -635,10 +636,11 @@ def masks_to_map(
         if len(rag) == 0:
             out[c] = EMPTY
             continue
-        exact = tolerance <= 0 or len(rag.coords) > SIMPLIFY_MAX_VERTICES
+        tol = tolerance.get(c, DEFAULT_TOLERANCE) if isinstance(tolerance, Mapping) else tolerance
+        exact = tol <= 0 or len(rag.coords) > SIMPLIFY_MAX_VERTICES
         rag.coords = _to_map(rag.coords, transform)
         if not exact:
-            rag = simplify_rings(rag, tolerance * pix)
+            rag = simplify_rings(rag, tol * pix)
         rag.coords = _round(rag.coords, decimals)
         polys = rag.polygons()
         area_px = min_area.get(c, 0.0) if isinstance(min_area, Mapping) else min_area

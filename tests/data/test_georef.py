@@ -745,3 +745,26 @@ def test_predicting_a_scene_without_the_trained_bands_names_them(
     assert main([*argv, "--thresholds", "config", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "failed: sample:" in out and "lacks M2, M3, M5, M7 (it has P)" in out
+
+
+def test_schema_min_area_and_tolerance_apply_per_class() -> None:
+    """A class's ``min_area`` (squared map units) drops smaller polygons; its ``tolerance``
+    (pixels; 0: exact outlines) replaces the run's for that class only."""
+    from spectraseg.data.classes import ClassSchema, ClassSpec
+    from spectraseg.inference.scene import PredictOptions, levels_to_polygons
+
+    levels = np.zeros((2, 40, 40), dtype=np.uint8)
+    levels[:, 2:5, 2:5] = 255  # 9 px: 36 m^2 at 2 m pixels
+    yy, xx = np.mgrid[:40, :40]
+    levels[:, (yy - 25) ** 2 + (xx - 25) ** 2 < 64] = 255  # a disc of ~197 px
+    transform = Affine(2.0, 0, 500_000.0, 0, -2.0, 4_000_000.0)
+    schema = ClassSchema((ClassSpec("a", 1, 1, min_area=100.0), ClassSpec("b", 2, 2, tolerance=0)))
+    opts = PredictOptions(tolerance=1.0)
+    polys = levels_to_polygons(levels, 0, 0, {1: 0.5, 2: 0.5}, 0.0, opts, transform, schema)
+    assert len(polys[1].geoms) == 1 and polys[1].area > 500  # the 36 m^2 square is gone
+    assert len(polys[2].geoms) == 2
+    disc_b = max(polys[2].geoms, key=lambda g: g.area)
+    disc_a = polys[1].geoms[0]
+    # Exact outlines: every pixel corner of the staircase; simplified: far fewer vertices.
+    assert disc_b.area == pytest.approx(4.0 * int(((yy - 25) ** 2 + (xx - 25) ** 2 < 64).sum()))
+    assert len(disc_a.exterior.coords) < len(disc_b.exterior.coords) / 2

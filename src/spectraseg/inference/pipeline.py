@@ -25,6 +25,7 @@ from tqdm import tqdm
 from spectraseg.align.cache import open_cache
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
+from spectraseg.data.classes import ClassSchema
 from spectraseg.data.files import remove_temporaries, write_text_atomic
 from spectraseg.data.georef import GeoDataset
 from spectraseg.data.sources import Source, open_source
@@ -147,8 +148,8 @@ class PredictPlan:
     workers: int
     scheduler: str | None
     run_stats: Stats | None
-    names: list[str]
-    """The run's class names, in output-channel order."""
+    schema: ClassSchema
+    """The run's classes, in output-channel order."""
 
     def grid(self, image_id: str) -> tuple[float, float]:
         """A DSTL scene's grid extent ``(xmax, ymin)``; ``(0, 0)`` for a georeferenced scene,
@@ -242,10 +243,13 @@ def predict_run(
         plan_workers(
             workers, scheduler, jobs, options.device.startswith("cuda"), _megapixels(ds, ids)
         ),
-        scheduler, run_stats, schema.names,
+        scheduler, run_stats, schema,
     )  # fmt: skip
     report = PredictReport(
-        out_dir=plan.out, min_area=plan.min_area, options=_options_doc(plan), classes=plan.names
+        out_dir=plan.out,
+        min_area=plan.min_area,
+        options=_options_doc(plan),
+        classes=plan.schema.names,
     )
     remove_temporaries(plan.out, recursive=True)  # a killed earlier prediction's
     align = align_dataset(
@@ -356,7 +360,7 @@ def _predict_scenes(
         xmax, ymin = plan.grid(i)
         args = (
             str(plan.run.root), str(plan.cache_dir), i, xmax, ymin, str(plan.out),
-            report.thresholds, report.min_area, opts, report.blend, stats, plan.names,
+            report.thresholds, report.min_area, opts, report.blend, stats, plan.schema,
         )  # fmt: skip
         jobs.append((i, args))
     with tqdm(total=len(jobs), desc="predict", unit="scene", disable=not progress) as bar:

@@ -18,6 +18,7 @@ from affine import Affine
 from shapely.geometry import MultiPolygon
 
 from spectraseg.config import Config
+from spectraseg.data.classes import ClassSchema
 from spectraseg.data.geometry import pixel_transform
 from spectraseg.evaluation.levels import quantize, threshold_masks
 from spectraseg.inference.tiling import predict_probs
@@ -96,15 +97,32 @@ def levels_to_polygons(
     min_area: Mapping[int, float] | float = 0.0,
     options: PredictOptions = PredictOptions(),
     transform: Affine | None = None,
+    schema: ClassSchema | None = None,
 ) -> dict[int, MultiPolygon]:
     """Probability levels -> per-class thresholds -> ``{class: MultiPolygon}``.
 
     Vectorised by :func:`spectraseg.vectorize.masks_to_map` with ``options.tolerance`` and
     ``options.decimals``, in DSTL grid units (the extent ``xmax``, ``ymin``) or, given a
     georeferenced scene's ``transform``, in its map coordinates; ``min_area`` in pixels
-    (per class or one value).
+    (per class or one value). A ``schema`` whose classes set ``min_area`` (squared map
+    units) or ``tolerance`` (pixels) overrides those of its classes (the larger area wins).
     """
     masks = threshold_masks(levels, thresholds)
     if transform is None:
         transform = pixel_transform(masks.shape[2], masks.shape[1], xmax, ymin)
-    return masks_to_map(masks, transform, options.tolerance, min_area, options.decimals)
+    tolerance: float | dict[int, float] = options.tolerance
+    if schema is not None:
+        pixel = abs(transform.a * transform.e)
+        floor = (
+            min_area
+            if isinstance(min_area, Mapping)
+            else dict.fromkeys(range(1, len(schema) + 1), min_area)
+        )
+        min_area = {
+            c.index: max(floor.get(c.index, 0.0), c.min_area / pixel) for c in schema.classes
+        }
+        tolerance = {
+            c.index: options.tolerance if c.tolerance is None else c.tolerance
+            for c in schema.classes
+        }
+    return masks_to_map(masks, transform, tolerance, min_area, options.decimals)

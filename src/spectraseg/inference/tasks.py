@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from torch import nn
 from spectraseg.align.cache import open_cache
 from spectraseg.align.masks import open_mask
 from spectraseg.config import Config
+from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.errors import DataError
 from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms
@@ -130,7 +131,7 @@ def predict_scene_task(
     options: PredictOptions,
     blend: Mapping[int, float] | None = None,
     stats: Stats | None = None,
-    names: Sequence[str] = (),
+    schema: ClassSchema = DSTL_SCHEMA,
 ) -> dict[str, Any]:
     """Predict one cached scene and write its outputs (run by Dask workers or in-process).
 
@@ -138,8 +139,9 @@ def predict_scene_task(
     None uses the U-Net alone. The written probabilities are the blended ones. ``stats``
     normalises the scene (None: the run's ``stats.json``). A georeferenced scene (its cache
     entry has a ``transform``) is vectorised in map coordinates and written as a GeoPackage
-    whose ``class`` attribute holds ``names`` (the run's class names); ``xmax``/``ymin``
-    are then unused. Its nodata pixels get probability 0 (no polygon covers them).
+    whose ``class`` attribute holds the names of ``schema`` (the run's classes, whose
+    ``min_area`` and ``tolerance`` apply); ``xmax``/``ymin`` are then unused. Its nodata
+    pixels get probability 0 (no polygon covers them).
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
     (per class, squared grid or map units) and ``parts`` (per class polygon count).
@@ -167,8 +169,8 @@ def predict_scene_task(
         if nodata is not None:  # no class where the input has no data
             levels[:, np.asarray(nodata)] = 0
         transform = Affine(*entry["transform"])
-        polygons = levels_to_polygons(levels, 0, 0, thresholds, min_area, opts, transform)
-        write_georef_outputs(out_dir, image_id, levels, polygons, names, entry["crs"])
+        polygons = levels_to_polygons(levels, 0, 0, thresholds, min_area, opts, transform, schema)
+        write_georef_outputs(out_dir, image_id, levels, polygons, schema.names, entry["crs"])
     else:
         polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
         write_scene_outputs(
