@@ -40,6 +40,7 @@ from shapely.geometry.base import BaseGeometry
 from spectraseg import NUM_CLASSES
 from spectraseg.data.files import write_text_atomic
 from spectraseg.data.geometry import EMPTY, repair, to_multipolygon
+from spectraseg.data.rasters import read_header
 from spectraseg.errors import DataError, SpectrasegWarning, first_line
 
 PRODUCTS: tuple[str, ...] = ("RGB", "P", "M", "A")
@@ -313,19 +314,8 @@ class ProductInfo:
 
 
 def _probe(name: str, path: Path) -> ProductInfo:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                bands, height, width = src.count, src.height, src.width
-                dtypes = set(src.dtypes)
-    except RasterioError as exc:
-        raise DataError(f"{path} cannot be read as a raster ({first_line(exc)})") from None
-    if len(dtypes) != 1:
-        raise DataError(f"{path} mixes band dtypes {sorted(dtypes)}")
-    dtype = np.dtype(dtypes.pop())
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise DataError(f"{path} has dtype {dtype}, expected a numeric image")
+    head = read_header(path)
+    bands, height, width, dtype = head.count, head.height, head.width, head.dtype
     expected = PRODUCT_BANDS[name]
     if bands != expected:
         raise DataError(f"{path} has {bands} band(s), but a {name} product has {expected}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.errors import CRSError, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from shapely.geometry import shape
@@ -49,6 +48,7 @@ from spectraseg.data.description import (
     read_description,
 )
 from spectraseg.data.dstl import CHANNEL_ORDER, CHANNELS, check_image_id, region_of
+from spectraseg.data.rasters import read_header
 from spectraseg.errors import DataError, first_line
 
 
@@ -105,29 +105,16 @@ def open_group(group: BandGroup) -> GroupInfo:
     DataError when the file is unreadable, not numeric, not georeferenced, rotated, or
     holds a different number of bands than its description names.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(group.path) as src:
-                count, dtypes, crs, transform = src.count, set(src.dtypes), src.crs, src.transform
-                width, height, nodata = src.width, src.height, src.nodata
-    except RasterioError as exc:
-        raise DataError(f"{group.path} cannot be read as a raster ({first_line(exc)})") from None
-    dtype = np.dtype(sorted(dtypes)[0])
-    if len(dtypes) != 1 or not (
-        np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
-    ):
-        raise DataError(
-            f"{group.path} has band dtypes {sorted(dtypes)}, expected one numeric dtype"
-        )
+    head = read_header(group.path)
+    crs, transform = head.crs, head.transform
     if crs is None:
         raise DataError(f"{group.path} has no CRS: every raster of a georeferenced scene needs one")
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise DataError(f"{group.path} is not north-up (transform {tuple(transform)[:6]})")
-    channels = _channels(group, count)
-    grid = Grid(transform, width, height, crs)
-    nodata = group.nodata if group.nodata is not None else nodata
-    return GroupInfo(group, channels, dtype, grid, nodata)
+    channels = _channels(group, head.count)
+    grid = Grid(transform, head.width, head.height, crs)
+    nodata = group.nodata if group.nodata is not None else head.nodata
+    return GroupInfo(group, channels, head.dtype, grid, nodata)
 
 
 def _channels(group: BandGroup, count: int) -> tuple[str, ...]:
@@ -489,8 +476,7 @@ class GeoDataset:
         source = scene.spec.label_extent
         if source is None:
             return None
-        one = ClassSchema((dataclasses.replace(self.description.classes.classes[0], value=1),))
-        geoms = read_labels(source, one, None, scene.grid.crs)[1]
+        geoms = read_labels(source, schema_of([("extent", 1)]), None, scene.grid.crs)[1]
         return rasterize_labels({1: geoms}, scene.grid, 1)[0].astype(bool)
 
     @property
@@ -537,13 +523,7 @@ def describe_directory(path: str | os.PathLike[str]) -> Description:
     root = Path(path)
     scenes = []
     for raster in sorted(p for p in root.iterdir() if p.suffix.lower() in RASTER_SUFFIXES):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(raster) as src:
-                    count = src.count
-        except RasterioError as exc:
-            raise DataError(f"{raster} cannot be read as a raster ({first_line(exc)})") from None
+        count = read_header(raster).count
         key = STACK_GROUPS.get(count)
         if key is None:
             raise DataError(
