@@ -9,7 +9,7 @@ import shapely
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.data import georef
-from spectraseg.data.dstl import open_dataset, region_of
+from spectraseg.data.dstl import open_dataset
 from spectraseg.data.sources import is_georeferenced
 
 
@@ -63,38 +63,37 @@ def summarize_description(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``crs``, ``height``, ``width``, ``res``) and per band group its file, channels, CRS,
     resolution and the share of the grid it covers; class shares of the labelled scenes
     are label areas (after reprojection, clipped to the grid) over grid areas."""
-    desc = georef.GeoDataset(path).description
+    ds = georef.GeoDataset(path)
+    desc = ds.description
     scenes = []
     area = {c.index: 0.0 for c in desc.classes.classes}
     total = 0.0
-    labelled = 0
-    for spec in desc.scenes:
-        infos = georef.open_groups(spec)
-        grid = georef.target_grid(infos, desc.crs, desc.resolution)
+    for image_id in ds.image_ids:
+        scene = ds.scene(image_id)
+        grid = scene.grid
         scenes.append(
             {
-                "image_id": spec.image_id,
-                "region": region_of(spec.image_id),
+                "image_id": image_id,
+                "region": scene.region,
                 "grid": {
                     "crs": grid.crs.to_string(),
                     "height": grid.height,
                     "width": grid.width,
                     "res": list(grid.res),
                 },
-                "products": {i.product: _group_summary(i, grid) for i in infos},
+                "products": {i.product: _group_summary(i, grid) for i in scene.infos},
             }
         )
-        if spec.labels:
-            labelled += 1
-            box = shapely.box(*grid.bounds)
-            total += box.area
-            for c, geoms in georef.scene_labels(desc, spec, grid.crs).items():
-                area[c] += shapely.union_all(geoms).intersection(box).area if geoms else 0.0
+    for image_id in ds.labelled_ids:
+        box = shapely.box(*ds.scene(image_id).grid.bounds)
+        total += box.area
+        for c, geoms in ds.labels(image_id).items():
+            area[c] += shapely.union_all(geoms).intersection(box).area if geoms else 0.0
     share = {str(c): a / total for c, a in area.items()} if total > 0 else {}
     return {
         "root": str(desc.path),
         "scenes": scenes,
-        "labelled": labelled,
+        "labelled": len(ds.labelled_ids),
         "class_share": share,
         "class_names": {str(c.index): c.name for c in desc.classes.classes},
     }
