@@ -24,7 +24,7 @@ from spectraseg.data.dstl import (
     Scene,
     check_image_id,
 )
-from spectraseg.data.files import write_text_atomic
+from spectraseg.data.files import atomic_output, write_text_atomic
 from spectraseg.data.georef import GeoScene
 from spectraseg.errors import DataError
 
@@ -262,12 +262,12 @@ class Cache:
     def nodata(self, image_id: str) -> np.ndarray | None:
         """A georeferenced scene's ``(H, W)`` bool nodata mask (True: some band group has no
         data there; those pixels hold channel means), memory-mapped; None when it has none."""
-        return self._pixel_mask(nodata_path(self.root, image_id), image_id)
+        return self._pixel_mask(pixel_mask_path(self.root, NODATA_DIR, image_id), image_id)
 
     def unlabelled(self, image_id: str) -> np.ndarray | None:
         """``(H, W)`` bool, True outside a scene's labelled extent (its description's
         ``label_extent``), memory-mapped; None when the whole scene is labelled."""
-        return self._pixel_mask(self.root / UNLABELLED_DIR / f"{image_id}.npy", image_id)
+        return self._pixel_mask(pixel_mask_path(self.root, UNLABELLED_DIR, image_id), image_id)
 
     def ignored(self, image_id: str) -> np.ndarray | None:
         """``(H, W)`` bool, True where labels say nothing (nodata or outside the labelled
@@ -297,16 +297,30 @@ class Cache:
 
 UNLABELLED_DIR = "unlabelled"
 """``CACHE/unlabelled/{id}.npy``: ``(H, W)`` bool, True outside a georeferenced scene's
-labelled extent (written with its label masks; only for scenes that have one)."""
+labelled extent (written with its label masks, only when some pixel lies outside it)."""
 
 NODATA_DIR = "nodata"
 """``CACHE/nodata/{id}.npy``: ``(H, W)`` bool, True where some band group of a
 georeferenced scene has no data (only for scenes that have such pixels)."""
 
 
-def nodata_path(cache_dir: str | os.PathLike[str], image_id: str) -> Path:
-    """``CACHE/nodata/{id}.npy``."""
-    return Path(cache_dir) / NODATA_DIR / f"{check_image_id(image_id)}.npy"
+def pixel_mask_path(cache_dir: str | os.PathLike[str], kind: str, image_id: str) -> Path:
+    """``CACHE/{kind}/{id}.npy`` (``kind``: :data:`NODATA_DIR` or :data:`UNLABELLED_DIR`)."""
+    return Path(cache_dir) / kind / f"{check_image_id(image_id)}.npy"
+
+
+def write_pixel_mask(
+    cache_dir: str | os.PathLike[str], kind: str, image_id: str, mask: np.ndarray
+) -> None:
+    """Write a scene's ``(H, W)`` bool ``kind`` mask atomically, or remove it when no pixel
+    is True (readers then return None: nothing to skip)."""
+    path = pixel_mask_path(cache_dir, kind, image_id)
+    if not mask.any():
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(exist_ok=True)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(mask, dtype=bool))
 
 
 def open_cache(cache_dir: str | os.PathLike[str]) -> Cache:

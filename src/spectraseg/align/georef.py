@@ -22,7 +22,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from spectraseg.align.cache import nodata_path
+from spectraseg.align.cache import NODATA_DIR, write_pixel_mask
 from spectraseg.align.estimators import (
     DEFAULT_CONFIG,
     SHIFT_DECIMALS,
@@ -176,7 +176,7 @@ def write_georef(
         _fill_nodata(out, nodata, sums)
         out.flush()
         del out
-    _write_nodata(cache, scene.image_id, nodata)
+    write_pixel_mask(cache, NODATA_DIR, scene.image_id, nodata)
     box = _valid_box(~nodata)
     return {
         "channels": channels,
@@ -197,16 +197,6 @@ def _fill_nodata(out: np.ndarray, nodata: np.ndarray, sums: np.ndarray) -> None:
     means = np.rint(sums / max(n_valid, 1)).astype(np.uint16)
     for c in range(out.shape[0]):
         out[c][nodata] = means[c]
-
-
-def _write_nodata(cache: Path, image_id: str, nodata: np.ndarray) -> None:
-    path = nodata_path(cache, image_id)
-    if not nodata.any():
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(exist_ok=True)
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, nodata)
 
 
 def _valid_box(valid: np.ndarray) -> list[int]:

@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from spectraseg.align.cache import UNLABELLED_DIR, Cache, CacheLike, cache_root, open_cache_dir
+from spectraseg.align.cache import (
+    UNLABELLED_DIR,
+    Cache,
+    CacheLike,
+    cache_root,
+    open_cache_dir,
+    write_pixel_mask,
+)
 from spectraseg.data.dstl import Dataset, check_image_id
 from spectraseg.data.files import atomic_output
 from spectraseg.data.geometry import rasterize_classes
@@ -59,23 +66,14 @@ def build_masks(
         _, h, w = cache.load(image_id).shape
         if isinstance(ds, GeoDataset):
             _write_georef_mask(ds, image_id, (h, w), len(cache.schema), path)
-            _write_unlabelled(cache, image_id, ds.labelled_area(image_id))
+            extent = ds.labelled_area(image_id)
+            outside = np.zeros((h, w), bool) if extent is None else ~extent
+            write_pixel_mask(cache.root, UNLABELLED_DIR, image_id, outside)
             continue
         mask = _dstl_mask(ds, image_id, (h, w))
         with atomic_output(path) as tmp, open(tmp, "wb") as f:
             np.save(f, mask)
     return paths
-
-
-def _write_unlabelled(cache: Cache, image_id: str, labelled: np.ndarray | None) -> None:
-    """``CACHE/unlabelled/{id}.npy`` from a scene's labelled area (removed when None)."""
-    path = cache.root / UNLABELLED_DIR / f"{check_image_id(image_id)}.npy"
-    if labelled is None:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(exist_ok=True)
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, ~labelled)
 
 
 def labelled_ids(ds: Source) -> list[str]:
