@@ -276,18 +276,13 @@ def training_resolution(run_dir: str | os.PathLike[str] | RunDir) -> float | Non
     return None
 
 
-def run_schema(run_dir: str | os.PathLike[str] | RunDir, which: str = "best") -> ClassSchema:
-    """The classes a run's model predicts (its first member's checkpoint), in order."""
-    run = members(run_dir)[0]
-    return load_checkpoint(run.checkpoint(which)).schema
-
-
 def _load_unet(run: RunDir, which: str) -> tuple[UNet, Config]:
     path = run.checkpoint(which)
     ckpt = load_checkpoint(path)
     config = ckpt.parsed_config(str(path))
     model = build_model(config, ckpt.in_channels, len(ckpt.schema))
     model.load_state_dict(ckpt.weights)
+    model.schema = ckpt.schema
     return model, config
 
 

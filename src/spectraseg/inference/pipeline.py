@@ -25,7 +25,7 @@ from tqdm import tqdm
 from spectraseg.align.cache import open_cache
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
-from spectraseg.data.classes import ClassSchema
+from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.files import remove_temporaries, write_text_atomic
 from spectraseg.data.georef import GeoDataset
 from spectraseg.data.sources import Source, open_source
@@ -40,7 +40,6 @@ from spectraseg.parallel import Job, Runner, check_workers, describe, open_runne
 from spectraseg.runs import (
     RunDir,
     TunedThresholds,
-    run_schema,
     training_resolution,
     write_thresholds,
 )
@@ -161,8 +160,9 @@ class PredictPlan:
 
 def _checked_options(
     run: RunDir, options: PredictOptions, scheduler: str | None
-) -> tuple[PredictOptions, Config, Stats | None]:
-    """Options completed from the run's config; ConfigError for a tile the model cannot take."""
+) -> tuple[PredictOptions, Config, Stats | None, ClassSchema]:
+    """Options completed from the run's config, and the classes of the run's model;
+    ConfigError for a tile the model cannot take."""
     model, config, run_stats = cached_model(run.root, options.checkpoint, "cpu")
     # Local workers resolve the device as this process does; a scheduler's workers their own.
     options = resolve_options(options, config, here=scheduler is None)
@@ -173,7 +173,8 @@ def _checked_options(
             f"tile {options.tile} must be a multiple of the model's 2**depth ({multiple}) "
             f"and larger than twice the margin {options.margin}"
         )
-    return options, config, run_stats
+    schema = getattr(model, "schema", None)
+    return options, config, run_stats, DSTL_SCHEMA if schema is None else schema
 
 
 def _cache_for(
@@ -230,10 +231,9 @@ def predict_run(
     """
     t0 = time.perf_counter()
     run, out = RunDir.of(run_dir), Path(out_dir)
-    options, config, run_stats = _checked_options(run, options, scheduler)
+    options, config, run_stats, schema = _checked_options(run, options, scheduler)
     ds = open_source(data_root)
     ids = _select(ds, image_ids)
-    schema = run_schema(run, options.checkpoint)
     tp = plan_thresholds(run, config, options, thresholds, len(schema))
     areas = min_area if min_area is not None else dict(enumerate(config.predict.min_area, 1))
     jobs = len(ids) + len(tp.tune_scenes or ())

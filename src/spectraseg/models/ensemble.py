@@ -31,6 +31,7 @@ class ProbabilityMean(nn.Module):
         self.in_channels = int(getattr(first, "in_channels", 0))
         self.multiple = int(getattr(first, "multiple", 1))
         self.num_classes = int(getattr(first, "num_classes", 10))
+        self.schema = getattr(first, "schema", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.sigmoid(self.members[0](x).float())

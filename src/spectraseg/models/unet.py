@@ -20,6 +20,7 @@ from torch import nn
 
 from spectraseg import NUM_CLASSES
 from spectraseg.config import Config
+from spectraseg.data.classes import ClassSchema
 
 NORMS: tuple[str, ...] = ("batch", "group", "instance")
 """Normalisation layers the blocks can use."""
@@ -106,6 +107,8 @@ class UNet(nn.Module):
             raise ValueError(f"unknown normalisation {norm!r}; expected one of {', '.join(NORMS)}")
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.schema: ClassSchema | None = None
+        """The classes of the output channels, set when loaded from a run (None: unknown)."""
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList()
