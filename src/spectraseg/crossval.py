@@ -201,8 +201,7 @@ def scene_histograms(
     paths = oof_paths(run, image_id)
     unet = np.load(paths["unet"])
     truth = open_mask(cache, image_id, unet.shape[1:])
-    ignored = cache.ignored(image_id)
-    valid = None if ignored is None else ~np.asarray(ignored)
+    valid = cache.counted(image_id)
     if not pixel:
         pos, neg = class_histograms(unet, truth, weight, valid)
         return pos[None], neg[None]

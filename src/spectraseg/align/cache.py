@@ -277,6 +277,20 @@ class Cache:
             return None
         return masks[0] if len(masks) == 1 else np.asarray(masks[0]) | np.asarray(masks[1])
 
+    def has_ignored(self, image_id: str) -> bool:
+        """Whether a scene has pixels its labels say nothing about (a file check only)."""
+        return any(
+            pixel_mask_path(self.root, kind, image_id).is_file()
+            for kind in (NODATA_DIR, UNLABELLED_DIR)
+        )
+
+    def counted(self, image_id: str) -> np.ndarray | None:
+        """``(H, W)`` bool, True where the labels count (the complement of :meth:`ignored`),
+        in memory; None when they count everywhere. For whole-scene counts: validation,
+        threshold tuning, cross-validated decisions."""
+        ignored = self.ignored(image_id)
+        return None if ignored is None else ~np.asarray(ignored)
+
     def _pixel_mask(self, path: Path, image_id: str) -> np.ndarray | None:
         if not path.is_file():
             return None

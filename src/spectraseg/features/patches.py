@@ -242,7 +242,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         if data_root is not None:
             build_masks(opened, data_root, self.image_ids, progress=progress)
         self._ignored: dict[int, np.ndarray | None] = {}
-        self.has_ignored = any(opened.ignored(i) is not None for i in self.image_ids)
+        self.has_ignored = any(opened.has_ignored(i) for i in self.image_ids)
         """Whether items carry ``valid`` masks (some training scene has pixels that labels
         say nothing about: nodata, or outside a labelled extent)."""
         self._rare = self._index_rare(opened, [int(c) for c in rare_classes], progress)
@@ -396,10 +396,10 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         patch is); None for a scene without such pixels."""
         if plan.scene not in self._ignored:
             self._ignored[plan.scene] = self._cache.ignored(self.image_ids[plan.scene])
-        nodata = self._ignored[plan.scene]
-        if nodata is None:
+        ignored = self._ignored[plan.scene]
+        if ignored is None:
             return None
-        window = read_window(nodata[None], plan.row0, plan.col0, self.size)
+        window = read_window(ignored[None], plan.row0, plan.col0, self.size)
         valid = (~window).astype(np.uint8)
         return np.ascontiguousarray(dihedral(valid, plan.transform) if plan.transform else valid)
 

@@ -202,8 +202,7 @@ def tune_scene_task(
     levels, pixel = run_levels(run_dir, model, image, opts)
     del image
     truth = open_mask(cache_dir, image_id, levels.shape[1:])
-    ignored = open_cache(cache_dir).ignored(image_id)
-    valid = None if ignored is None else ~np.asarray(ignored)
+    valid = open_cache(cache_dir).counted(image_id)
     if pixel is None:
         pos, neg = class_histograms(levels, truth, weight, valid)
         return pos[None], neg[None]

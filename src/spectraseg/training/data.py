@@ -43,9 +43,9 @@ class TrainData:
         stats: the normalisation statistics (saved as ``stats.json``), or None.
         train_scenes: the scene ids ``train`` draws from (recorded in ``split.json``).
         schema: the classes of the masks (``K`` = ``len(schema)`` output channels).
-        ignored: ``image_id -> (H, W) bool`` pixels of a validation scene its labels say
-            nothing about (nodata, outside the labelled extent), or None; validation leaves
-            them out of every count.
+        counted: ``image_id -> (H, W) bool`` pixels of a validation scene its labels count
+            (not nodata, inside the labelled extent), or None where they all count;
+            validation leaves the others out of every count.
     """
 
     train: Any
@@ -56,7 +56,7 @@ class TrainData:
     stats: Stats | None = None
     train_scenes: Sequence[str] = ()
     schema: ClassSchema = DSTL_SCHEMA
-    ignored: Callable[[str], np.ndarray | None] | None = None
+    counted: Callable[[str], np.ndarray | None] | None = None
 
 
 def _from_rank0(value: T, world: int) -> T:
@@ -143,5 +143,5 @@ def prepare_data(
         stats=stats,
         train_scenes=train_ids,
         schema=cache.schema,
-        ignored=cache.ignored,
+        counted=cache.counted,
     )

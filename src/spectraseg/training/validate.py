@@ -65,8 +65,7 @@ def validate(
         )  # fmt: skip
         area = data.pixel_area(image_id) if data.pixel_area is not None else 1.0
         levels = quantize(probs)
-        ignored = data.ignored(image_id) if data.ignored is not None else None
-        valid = None if ignored is None else ~np.asarray(ignored)
+        valid = data.counted(image_id) if data.counted is not None else None
         counts[n] = mask_counts(threshold_masks(levels, thresholds), truth, valid) * area
         hp, hn = class_histograms(levels, truth, area, valid)
         pos, neg = pos + hp, neg + hn
