@@ -117,6 +117,15 @@ def empty_manifest() -> dict[str, Any]:
     }
 
 
+def manifest_schema(manifest: Mapping[str, Any], cache_dir: str | os.PathLike[str]) -> ClassSchema:
+    """The classes of a cache's labels: the manifest's ``classes`` (written when the cache
+    was aligned from a dataset description), else the DSTL ten."""
+    doc = manifest.get("classes")
+    if doc is None:
+        return DSTL_SCHEMA
+    return ClassSchema.from_json(doc, str(Path(cache_dir) / MANIFEST))
+
+
 def read_manifest(cache_dir: str | os.PathLike[str], missing_ok: bool = False) -> dict[str, Any]:
     """The cache's ``manifest.json``; an empty manifest if absent and ``missing_ok``.
 
@@ -226,10 +235,8 @@ class Cache:
 
     @property
     def schema(self) -> ClassSchema:
-        """The classes of the cache's labels: the manifest's ``classes`` (written when the
-        cache was aligned from a dataset description), else the DSTL ten."""
-        doc = self.manifest.get("classes")
-        return DSTL_SCHEMA if doc is None else ClassSchema.from_json(doc, str(self.root / MANIFEST))
+        """The classes of the cache's labels (:func:`manifest_schema`)."""
+        return manifest_schema(self.manifest, self.root)
 
     def channels(self, image_id: str) -> list[str]:
         """Channel names of a cached scene, in stack order."""

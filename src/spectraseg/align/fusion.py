@@ -43,6 +43,7 @@ from spectraseg.align.cache import (
     MANIFEST,
     SHIFTS,
     entry_complete,
+    manifest_schema,
     read_manifest,
     read_shifts,
     write_manifest,
@@ -56,7 +57,7 @@ from spectraseg.align.registration import (
     estimate_products,
     resolve_shifts,
 )
-from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
+from spectraseg.data.classes import DSTL_SCHEMA
 from spectraseg.data.dstl import PRODUCTS, Scene, channels_of, check_image_id
 from spectraseg.data.files import atomic_output
 from spectraseg.data.georef import GeoDataset, GeoScene
@@ -491,8 +492,7 @@ def _set_schema(manifest: dict[str, Any], ds: Source, cache: Path) -> None:
     """Record a description's class schema in the manifest; DataError when the cache
     already holds scenes labelled with another schema."""
     schema = ds.description.classes if isinstance(ds, GeoDataset) else DSTL_SCHEMA
-    doc = manifest.get("classes")
-    old = DSTL_SCHEMA if doc is None else ClassSchema.from_json(doc, str(cache / MANIFEST))
+    old = manifest_schema(manifest, cache)
     if manifest["scenes"] and old != schema:
         raise DataError(
             f"cache {cache} holds scenes of the classes {old.names}, not {schema.names} "
