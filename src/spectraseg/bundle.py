@@ -35,6 +35,7 @@ from spectraseg.runs import (
     RunDir,
     TunedThresholds,
     load_checkpoint,
+    load_weights_only,
     members,
     model_mtime_ns,
     read_cv,
@@ -89,13 +90,7 @@ def export_bundle(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) 
 
 def read_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A bundle's contents (``weights_only``: no code runs); DataError when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"model bundle {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise DataError(f"{path} cannot be read as a model bundle ({type(exc).__name__})") from None
+    state = load_weights_only(path, "model bundle")
     if not isinstance(state, dict) or state.get("format") != BUNDLE_FORMAT:
         raise DataError(f"{path} is not a spectraseg model bundle")
     if state.get("version") != BUNDLE_VERSION:

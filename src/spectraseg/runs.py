@@ -217,14 +217,22 @@ def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> Checkpoint:
     """Load a checkpoint with ``weights_only=True``; DataError if missing or not one."""
+    state = load_weights_only(path, "checkpoint", map_location)
+    return Checkpoint.from_state(state, str(path))
+
+
+def load_weights_only(
+    path: str | os.PathLike[str], what: str, map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data, never pickled code;
+    DataError naming ``what`` and the file when it is missing or cannot be loaded."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
+        raise DataError(f"{what} {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise DataError(f"checkpoint {path} cannot be loaded ({type(exc).__name__})") from None
-    return Checkpoint.from_state(state, str(path))
+        raise DataError(f"{what} {path} cannot be loaded ({type(exc).__name__})") from None
 
 
 def promote_latest(run_dir: str | os.PathLike[str] | RunDir) -> None:
