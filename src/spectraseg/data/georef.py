@@ -492,7 +492,7 @@ PREDICTION_LAYER = "polygons"
 def prediction_gpkg(pred_dir: str | os.PathLike[str], image_id: str) -> Path:
     """``PRED/{id}/polygons.gpkg``: where ``predict`` writes a georeferenced scene's polygons
     (layer :data:`PREDICTION_LAYER`, a ``class`` attribute holding class names)."""
-    return Path(pred_dir) / image_id / "polygons.gpkg"
+    return Path(pred_dir) / check_image_id(image_id) / "polygons.gpkg"
 
 
 def read_predicted(

@@ -132,11 +132,6 @@ def write_scene_outputs(
     return paths
 
 
-def gpkg_path(out_dir: str | os.PathLike[str], image_id: str) -> Path:
-    """``PRED/{id}/polygons.gpkg`` (:func:`spectraseg.data.georef.prediction_gpkg`)."""
-    return prediction_gpkg(out_dir, check_image_id(image_id))
-
-
 def write_gpkg(
     path: Path, polygons: Mapping[int, MultiPolygon], names: Sequence[str], crs_wkt: str
 ) -> None:
@@ -168,7 +163,10 @@ def write_georef_outputs(
     crs_wkt: str,
 ) -> dict[str, Path]:
     """Write a georeferenced scene's probabilities and ``polygons.gpkg`` (each atomically)."""
-    paths = {"probs": scene_paths(out_dir, image_id)["probs"], "gpkg": gpkg_path(out_dir, image_id)}
+    paths = {
+        "probs": scene_paths(out_dir, image_id)["probs"],
+        "gpkg": prediction_gpkg(out_dir, image_id),
+    }
     save_levels(paths["probs"], levels)
     write_gpkg(paths["gpkg"], polygons, names, crs_wkt)
     return paths

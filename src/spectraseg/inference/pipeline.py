@@ -27,12 +27,12 @@ from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
 from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.files import remove_temporaries, write_text_atomic
-from spectraseg.data.georef import GeoDataset
+from spectraseg.data.georef import GeoDataset, prediction_gpkg
 from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import ConfigError, SpectrasegWarning
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
-from spectraseg.inference.outputs import gpkg_path, write_predictions_csv
+from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
 from spectraseg.inference.tasks import cached_model, predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
@@ -270,7 +270,7 @@ def predict_run(
     report.scenes = [results[i] for i in plan.ids]
     ok = sorted(s["image_id"] for s in report.scenes if s["status"] == "ok")
     if ok and isinstance(ds, GeoDataset):
-        report.geopackages = [gpkg_path(plan.out, i) for i in ok]
+        report.geopackages = [prediction_gpkg(plan.out, i) for i in ok]
     elif ok:
         report.predictions = write_predictions_csv(plan.out, ok)
     report.seconds = time.perf_counter() - t0
