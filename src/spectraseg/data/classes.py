@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from spectraseg import CLASS_NAMES, RARE_CLASSES
+from spectraseg import CLASS_NAMES
 from spectraseg.errors import DataError
 
 
@@ -56,11 +56,6 @@ class ClassSchema:
     def is_dstl(self) -> bool:
         """Whether this is the DSTL competition's ten-class schema."""
         return self == DSTL_SCHEMA
-
-    @property
-    def rare(self) -> tuple[int, ...]:
-        """Classes oversampled in training by default: DSTL's rare five, none otherwise."""
-        return RARE_CLASSES if self.is_dstl else ()
 
     def to_json(self) -> list[dict[str, Any]]:
         """The schema as a JSON list, one object per class in channel order."""

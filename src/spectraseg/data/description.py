@@ -100,12 +100,6 @@ class SceneSpec:
     labels: tuple[LabelSource, ...] = ()
     label_extent: LabelSource | None = None
 
-    def group(self, product: str) -> BandGroup:
-        for g in self.groups:
-            if g.product == product:
-                return g
-        raise DataError(f"scene {self.image_id} has no {product} band group")
-
 
 @dataclass(frozen=True)
 class Description:
