@@ -66,6 +66,26 @@ def _pair(spacenet: Path, tmp_path: Path, ms: Path | None = None) -> Path:
     return _write(tmp_path / "pair.toml", text)
 
 
+TINY = (
+    "train.epochs=0",
+    "model.width=8",
+    "model.depth=2",
+    "train.patch_size=64",
+    "predict.tile=128",
+)
+"""A model and tiles small enough for a training test."""
+
+
+def _train(run: Path, cache: Path, steps: int, *sets: str, cli: tuple[str, ...] = ()) -> int:
+    """``spectraseg train`` of a tiny model on ``cache`` for ``steps`` steps (one epoch),
+    with the config overrides ``sets`` and the extra arguments ``cli``; its exit status."""
+    from spectraseg.cli import main
+
+    every = [f'data.cache="{cache}"', f"train.steps={steps}", f"train.steps_per_epoch={steps}"]
+    overrides = [a for s in (*every, *TINY, *sets) for a in ("--set", s)]
+    return main(["train", *cli, "--out", str(run), "--quiet", *overrides])
+
+
 def _scene(path: Path) -> georef.GeoScene:
     ds = georef.GeoDataset(path)
     return ds.scene(ds.image_ids[0])
@@ -346,14 +366,8 @@ def test_one_class_schema_aligns_builds_masks_and_trains(
             [(g, 1) for g in shapely.from_wkb(wkb)], out_shape=src.shape, transform=src.transform
         )
     np.testing.assert_array_equal(mask[0], expected)
-    sets = [
-        f'data.cache="{cache}"', f'data.root="{sample}"', "data.val_fraction=0",
-        "train.steps=3", "train.epochs=0", "model.width=8", "model.depth=2",
-        "train.patch_size=64", "predict.tile=128",
-    ]  # fmt: skip
     run = tmp_path / "run"
-    args = ["train", "--out", str(run), "--quiet"] + [a for s in sets for a in ("--set", s)]
-    assert main(args) == 0
+    assert _train(run, cache, 3, f'data.root="{sample}"', "data.val_fraction=0") == 0
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     assert ckpt.schema.names == ["building"] and ckpt.step == 3
     model, _, _ = load_model(run)
@@ -385,13 +399,7 @@ def test_one_class_run_validates_and_names_its_class(
     desc = _write(tmp_path / "two.toml", "[classes]\nhouse = { value = 1 }\n" + scenes)
     cache, run = tmp_path / "cache", tmp_path / "run"
     assert main(["align", str(desc), "--cache", str(cache), "--workers", "0", "--quiet"]) == 0
-    sets = [
-        f'data.cache="{cache}"', f'data.root="{desc}"', 'data.val_scenes=["b_0_0"]',
-        "train.steps=2", "train.epochs=0", "train.steps_per_epoch=2", "model.width=8",
-        "model.depth=2", "train.patch_size=64", "predict.tile=128",
-    ]  # fmt: skip
-    args = ["train", "--out", str(run), "--quiet"] + [a for s in sets for a in ("--set", s)]
-    assert main(args) == 0
+    assert _train(run, cache, 2, f'data.root="{desc}"', 'data.val_scenes=["b_0_0"]') == 0
     row = json.loads((run / "metrics.json").read_text())["epochs"][-1]
     assert len(row["val_jaccard"]) == 1 and len(row["val_thresholds_tuned"]) == 1
     assert 0.0 <= row["val_mean"] <= 1.0
@@ -653,13 +661,7 @@ def test_cross_validation_on_a_description(spacenet: Path, tmp_path: Path) -> No
     desc = _write(tmp_path / "two.toml", "[classes]\nhouse = { value = 1 }\n" + scenes)
     cache, run, pred = tmp_path / "cache", tmp_path / "run", tmp_path / "pred"
     assert main(["align", str(desc), "--cache", str(cache), "--workers", "0", "--quiet"]) == 0
-    sets = [
-        f'data.cache="{cache}"', f'data.root="{desc}"', "train.steps=1", "train.epochs=0",
-        "train.steps_per_epoch=1", "model.width=8", "model.depth=2", "train.patch_size=64",
-        "predict.tile=128",
-    ]  # fmt: skip
-    args = ["train", "--folds", "2", "--out", str(run), "--quiet"]
-    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    assert _train(run, cache, 1, f'data.root="{desc}"', cli=("--folds", "2")) == 0
     cv = read_cv(run)
     assert cv is not None and sorted(map(sorted, cv.folds)) == [["a_0_0"], ["b_0_0"]]
     assert len(cv.scores["nested"]["jaccard"]) == 1
@@ -733,13 +735,7 @@ def test_predicting_a_scene_without_the_trained_bands_names_them(
     align_dataset(desc, cache, progress=False)
     (cache / "masks").mkdir()
     np.save(cache / "masks" / "pair1.npy", np.zeros((1, 600, 600), np.uint8))
-    sets = [
-        f'data.cache="{cache}"', "data.val_fraction=0", "train.steps=1", "train.epochs=0",
-        "train.steps_per_epoch=1", "model.width=8", "model.depth=2", "train.patch_size=64",
-        "predict.tile=128",
-    ]  # fmt: skip
-    args = ["train", "--out", str(run), "--quiet"] + [a for s in sets for a in ("--set", s)]
-    assert main(args) == 0
+    assert _train(run, cache, 1, "data.val_fraction=0") == 0
     pred = tmp_path / "pred"
     argv = ["predict", str(sample), "--run", str(run), "--out", str(pred), "--workers", "0"]
     assert main([*argv, "--thresholds", "config", "--quiet"]) == 1
