@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spectraseg.features.windows import DIHEDRAL, dihedral_inverse, reflect_index
-from spectraseg.inference.tiling import _fill_tile, predict_probs, tile_layout
+from spectraseg.inference.tiling import _fill_tile, plan_strips, predict_probs, tile_layout
+from spectraseg.models.unet import UNet
 
 torch.set_num_threads(1)
 
@@ -255,3 +256,39 @@ def test_filled_tiles_equal_reflect_padded_slices(
             _fill_tile(image, dst, y, x, margin, ry, rx, channels_last)
             got = dst.transpose(2, 0, 1) if channels_last else dst
             np.testing.assert_array_equal(got, want)
+
+
+_UNET = UNet(3, num_classes=2, width=4, depth=2).eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    h=st.integers(1, 150),
+    w=st.integers(1, 40),
+    margin=st.sampled_from([0, 4, 8]),
+    rows=st.integers(1, 120),
+    tta=st.booleans(),
+)
+def test_strips_equal_the_whole_scene(h: int, w: int, margin: int, rows: int, tta: bool) -> None:
+    """A U-Net (context from every side) predicted strip by strip, each strip given only
+    the rows it reads, gives the whole scene's probabilities (to float rounding: batches of
+    another size round differently in oneDNN), and the same bits every time."""
+    image = np.random.default_rng(h * 1000 + w).normal(size=(3, h, w)).astype(np.float32)
+    kw = dict(tile=32, margin=margin, batch=3, tta=tta, multiple=4)
+    whole = predict_probs(_UNET, image, **kw)
+    strips = plan_strips(h, 32, margin, rows, 4)
+    assert strips[0].top == 0 and strips[-1].bottom == h
+    assert all(a.bottom == b.top for a, b in zip(strips, strips[1:], strict=False))
+    for s in strips:
+        a, b = s.read
+        assert a <= max(s.top - margin, 0) and b <= h
+        part = predict_probs(_UNET, image[:, a:b], strip=s, **kw)
+        np.testing.assert_allclose(part, whole[:, s.top : s.bottom], rtol=0, atol=2e-6)
+        again = predict_probs(_UNET, image[:, a:b].copy(), strip=s, **kw)
+        np.testing.assert_array_equal(part, again)
+
+
+def test_strip_window_of_the_wrong_height_is_refused() -> None:
+    s = plan_strips(100, 32, 4, 24)[1]
+    with pytest.raises(ValueError, match="was given 10 rows"):
+        predict_probs(_UNET, np.zeros((3, 10, 20), np.float32), tile=32, margin=4, strip=s)

@@ -60,6 +60,46 @@ def tile_layout(
     return out
 
 
+@dataclass(frozen=True)
+class Strip:
+    """A band of rows of a scene predicted on its own: the tile rows whose kept centres
+    cover scene rows ``[top, bottom)``, and the rows ``read`` (``[a, b)``) those tiles take
+    their input and context from.
+
+    A strip's tiles are exactly the whole scene's (:func:`tile_layout`) in those rows, and
+    its window holds every row they read, so context past a strip's edge is the real scene
+    and mirroring happens only at the scene's own edges: a scene predicted strip by strip
+    gives the whole scene's probabilities, every tile seeing the same input. They agree to
+    float rounding, not bit for bit: tiles are batched per strip, and oneDNN's convolutions
+    round differently for another batch size (at most 4e-7 apart in the tests); the same
+    strips always give the same bits.
+    """
+
+    tiles: tuple[tuple[int, int], ...]
+    """``(y, size)`` of each tile row, in scene rows (as :func:`tile_layout` gives them)."""
+    top: int
+    bottom: int
+    read: tuple[int, int]
+
+
+def plan_strips(
+    height: int, tile: int, margin: int, rows: int, multiple: int | None = None
+) -> list[Strip]:
+    """The strips of a scene ``height`` rows tall, each about ``rows`` kept rows (a whole
+    number of tile rows, at least one)."""
+    layout = tile_layout(height, tile, margin, multiple)
+    step = tile - 2 * margin
+    per = max(1, rows // step)
+    out = []
+    for i in range(0, len(layout), per):
+        tiles = tuple(layout[i : i + per])
+        top = tiles[0][0]
+        bottom = min(tiles[-1][0] + step, height)
+        reach = max(y + s for y, s in tiles) - margin  # the last row any tile reads, + 1
+        out.append(Strip(tiles, top, bottom, (max(top - margin, 0), min(reach, height))))
+    return out
+
+
 def _gather_tile(
     image: np.ndarray, ry: np.ndarray, rx: np.ndarray, y0: int, x0: int, th: int, tw: int
 ) -> np.ndarray:
@@ -172,6 +212,10 @@ class _Tiler:
     fused: bool
     """Write logits; the caller applies the sigmoid to the whole output once."""
     channels_last: bool
+    read_row: int = 0
+    """Scene row of ``image``'s first row (a strip's window starts there)."""
+    write_row: int = 0
+    """Scene row of ``out``'s first row."""
 
     def run(self, th: int, tw: int, positions: list[tuple[int, int]], batch: int, bar: Any) -> None:
         """Every tile of shape ``(th, tw)`` whose kept centre starts at ``positions``."""
@@ -185,7 +229,8 @@ class _Tiler:
         m = self.margin
         for group in _batches(positions, batch):
             for i, (y, x) in enumerate(group):
-                _fill_tile(self.image, dst[i], y, x, m, self.ry, self.rx, self.channels_last)
+                yy = y - self.read_row
+                _fill_tile(self.image, dst[i], yy, x, m, self.ry, self.rx, self.channels_last)
             res = self.centres(buf[: len(group)].to(self.device), th, tw)
             self.write(group, res)
             if bar is not None:
@@ -217,6 +262,7 @@ class _Tiler:
         h, w = self.out.shape[1:]
         kh, kw = res.shape[2:]
         for (y, x), pr in zip(group, res, strict=True):
+            y -= self.write_row
             hh, ww = min(kh, h - y), min(kw, w - x)
             # numpy's transposing copy from channels-last memory: 3x faster than torch's
             # copy_ (20x for small tiles).
@@ -236,8 +282,9 @@ def predict_probs(
     channels_last: bool = True,
     multiple: int | None = None,
     amp: bool = False,
+    strip: Strip | None = None,
 ) -> np.ndarray:
-    """Class probabilities of a whole scene by tiled inference.
+    """Class probabilities of a whole scene, or of one strip of it, by tiled inference.
 
     Args:
         model: fully convolutional; maps float32 ``(N, C, h, w)`` to logits
@@ -261,9 +308,13 @@ def predict_probs(
             When known, the last row and column of tiles shrink to what the scene needs.
         amp: on CUDA, run the model under float16 autocast (as training does with
             ``train.amp``); the sigmoid and the blending stay float32. Ignored on CPU.
+        strip: predict only this strip (:func:`plan_strips` of the scene's height with the
+            same ``tile``, ``margin`` and ``multiple``); ``image`` is then the scene's rows
+            ``strip.read`` only.
 
     Returns:
-        float32 ``(num_classes, H, W)``: sigmoid of the logits, in [0, 1].
+        float32 ``(num_classes, H, W)``: sigmoid of the logits, in [0, 1]; with ``strip``,
+        ``(num_classes, strip.bottom - strip.top, W)``.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
@@ -272,25 +323,33 @@ def predict_probs(
     _, h, w = image.shape
     if multiple is None:
         multiple = getattr(model, "multiple", None)
-    ys = tile_layout(h, tile, margin, multiple)
+    if strip is None:
+        strip = Strip(tuple(tile_layout(h, tile, margin, multiple)), 0, h, (0, h))
+    elif h != strip.read[1] - strip.read[0]:
+        raise ValueError(f"a strip reading scene rows {strip.read} was given {h} rows")
+    a = strip.read[0]
+    ys = [(y - a, s) for y, s in strip.tiles]  # rows of ``image``
     xs = tile_layout(w, tile, margin, multiple)
-    # Padded position q covers scene pixel q - margin; a tile whose centre starts at y reads
-    # padded rows y .. y + size. The index maps cover every padded position any tile reads.
+    # Padded position q covers pixel q - margin; a tile whose centre starts at y reads padded
+    # rows y .. y + size. The index maps cover every padded position any tile reads (inside a
+    # strip's window they only mirror at the scene's edges, which are the window's there).
     ry = reflect_index(-margin, max(y + s for y, s in ys), h)
     rx = reflect_index(-margin, max(x + s for x, s in xs), w)
     dev = torch.device(device) if device is not None else _model_device(model)
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", NUM_CLASSES))
-    out = np.empty((num_classes, h, w), dtype=np.float32)
+    out = np.empty((num_classes, strip.bottom - strip.top, w), dtype=np.float32)
     # Tiles of one shape are batched together (at most 4 shapes: full and edge sizes).
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for y, th in ys:
+    for y, th in strip.tiles:
         for x, tw in xs:
             by_shape.setdefault((th, tw), []).append((y, x))
     transforms = range(len(DIHEDRAL)) if tta else range(1)
     # On CPU without TTA, logits go straight to the output and the sigmoid runs there.
     fused = len(transforms) == 1 and dev.type == "cpu"
-    tiler = _Tiler(model, image, out, margin, ry, rx, dev, transforms, fused, channels_last)
+    tiler = _Tiler(
+        model, image, out, margin, ry, rx, dev, transforms, fused, channels_last, a, strip.top
+    )
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=amp and dev.type == "cuda")
     was_training = model.training
     model.eval()
