@@ -584,6 +584,108 @@ def masks_to_polygons(
     return masks_to_map(masks, transform, tolerance, min_area, decimals)
 
 
+class StripTracer:
+    """One class mask traced as it arrives, strip by strip from the top: each 4-connected
+    region is traced once, when it is complete, exactly as :func:`trace_mask` traces it in
+    the whole mask (the same rings, vertices and starting vertex: tested against whole
+    masks with objects across seams and strips of every height).
+
+    A region that reaches a strip's last row may go on below: its rows are carried into the
+    next strip (only its own pixels: what is complete was traced already) and traced with
+    it. Memory is one strip plus the carried rows, which are as tall as the tallest region
+    still open, so an object spanning the scene (a river) is held whole, as its polygon is.
+    """
+
+    def __init__(self, width: int, max_rings: int = 0, label: str = "a class") -> None:
+        self.carry = np.zeros((0, width), dtype=bool)
+        self.top = 0
+        """Scene row of the carried rows' first row (of the next strip's, when none are)."""
+        self.max_rings = max_rings
+        self.label = label
+        """What the mask is, for the noise warning (``class 3``)."""
+
+    def add(self, rows: np.ndarray, last: bool = False) -> Ragged:
+        """The regions completed by the next ``(h, W)`` rows of the mask (``last``: the
+        scene's final rows), in scene pixel coordinates.
+
+        With ``max_rings``, a strip's complete part with more regions and holes than that
+        loses its smallest ones first (:func:`bound_components`, with a warning naming how
+        many): noise, traced per strip.
+        """
+        mask = np.ascontiguousarray(rows, dtype=bool)
+        if len(self.carry):
+            mask = np.concatenate([self.carry, mask])
+        offset, end = self.top, self.top + len(mask)
+        done = mask
+        self.carry, self.top = mask[:0], end
+        if not last and mask[-1].any():
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(
+                mask.view(np.uint8), connectivity=4
+            )
+            is_open = np.zeros(n, dtype=bool)
+            is_open[labels[-1]] = True
+            is_open[0] = False
+            keep = is_open[labels]
+            done = mask & ~keep
+            first = int(stats[is_open, cv2.CC_STAT_TOP].min())
+            self.carry, self.top = keep[first:], offset + first
+        rag = self._trace(done)
+        rag.coords[:, 1] += offset
+        return rag
+
+    def _trace(self, mask: np.ndarray) -> Ragged:
+        try:
+            return trace_mask(mask, self.max_rings)
+        except NoisyMask as noisy:
+            bounded, n_px = bound_components(mask, self.max_rings)
+            warnings.warn(
+                f"{self.label} mask has {noisy.args[0]} regions and holes (noise: an untrained "
+                f"or unsure model?); those under {n_px} pixels were removed to leave "
+                f"{self.max_rings} (vectorize.MAX_COMPONENTS)",
+                SpectrasegWarning,
+                stacklevel=3,
+            )
+            return trace_mask(bounded)
+
+
+def _tolerance_of(tolerance: float | Mapping[int, float], c: int) -> float:
+    return tolerance.get(c, DEFAULT_TOLERANCE) if isinstance(tolerance, Mapping) else tolerance
+
+
+def _min_area_of(min_area: float | Mapping[int, float], c: int) -> float:
+    return min_area.get(c, 0.0) if isinstance(min_area, Mapping) else min_area
+
+
+def ragged_to_map(
+    rag: Ragged, transform: Affine, tolerance: float, min_area: float, decimals: int
+) -> MultiPolygon:
+    """Traced regions (pixel coordinates) -> a valid MultiPolygon in map coordinates:
+    steps 2-4 of the module's recipe (``tolerance`` in pixels, ``min_area`` in square
+    pixels; see :func:`masks_to_map`)."""
+    if len(rag) == 0:
+        return EMPTY
+    pix, pix_area = _pixel_size(transform)
+    exact = tolerance <= 0 or len(rag.coords) > SIMPLIFY_MAX_VERTICES
+    rag = Ragged(_to_map(rag.coords, transform), rag.ring_offsets, rag.poly_offsets)
+    if not exact:
+        rag = simplify_rings(rag, tolerance * pix)
+    rag.coords = _round(rag.coords, decimals)
+    polys = rag.polygons()
+    if min_area > 0:
+        polys = polys[shapely.area(polys) >= min_area * pix_area]
+    if len(polys) == 0:
+        return EMPTY
+    if exact and min(abs(transform.a), abs(transform.e)) > 10.0**-decimals:
+        return shapely.multipolygons(polys)
+    return _validated(shapely.multipolygons(polys), decimals)
+
+
+def check_north_up(transform: Affine) -> None:
+    """ValueError for a transform with rotation or shear (vectorisation assumes none)."""
+    if transform.b or transform.d:
+        raise ValueError(f"transform must be north-up (no rotation), got {transform}")
+
+
 def masks_to_map(
     masks: np.ndarray,
     transform: Affine,
@@ -614,44 +716,13 @@ def masks_to_map(
     """
     if masks.ndim != 3:
         raise ValueError(f"masks must be (K, H, W), got shape {masks.shape}")
-    if transform.b or transform.d:
-        raise ValueError(f"transform must be north-up (no rotation), got {transform}")
-    k_ = masks.shape[0]
-    pix, pix_area = _pixel_size(transform)
-    exact_rounding = min(abs(transform.a), abs(transform.e)) > 10.0**-decimals
+    check_north_up(transform)
     out: dict[int, MultiPolygon] = {}
-    for c in range(1, k_ + 1):
-        try:
-            rag = trace_mask(masks[c - 1], MAX_COMPONENTS)
-        except NoisyMask as noisy:
-            mask, n_px = bound_components(masks[c - 1], MAX_COMPONENTS)
-            warnings.warn(
-                f"class {c} mask has {noisy.args[0]} regions and holes (noise: an untrained "
-                f"or unsure model?); those under {n_px} pixels were removed to leave "
-                f"{MAX_COMPONENTS} (vectorize.MAX_COMPONENTS)",
-                SpectrasegWarning,
-                stacklevel=2,
-            )
-            rag = trace_mask(mask)
-        if len(rag) == 0:
-            out[c] = EMPTY
-            continue
-        tol = tolerance.get(c, DEFAULT_TOLERANCE) if isinstance(tolerance, Mapping) else tolerance
-        exact = tol <= 0 or len(rag.coords) > SIMPLIFY_MAX_VERTICES
-        rag.coords = _to_map(rag.coords, transform)
-        if not exact:
-            rag = simplify_rings(rag, tol * pix)
-        rag.coords = _round(rag.coords, decimals)
-        polys = rag.polygons()
-        area_px = min_area.get(c, 0.0) if isinstance(min_area, Mapping) else min_area
-        if area_px > 0:
-            polys = polys[shapely.area(polys) >= area_px * pix_area]
-        if len(polys) == 0:
-            out[c] = EMPTY
-        elif exact and exact_rounding:
-            out[c] = shapely.multipolygons(polys)
-        else:
-            out[c] = _validated(shapely.multipolygons(polys), decimals)
+    for c in range(1, masks.shape[0] + 1):
+        tracer = StripTracer(masks.shape[2], MAX_COMPONENTS, f"class {c}")
+        rag = tracer.add(masks[c - 1], last=True)
+        tol, area = _tolerance_of(tolerance, c), _min_area_of(min_area, c)
+        out[c] = ragged_to_map(rag, transform, tol, area, decimals)
     return out
 
 

@@ -207,6 +207,12 @@ def test_load_scene_matches_patches(coord_cache):
         np.testing.assert_array_equal(ds[i]["image"].numpy(), whole[:, rows[:, None], cols])
     sub = load_scene(root, image_id, stats, channels=["B", "R"])
     np.testing.assert_array_equal(sub, whole[[2, 0]])
+    h = arr.shape[1]
+    for r0, r1 in [(0, h), (3, 11), (h - 5, h), (0, 1)]:
+        part = load_scene(root, image_id, stats, indices=["NBR2"], block_rows=4, rows=(r0, r1))
+        np.testing.assert_array_equal(part, whole[:, r0:r1])
+    with pytest.raises(ValueError, match="not inside"):
+        load_scene(root, image_id, stats, rows=(5, h + 1))
 
 
 def test_bad_settings_raise_config_errors(coord_cache):

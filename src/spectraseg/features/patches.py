@@ -424,13 +424,16 @@ def load_scene(
     indices: Sequence[str] = (),
     channels: Sequence[str] | None = None,
     block_rows: int = 256,
+    rows: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """A whole normalised scene: float32 (C, H, W), the channels a :class:`PatchDataset` gives.
 
     ``C = len(channels) + len(indices)``: the cache channels (all, or ``channels`` in that
     order) normalised with :meth:`~spectraseg.features.stats.Stats.lookup` statistics, then the
     spectral indices. Processed in blocks of ``block_rows`` rows, so the only full-size
-    array is the result (about 0.9 GB for 20 channels at full DSTL resolution).
+    array is the result (about 0.9 GB for 20 channels at full DSTL resolution). With
+    ``rows`` ``(r0, r1)``, only those rows: ``(C, r1 - r0, W)``, equal to that slice of the
+    whole (every step is per pixel).
     """
     opened = open_cache_dir(cache)
     if image_id not in set(opened.image_ids):
@@ -443,16 +446,20 @@ def load_scene(
     scale, offset = scale_offset(opened)
     arr = opened.load(image_id)
     _, h, w = arr.shape
-    out = np.empty((len(select) + len(plans), h, w), dtype=np.float32)
+    first, end = (0, h) if rows is None else rows
+    if not 0 <= first < end <= h:
+        raise ValueError(f"rows {rows} are not inside scene {image_id}'s {h} rows")
+    out = np.empty((len(select) + len(plans), end - first, w), dtype=np.float32)
     contiguous = select == list(range(select[0], select[0] + len(select))) if select else True
-    for r in range(0, h, max(1, block_rows)):
-        r1 = min(r + block_rows, h)
+    for r in range(first, end, max(1, block_rows)):
+        r1 = min(r + block_rows, end)
+        o0, o1 = r - first, r1 - first
         raw = np.asarray(arr[:, r:r1])
         src = raw[select[0] : select[0] + len(select)] if contiguous and select else raw[select]
-        normalize(src, mean, std, scale, offset, out=out[: len(select), r:r1])
+        normalize(src, mean, std, scale, offset, out=out[: len(select), o0:o1])
         if plans:
             phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
-            out[len(select) :, r:r1] = compute_plans(phys, plans)
+            out[len(select) :, o0:o1] = compute_plans(phys, plans)
     return out
 
 
