@@ -432,14 +432,18 @@ def test_one_class_run_validates_and_names_its_class(
             left, bottom, right, top = shapely.total_bounds(geoms)
             assert bounds.left <= left and right <= bounds.right
             assert bounds.bottom <= bottom and top <= bounds.top
-        levels = np.load(pred / "probs" / f"{image_id}.npy")
+        levels = _raster(pred / image_id / "probs.tif", crs, transform)
         mask = threshold_masks(levels, {1: threshold})[0]
+        classes = _raster(pred / image_id / "classes.tif", crs, transform)[0]
+        np.testing.assert_array_equal(classes == 1, mask)
         drawn = rasterio.features.rasterize(
             [(g, 1) for g in geoms], out_shape=shape, transform=transform
         ) if len(geoms) else np.zeros(shape, np.uint8)  # fmt: skip
         np.testing.assert_array_equal(drawn.astype(bool), mask)
         if image_id == "b_0_0":
             assert not levels[:, hole].any() and not mask[hole].any()
+            assert (classes[hole] == 255).all() and (classes[~hole] != 255).all()
+        assert not (pred / image_id / ".strips").exists()
 
     # The run as one bundle file predicts the same probabilities and polygons.
     bundle = tmp_path / "model.spectraseg"
@@ -449,8 +453,8 @@ def test_one_class_run_validates_and_names_its_class(
     assert main([*argv, "--tolerance", "0", "--quiet"]) == 0
     assert json.loads((again / "predict.json").read_text())["thresholds"] == doc["thresholds"]
     for image_id in ("a_0_0", "b_0_0"):
-        name = f"probs/{image_id}.npy"
-        np.testing.assert_array_equal(np.load(again / name), np.load(pred / name))
+        name = f"{image_id}/probs.tif"
+        np.testing.assert_array_equal(_raster(again / name), _raster(pred / name))
         _, _, wkb_a, _ = pyogrio.raw.read(pred / image_id / "polygons.gpkg")
         _, _, wkb_b, _ = pyogrio.raw.read(again / image_id / "polygons.gpkg")
         assert list(wkb_a) == list(wkb_b)
@@ -470,6 +474,18 @@ def test_one_class_run_validates_and_names_its_class(
 
         torch.save({"weights": torch.zeros(1)}, torch_file)
         read_bundle(torch_file)
+
+
+def _raster(path: Path, crs: object = None, transform: Affine | None = None) -> np.ndarray:
+    """A prediction raster's bands, after checking it is a valid COG on the scene's grid."""
+    from rio_cogeo.cogeo import cog_validate
+
+    valid, errors, _ = cog_validate(str(path), quiet=True)
+    assert valid, errors
+    with rasterio.open(path) as src:
+        if crs is not None:
+            assert src.crs == crs and src.transform.almost_equals(transform)
+        return src.read()
 
 
 def test_evaluate_scores_geopackages_against_vector_truth(

@@ -281,7 +281,7 @@ def test_strips_equal_the_whole_scene(h: int, w: int, margin: int, rows: int, tt
     assert all(a.bottom == b.top for a, b in zip(strips, strips[1:], strict=False))
     for s in strips:
         a, b = s.read
-        assert a <= max(s.top - margin, 0) and b <= h
+        assert 0 <= a <= max(s.top - margin, 0) and b <= h
         part = predict_probs(_UNET, image[:, a:b], strip=s, **kw)
         np.testing.assert_allclose(part, whole[:, s.top : s.bottom], rtol=0, atol=2e-6)
         again = predict_probs(_UNET, image[:, a:b].copy(), strip=s, **kw)

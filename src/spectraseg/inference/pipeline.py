@@ -32,9 +32,10 @@ from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import ConfigError, SpectrasegWarning
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
+from spectraseg.inference.loaded import cached_model
 from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
-from spectraseg.inference.tasks import cached_model, predict_scene_task
+from spectraseg.inference.tasks import predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
 from spectraseg.parallel import Job, Runner, check_workers, describe, open_runner
 from spectraseg.runs import (

@@ -51,6 +51,12 @@ class PredictOptions:
     sources: bool = False
     """With a blended pixel model, also write each model's own levels (``unet``, ``pixel``
     in :func:`spectraseg.inference.outputs.scene_paths`), e.g. to compare the two."""
+    probs: bool = True
+    """Write a georeferenced scene's ``probs.tif`` (``--no-probs``: classes and polygons
+    only)."""
+    strip_rows: int | None = None
+    """Rows per strip of a georeferenced scene (None: what
+    :data:`spectraseg.inference.streaming.STRIP_BYTES` allows)."""
 
 
 def resolve_options(options: PredictOptions, config: Config, here: bool = True) -> PredictOptions:
@@ -112,17 +118,28 @@ def levels_to_polygons(
         transform = pixel_transform(masks.shape[2], masks.shape[1], xmax, ymin)
     tolerance: float | dict[int, float] = options.tolerance
     if schema is not None:
-        pixel = abs(transform.a * transform.e)
-        floor = (
-            min_area
-            if isinstance(min_area, Mapping)
-            else dict.fromkeys(range(1, len(schema) + 1), min_area)
-        )
-        min_area = {
-            c.index: max(floor.get(c.index, 0.0), c.min_area / pixel) for c in schema.classes
-        }
-        tolerance = {
-            c.index: options.tolerance if c.tolerance is None else c.tolerance
-            for c in schema.classes
-        }
+        tolerance, min_area = class_vector_settings(transform, min_area, options, schema)
     return masks_to_map(masks, transform, tolerance, min_area, options.decimals)
+
+
+def class_vector_settings(
+    transform: Affine,
+    min_area: Mapping[int, float] | float,
+    options: PredictOptions,
+    schema: ClassSchema,
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Per class the simplification tolerance (pixels) and minimum polygon area (square
+    pixels): ``options.tolerance`` and ``min_area`` (per class or one value), where the
+    schema's classes set their own ``tolerance`` (pixels) or ``min_area`` (squared map units,
+    the larger area wins)."""
+    pixel = abs(transform.a * transform.e)
+    floor = (
+        min_area
+        if isinstance(min_area, Mapping)
+        else dict.fromkeys(range(1, len(schema) + 1), min_area)
+    )
+    areas = {c.index: max(floor.get(c.index, 0.0), c.min_area / pixel) for c in schema.classes}
+    tolerance = {
+        c.index: options.tolerance if c.tolerance is None else c.tolerance for c in schema.classes
+    }
+    return tolerance, areas

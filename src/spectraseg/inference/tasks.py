@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from affine import Affine
 from torch import nn
 
 from spectraseg.align.cache import open_cache
@@ -28,56 +26,15 @@ from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms
 from spectraseg.features.patches import load_scene
 from spectraseg.features.stats import Stats
-from spectraseg.inference.outputs import (
-    save_levels,
-    scene_paths,
-    write_georef_outputs,
-    write_scene_outputs,
-)
+from spectraseg.inference.loaded import cached_model, cached_pixel_model, check_channels
+from spectraseg.inference.outputs import save_levels, scene_paths, write_scene_outputs
 from spectraseg.inference.scene import (
     PredictOptions,
     levels_to_polygons,
     resolve_options,
     scene_levels,
 )
-from spectraseg.runs import load_model, load_pixel_model, members, model_mtime_ns, mtime_ns
-from spectraseg.runtime import resolve_device
-
-if TYPE_CHECKING:
-    from spectraseg.models.pixel import PixelEnsemble, PixelModel
-
-    PixelLike = PixelModel | PixelEnsemble
-
-
-_MODELS: dict[tuple[str, str, str, int | None], tuple[nn.Module, Config, Stats | None]] = {}
-_PIXEL: dict[tuple[str, tuple[int | None, ...]], PixelLike | None] = {}
-
-
-def cached_model(
-    run_dir: str | os.PathLike[str], which: str, device: str
-) -> tuple[nn.Module, Config, Stats | None]:
-    """``load_model(run_dir, which, device)``, loaded once per process (per Dask worker).
-
-    ``device`` as :attr:`PredictOptions.device` (``auto`` resolved here). Keyed by the
-    checkpoints' modification time (every fold's, for a cross-validated run), so a
-    rewritten checkpoint is reloaded; only the last model is kept.
-    """
-    device = str(resolve_device(device, what="--device"))
-    key = (str(Path(run_dir).resolve()), which, device, model_mtime_ns(run_dir, which))
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = load_model(run_dir, which=which, device=device)
-    return _MODELS[key]
-
-
-def cached_pixel_model(run_dir: str | os.PathLike[str]) -> PixelLike | None:
-    """The run's pixel model loaded once per process, or None when the run has none."""
-    times = tuple(mtime_ns(m.pixel_model) for m in members(run_dir))
-    key = (str(Path(run_dir).resolve()), times)
-    if key not in _PIXEL:
-        _PIXEL.clear()
-        _PIXEL[key] = load_pixel_model(run_dir)
-    return _PIXEL[key]
+from spectraseg.inference.streaming import SceneRequest, predict_scene_streaming, request_channels
 
 
 def run_levels(
@@ -107,15 +64,7 @@ def _load_input(
     if stats is None:
         raise DataError("the run has no stats.json: its scenes cannot be normalised")
     image = load_scene(cache_dir, image_id, stats, config.data.indices)
-    expected = getattr(model, "in_channels", image.shape[0])
-    if image.shape[0] != expected:
-        have = open_cache(cache_dir).channels(image_id)
-        missing = [c for c in stats.channels if c not in have]
-        lacks = f"lacks {', '.join(missing)}" if missing else "lacks a product the run used"
-        raise DataError(
-            f"scene {image_id} gives {image.shape[0]} input channels but the model was "
-            f"trained on {expected}: it {lacks} (it has {', '.join(have)})"
-        )
+    check_channels(cache_dir, image_id, model, image.shape[0], stats)
     return image
 
 
@@ -138,10 +87,12 @@ def predict_scene_task(
     ``blend`` (per-class U-Net weights) mixes in the run's pixel model, when it has one;
     None uses the U-Net alone. The written probabilities are the blended ones. ``stats``
     normalises the scene (None: the run's ``stats.json``). A georeferenced scene (its cache
-    entry has a ``transform``) is vectorised in map coordinates and written as a GeoPackage
-    whose ``class`` attribute holds the names of ``schema`` (the run's classes, whose
-    ``min_area`` and ``tolerance`` apply); ``xmax``/``ymin`` are then unused. Its nodata
-    pixels get probability 0 (no polygon covers them).
+    entry has a ``transform``) is predicted strip by strip
+    (:func:`spectraseg.inference.streaming.predict_scene_streaming`): ``classes.tif``,
+    ``probs.tif`` and ``polygons.gpkg`` in its CRS, whose ``class`` attribute holds the names
+    of ``schema`` (the run's classes, whose ``min_area`` and ``tolerance`` apply);
+    ``xmax``/``ymin`` are then unused. Its nodata pixels get probability 0 (no polygon covers
+    them).
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
     (per class, squared grid or map units) and ``parts`` (per class polygon count).
@@ -150,7 +101,41 @@ def predict_scene_task(
     _set_threads(options.threads)
     model, config, run_stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
-    image = _load_input(cache_dir, image_id, model, config, run_stats if stats is None else stats)
+    stats = run_stats if stats is None else stats
+    if "transform" in open_cache(cache_dir).entry(image_id):
+        if stats is None:
+            raise DataError("the run has no stats.json: its scenes cannot be normalised")
+        req = SceneRequest(
+            run_dir, cache_dir, image_id, out_dir, thresholds, min_area, opts, schema, stats,
+            blend, opts.probs, getattr(model, "in_channels", 0), opts.strip_rows or 0,
+        )  # fmt: skip
+        check_channels(cache_dir, image_id, model, request_channels(req), stats)
+        result = predict_scene_streaming(req)
+    else:
+        result = _predict_dstl_scene(
+            run_dir, cache_dir, image_id, xmax, ymin, out_dir, thresholds, min_area, opts,
+            blend, stats, model, config,
+        )  # fmt: skip
+    return {"image_id": image_id, **result, "seconds": time.perf_counter() - t0}
+
+
+def _predict_dstl_scene(
+    run_dir: str,
+    cache_dir: str,
+    image_id: str,
+    xmax: float,
+    ymin: float,
+    out_dir: str,
+    thresholds: Mapping[int, float],
+    min_area: Mapping[int, float],
+    opts: PredictOptions,
+    blend: Mapping[int, float] | None,
+    stats: Stats | None,
+    model: nn.Module,
+    config: Config,
+) -> dict[str, Any]:
+    """A DSTL scene predicted whole: probability levels, GeoJSON and WKT rows."""
+    image = _load_input(cache_dir, image_id, model, config, stats)
     if blend is not None:
         levels, pixel = run_levels(run_dir, model, image, opts)
         if pixel is not None:
@@ -162,25 +147,11 @@ def predict_scene_task(
     else:
         levels = scene_levels(model, image, opts)
     del image  # the float32 scene is the largest array: free it before vectorising
-    cache = open_cache(cache_dir)
-    entry = cache.entry(image_id)
-    if "transform" in entry:
-        nodata = cache.nodata(image_id)
-        if nodata is not None:  # no class where the input has no data
-            levels[:, np.asarray(nodata)] = 0
-        transform = Affine(*entry["transform"])
-        polygons = levels_to_polygons(levels, 0, 0, thresholds, min_area, opts, transform, schema)
-        write_georef_outputs(out_dir, image_id, levels, polygons, schema.names, entry["crs"])
-    else:
-        polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
-        write_scene_outputs(
-            out_dir, image_id, levels, polygons, xmax, ymin, thresholds, opts.decimals
-        )
+    polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
+    write_scene_outputs(out_dir, image_id, levels, polygons, xmax, ymin, thresholds, opts.decimals)
     return {
-        "image_id": image_id,
         "height": int(levels.shape[1]),
         "width": int(levels.shape[2]),
-        "seconds": time.perf_counter() - t0,
         "area": {c: float(g.area) for c, g in polygons.items()},
         "parts": {c: len(g.geoms) for c, g in polygons.items()},
     }

@@ -80,6 +80,9 @@ class Strip:
     top: int
     bottom: int
     read: tuple[int, int]
+    """Every scene row the tiles read, mirrored rows past the scene's edges included."""
+    height: int
+    """The scene's height (where it mirrors)."""
 
 
 def plan_strips(
@@ -95,8 +98,9 @@ def plan_strips(
         tiles = tuple(layout[i : i + per])
         top = tiles[0][0]
         bottom = min(tiles[-1][0] + step, height)
-        reach = max(y + s for y, s in tiles) - margin  # the last row any tile reads, + 1
-        out.append(Strip(tiles, top, bottom, (max(top - margin, 0), min(reach, height))))
+        rows = np.concatenate([reflect_index(y - margin, s, height) for y, s in tiles])
+        read = (int(rows.min()), int(rows.max()) + 1)
+        out.append(Strip(tiles, top, bottom, read, height))
     return out
 
 
@@ -324,16 +328,16 @@ def predict_probs(
     if multiple is None:
         multiple = getattr(model, "multiple", None)
     if strip is None:
-        strip = Strip(tuple(tile_layout(h, tile, margin, multiple)), 0, h, (0, h))
+        strip = Strip(tuple(tile_layout(h, tile, margin, multiple)), 0, h, (0, h), h)
     elif h != strip.read[1] - strip.read[0]:
         raise ValueError(f"a strip reading scene rows {strip.read} was given {h} rows")
     a = strip.read[0]
     ys = [(y - a, s) for y, s in strip.tiles]  # rows of ``image``
     xs = tile_layout(w, tile, margin, multiple)
     # Padded position q covers pixel q - margin; a tile whose centre starts at y reads padded
-    # rows y .. y + size. The index maps cover every padded position any tile reads (inside a
-    # strip's window they only mirror at the scene's edges, which are the window's there).
-    ry = reflect_index(-margin, max(y + s for y, s in ys), h)
+    # rows y .. y + size. The index maps cover every padded position any tile reads (a
+    # strip's rows mirror at the scene's edges: its window holds every row they reach).
+    ry = reflect_index(a - margin, max(y + s for y, s in ys), strip.height) - a
     rx = reflect_index(-margin, max(x + s for x, s in xs), w)
     dev = torch.device(device) if device is not None else _model_device(model)
     if num_classes is None:

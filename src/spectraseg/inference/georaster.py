@@ -1,0 +1,180 @@
+"""Raster outputs of a georeferenced scene, written strip by strip and finished as
+Cloud-Optimized GeoTIFFs.
+
+Each strip of rows is written as its own small tiled GeoTIFF (:func:`write_strip`, renamed
+into place when complete, so a killed prediction leaves only whole strips and resumes after
+the last one). When every strip is there, a VRT mosaics them (:func:`strips_vrt`) and
+rio-cogeo's ``cog_translate`` writes the COG from it (:func:`write_cog`): overviews,
+internal tiling and the header laid out as the COG specification asks, validated with
+``rio_cogeo.cogeo.cog_validate``. Strips written by different Dask workers finish the same
+way.
+
+``classes.tif`` holds one uint8 value per pixel: ``c`` for the class of highest
+probability among those at or above their thresholds, 0 for none, :data:`CLASS_NODATA`
+where the input has no data. Its colour table comes from the class schema's colours and its
+category names go into the GDAL sidecar ``classes.tif.aux.xml`` (read by GDAL and QGIS);
+the band tags also list them (``CLASS_1=buildings`` ...). ``probs.tif`` holds one uint8 band
+per class, ``round(p * 255)``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from spectraseg.data.classes import ClassSchema, rgb
+from spectraseg.data.files import atomic_output, write_text_atomic
+from spectraseg.evaluation.levels import threshold_masks
+
+CLASS_NODATA = 255
+"""``classes.tif`` value where the input has no data (class values are 1..K, K < 255)."""
+
+BLOCK = 256
+"""Internal tile side of strip files and COGs (pixels)."""
+
+GDAL_CACHE_MB = 128
+"""GDAL's raster block cache while writing (its default, 5 % of RAM, would let a 32k scene's
+blocks pile up in memory)."""
+
+
+def class_raster(
+    levels: np.ndarray, thresholds: Mapping[int, float], nodata: np.ndarray | None
+) -> np.ndarray:
+    """uint8 ``(h, W)`` class values of ``(K, h, W)`` uint8 probability levels: the most
+    probable class among those at or above their thresholds (ties: the lower class), 0 where
+    none is, :data:`CLASS_NODATA` where ``nodata``."""
+    masks = threshold_masks(levels, thresholds)
+    score = np.where(masks, levels.astype(np.int16), np.int16(-1))
+    out = (score.argmax(axis=0) + 1).astype(np.uint8)
+    out[score.max(axis=0) < 0] = 0
+    if nodata is not None:
+        out[nodata] = CLASS_NODATA
+    return out
+
+
+def write_strip(path: Path, data: np.ndarray, transform: Affine, crs_wkt: str, top: int) -> None:
+    """One strip ``(B, h, W)`` uint8 as a tiled, DEFLATE-compressed GeoTIFF whose transform
+    places it at scene row ``top``; atomically (a killed write leaves no strip)."""
+    bands, h, w = data.shape
+    profile = {
+        "driver": "GTiff", "dtype": "uint8", "count": bands, "height": h, "width": w,
+        "crs": crs_wkt, "transform": transform * Affine.translation(0, top),
+        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+    }  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+
+
+def read_strip(path: Path) -> np.ndarray:
+    """A strip file's ``(B, h, W)`` uint8."""
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def strips_vrt(
+    path: Path, strips: Sequence[tuple[Path, int, int]], width: int, height: int,
+    bands: int, transform: Affine, crs_wkt: str, nodata: int | None = None,
+) -> None:  # fmt: skip
+    """A VRT mosaic of strip files ``(file, top, rows)`` stacked into one ``width`` x
+    ``height`` raster (written atomically; sources relative to the VRT)."""
+    gt = ", ".join(repr(float(v)) for v in transform.to_gdal())
+    lines = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f"  <SRS>{escape(crs_wkt)}</SRS>",
+        f"  <GeoTransform>{gt}</GeoTransform>",
+    ]
+    for b in range(1, bands + 1):
+        lines.append(f'  <VRTRasterBand dataType="Byte" band="{b}">')
+        if nodata is not None:
+            lines.append(f"    <NoDataValue>{nodata}</NoDataValue>")
+        for file, top, rows in strips:
+            rel = os.path.relpath(file, path.parent)
+            lines += [
+                "    <SimpleSource>",
+                f'      <SourceFilename relativeToVRT="1">{escape(rel)}</SourceFilename>',
+                f"      <SourceBand>{b}</SourceBand>",
+                f'      <SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{rows}"/>',
+                f'      <DstRect xOff="0" yOff="{top}" xSize="{width}" ySize="{rows}"/>',
+                "    </SimpleSource>",
+            ]
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def write_cog(
+    src: Path,
+    dst: Path,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    nodata: int | None = None,
+) -> None:
+    """``src`` (any raster GDAL reads, e.g. a strips VRT) as a DEFLATE Cloud-Optimized
+    GeoTIFF at ``dst``, atomically; nearest-neighbour overviews (class values and levels
+    stay values). ``colormap`` and ``tags`` go on band 1 / the dataset."""
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    profile = cog_profiles.get("deflate")
+    profile.update(blockxsize=BLOCK, blockysize=BLOCK)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(dst) as tmp, warnings.catch_warnings():
+        # rio-cogeo warns when a raster is small enough to need no overview: not a fault.
+        warnings.simplefilter("ignore", UserWarning)
+        cog_translate(
+            str(src), str(tmp), profile, nodata=nodata, overview_resampling="nearest",
+            colormap=dict(colormap) if colormap else None,
+            additional_cog_metadata=dict(tags) if tags else None,
+            config={"GDAL_CACHEMAX": GDAL_CACHE_MB, "GDAL_TIFF_INTERNAL_MASK": True},
+            in_memory=False, quiet=True,
+        )  # fmt: skip
+
+
+def class_colormap(schema: ClassSchema) -> dict[int, tuple[int, int, int, int]]:
+    """``classes.tif``'s colour table: 0 transparent black, each class its schema colour,
+    :data:`CLASS_NODATA` transparent."""
+    table = {0: (0, 0, 0, 0), CLASS_NODATA: (0, 0, 0, 0)}
+    for c in schema.classes:
+        table[c.index] = (*rgb(c.color), 255)
+    return table
+
+
+def class_tags(schema: ClassSchema) -> dict[str, str]:
+    """``CLASS_0=none``, ``CLASS_c=name`` ..., ``CLASS_255=nodata``."""
+    tags = {"CLASS_0": "none", f"CLASS_{CLASS_NODATA}": "nodata"}
+    tags.update({f"CLASS_{c.index}": c.name for c in schema.classes})
+    return tags
+
+
+def write_category_names(tif: Path, schema: ClassSchema) -> Path:
+    """The GDAL PAM sidecar ``{tif}.aux.xml`` naming ``classes.tif``'s values (entry ``v``
+    of ``CategoryNames`` names value ``v``), atomically."""
+    names = ["none"] + [""] * CLASS_NODATA
+    for c in schema.classes:
+        names[c.index] = c.name
+    names[CLASS_NODATA] = "nodata"
+    last = max(i for i, n in enumerate(names) if n)
+    cats = "".join(f"\n      <Category>{escape(n)}</Category>" for n in names[: last + 1])
+    text = (
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>'
+        f"{cats}\n    </CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+    path = tif.with_name(tif.name + ".aux.xml")
+    write_text_atomic(path, text)
+    return path
+
+
+def read_window(path: Path, rows: tuple[int, int]) -> np.ndarray:
+    """Rows ``[r0, r1)`` of every band of a raster: ``(B, r1 - r0, W)``."""
+    with rasterio.open(path) as src:
+        return src.read(window=Window(0, rows[0], src.width, rows[1] - rows[0]))

@@ -1,0 +1,345 @@
+"""Streaming prediction of a georeferenced scene: memory holds one strip of rows, never the
+scene, so a 30-50k pixel WorldView-3 strip predicts on a laptop.
+
+Two passes over the strips of :func:`spectraseg.inference.tiling.plan_strips`:
+
+1. **Model** (:func:`predict_strips`): per strip, the rows its tiles read are normalised
+   from the cache (:func:`spectraseg.features.patches.load_scene` with ``rows``), the tiles
+   run (and the per-pixel model, blended), and the strip's probability levels and class
+   values are written as two small GeoTIFFs under ``PRED/{id}/.strips/``
+   (:mod:`spectraseg.inference.georaster`). A strip whose input is all nodata is written
+   without running a model. A killed prediction resumes after the last whole strip; the
+   strips of one scene can run on different Dask workers.
+2. **Vectors and COGs** (:func:`finish_scene`): the strips are read back in order,
+   thresholded and traced per class with :class:`spectraseg.vectorize.StripTracer` (an
+   object crossing seams is one polygon, exactly as from the whole mask), the polygons
+   appended to ``polygons.gpkg``; then ``classes.tif`` and ``probs.tif`` are written as
+   COGs from VRT mosaics of the strips, and the strips are removed.
+
+Every output appears under its final name only when complete. The strips record the request
+they belong to (``.strips/request.json``: checkpoint times, thresholds, blend, tiling,
+normalisation); a different request starts the scene afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio.raw
+import shapely
+import torch
+from affine import Affine
+from tqdm import tqdm
+
+from spectraseg.align.cache import open_cache
+from spectraseg.data.classes import ClassSchema
+from spectraseg.data.files import atomic_output, write_text_atomic
+from spectraseg.data.georef import PREDICTION_LAYER, prediction_gpkg
+from spectraseg.evaluation.levels import blend_levels, quantize, threshold_masks
+from spectraseg.features.patches import load_scene, scene_channels
+from spectraseg.features.stats import Stats
+from spectraseg.inference.georaster import (
+    CLASS_NODATA,
+    class_colormap,
+    class_raster,
+    class_tags,
+    read_strip,
+    strips_vrt,
+    write_category_names,
+    write_cog,
+    write_strip,
+)
+from spectraseg.inference.loaded import cached_model, cached_pixel_model
+from spectraseg.inference.scene import PredictOptions, class_vector_settings
+from spectraseg.inference.tiling import Strip, plan_strips, predict_probs
+from spectraseg.models.pixel import HALO
+from spectraseg.runs import model_mtime_ns, pixel_mtime_ns
+from spectraseg.vectorize import MAX_COMPONENTS, StripTracer, check_north_up, ragged_to_map
+
+STRIP_BYTES = 256 * 2**20
+"""Budget of one strip's normalised float32 input window (C x rows x W x 4 bytes): a strip
+holds as many whole tile rows as fit, at least one. The window is the largest array of a
+strip; the probabilities (K x rows x W float32) and the model's activations come next."""
+
+GPKG_BATCH = 20_000
+"""Polygons appended to the GeoPackage at a time."""
+
+
+@dataclass(frozen=True)
+class SceneRequest:
+    """What to predict for one georeferenced cached scene, and where (picklable: sent to
+    Dask workers with each strip)."""
+
+    run_dir: str
+    cache_dir: str
+    image_id: str
+    out_dir: str
+    thresholds: Mapping[int, float]
+    min_area: Mapping[int, float]
+    options: PredictOptions
+    """Resolved (tile, margin, batch, tta set)."""
+    schema: ClassSchema
+    stats: Stats
+    blend: Mapping[int, float] | None = None
+    probs: bool = True
+    """Keep ``probs.tif`` (the strips are written either way: resuming needs them)."""
+    channels: int = 0
+    """Input channels of the model (sizes the strips)."""
+    rows: int = field(default=0)
+    """Kept rows per strip (0: from :data:`STRIP_BYTES`)."""
+
+    @property
+    def scene_dir(self) -> Path:
+        return prediction_gpkg(self.out_dir, self.image_id).parent
+
+    @property
+    def strips_dir(self) -> Path:
+        return self.scene_dir / ".strips"
+
+
+def strip_rows(width: int, channels: int, tile: int, margin: int) -> int:
+    """Kept rows per strip: whole tile rows (``tile - 2 margin`` each) whose input window,
+    ``C`` float32 channels ``W`` wide with ``margin`` rows of context on each side, fits in
+    :data:`STRIP_BYTES`; at least one tile row."""
+    step = tile - 2 * margin
+    fit = STRIP_BYTES // max(1, width * channels * 4) - 2 * margin
+    return max(step, fit // step * step)
+
+
+def scene_strips(req: SceneRequest) -> list[Strip]:
+    """The strips of the request's scene."""
+    o = req.options
+    assert o.tile is not None and o.margin is not None
+    _, h, w = _shape(req)
+    rows = req.rows or strip_rows(w, max(req.channels, 1), o.tile, o.margin)
+    return plan_strips(h, o.tile, o.margin, rows, _multiple(req))
+
+
+def _multiple(req: SceneRequest) -> int:
+    assert req.options.tile is not None
+    model = cached_model(req.run_dir, req.options.checkpoint, req.options.device)[0]
+    return int(getattr(model, "multiple", 1))
+
+
+def _shape(req: SceneRequest) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the cached scene (its file header)."""
+    c, h, w = open_cache(req.cache_dir).load(req.image_id).shape
+    return int(c), int(h), int(w)
+
+
+def strip_path(req: SceneRequest, kind: str, k: int) -> Path:
+    """``PRED/{id}/.strips/{kind}_{k:05d}.tif`` (kind ``probs`` or ``classes``)."""
+    return req.strips_dir / f"{kind}_{k:05d}.tif"
+
+
+def _fingerprint(req: SceneRequest, strips: list[Strip]) -> dict[str, Any]:
+    """What the strips of a request depend on: a strip written for another is not reused."""
+    mean, std = req.stats.lookup(req.image_id)
+    o = req.options
+    norm = hashlib.sha256(np.asarray(mean).tobytes() + np.asarray(std).tobytes()).hexdigest()
+    return {
+        "checkpoint": [o.checkpoint, model_mtime_ns(req.run_dir, o.checkpoint)],
+        "pixel": pixel_mtime_ns(req.run_dir) if req.blend is not None else None,
+        "thresholds": {str(k): float(v) for k, v in sorted(req.thresholds.items())},
+        "blend": {str(k): float(v) for k, v in sorted(req.blend.items())} if req.blend else None,
+        "tiling": [o.tile, o.margin, bool(o.tta), bool(o.amp), o.device],
+        "strips": [[s.top, s.bottom] for s in strips],
+        "normalisation": norm,
+    }
+
+
+def prepare(req: SceneRequest) -> list[int]:
+    """Check the strips already under ``PRED/{id}/.strips`` against this request (starting
+    afresh where they belong to another); the indices of the strips still to predict."""
+    strips = scene_strips(req)
+    doc = json.loads(json.dumps(_fingerprint(req, strips)))
+    record = req.strips_dir / "request.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != doc:
+        shutil.rmtree(req.strips_dir)
+    if not record.is_file():
+        req.strips_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(record, json.dumps(doc, indent=1) + "\n")
+    return [
+        k
+        for k in range(len(strips))
+        if not (strip_path(req, "probs", k).is_file() and strip_path(req, "classes", k).is_file())
+    ]
+
+
+def _strip_levels(req: SceneRequest, strip: Strip, model: torch.nn.Module) -> np.ndarray:
+    """uint8 ``(K, rows, W)`` probability levels of one strip (blended when asked)."""
+    o = req.options
+    assert o.tile is not None and o.margin is not None and o.batch is not None
+    _, h, _ = _shape(req)
+    pixel = None
+    if req.blend is not None:
+        pixel = cached_pixel_model(req.run_dir)
+    # The tiles' rows, and around the kept rows the per-pixel features' context.
+    a = min(strip.read[0], max(strip.top - HALO, 0)) if pixel else strip.read[0]
+    b = max(strip.read[1], min(strip.bottom + HALO, h)) if pixel else strip.read[1]
+    config_indices = _indices(req)
+    window = load_scene(req.cache_dir, req.image_id, req.stats, config_indices, rows=(a, b))
+    probs = predict_probs(
+        model, window[:, strip.read[0] - a : strip.read[1] - a], tile=o.tile,
+        margin=o.margin, batch=o.batch, tta=bool(o.tta), device=o.device,
+        amp=bool(o.amp), strip=strip, num_classes=len(req.schema),
+    )  # fmt: skip
+    levels = quantize(probs)
+    if pixel is not None and req.blend is not None:
+        p = quantize(pixel.predict_proba(window)[:, strip.top - a : strip.bottom - a])
+        levels = blend_levels(levels, p, req.blend)
+    return levels
+
+
+def _indices(req: SceneRequest) -> list[str]:
+    return list(
+        cached_model(req.run_dir, req.options.checkpoint, req.options.device)[1].data.indices
+    )
+
+
+def predict_strips(req: SceneRequest, todo: list[int], progress: bool = False) -> int:
+    """Predict strips ``todo`` of the scene and write their files; how many ran the model
+    (the others were all nodata)."""
+    cache = open_cache(req.cache_dir)
+    entry = cache.entry(req.image_id)
+    transform, crs = Affine(*entry["transform"]), str(entry["crs"])
+    nodata = cache.nodata(req.image_id)
+    model = cached_model(req.run_dir, req.options.checkpoint, req.options.device)[0]
+    strips, ran = scene_strips(req), 0
+    _, _, w = _shape(req)
+    for k in tqdm(todo, desc=f"{req.image_id} strips", unit="strip", disable=not progress,
+                  leave=False):  # fmt: skip
+        s = strips[k]
+        nd = None if nodata is None else np.asarray(nodata[s.top : s.bottom])
+        if nd is not None and nd.all():
+            levels = np.zeros((len(req.schema), s.bottom - s.top, w), dtype=np.uint8)
+        else:
+            levels = _strip_levels(req, s, model)
+            ran += 1
+        if nd is not None:
+            levels[:, nd] = 0  # no class where the input has no data
+        classes = class_raster(levels, req.thresholds, nd)
+        write_strip(strip_path(req, "probs", k), levels, transform, crs, s.top)
+        write_strip(strip_path(req, "classes", k), classes[None], transform, crs, s.top)
+    return ran
+
+
+@dataclass
+class _GpkgWriter:
+    """Polygons appended to a GeoPackage layer in batches, renamed into place on close."""
+
+    path: Path
+    crs: str
+    names: list[str]
+    tmp: Path | None = None
+    parts: list[np.ndarray] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    written: bool = False
+
+    def add(self, c: int, polygons: np.ndarray) -> None:
+        self.parts.append(polygons)
+        self.classes.extend([self.names[c - 1]] * len(polygons))
+        if len(self.classes) >= GPKG_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        assert self.tmp is not None
+        if self.written and not self.classes:
+            return
+        geoms = np.concatenate(self.parts) if self.parts else np.empty(0, dtype=object)
+        fields = [np.array(self.classes, dtype=object), shapely.area(geoms).astype(np.float64)]
+        with warnings.catch_warnings():
+            # The temporary name ends in .tmp; the file is renamed to .gpkg when complete.
+            warnings.filterwarnings("ignore", "The filename extension", RuntimeWarning)
+            pyogrio.raw.write(
+                str(self.tmp), shapely.to_wkb(geoms), geometry_type="Polygon",
+                field_data=fields, fields=["class", "area"], crs=self.crs, driver="GPKG",
+                layer=PREDICTION_LAYER, append=self.written,
+            )  # fmt: skip
+        self.parts, self.classes, self.written = [], [], True
+
+
+def _masks(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
+    """The strips' class masks ``(K, rows, W)`` bool, in order, read back from their files."""
+    for k, s in enumerate(scene_strips(req)):
+        yield s, threshold_masks(read_strip(strip_path(req, "probs", k)), req.thresholds)
+
+
+def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str, Any]:
+    """Trace the scene's masks strip by strip into ``polygons.gpkg`` (atomically); per
+    class the total area (squared map units) and polygon count."""
+    check_north_up(transform)
+    k_ = len(req.schema)
+    _, _, w = _shape(req)
+    tolerance, min_area = class_vector_settings(transform, req.min_area, req.options, req.schema)
+    tracers = {c: StripTracer(w, MAX_COMPONENTS, f"class {c}") for c in range(1, k_ + 1)}
+    area = dict.fromkeys(range(1, k_ + 1), 0.0)
+    parts = dict.fromkeys(range(1, k_ + 1), 0)
+    path = prediction_gpkg(req.out_dir, req.image_id)
+    with atomic_output(path) as tmp:
+        writer = _GpkgWriter(path, crs, req.schema.names, tmp)
+        strips = scene_strips(req)
+        for s, masks in _masks(req):
+            last = s.bottom == strips[-1].bottom
+            for c, tracer in tracers.items():
+                rag = tracer.add(masks[c - 1], last=last)
+                mp = ragged_to_map(
+                    rag, transform, tolerance.get(c, 0.0), min_area.get(c, 0.0),
+                    req.options.decimals,
+                )  # fmt: skip
+                if not mp.is_empty:
+                    polys = shapely.get_parts(mp)
+                    writer.add(c, polys)
+                    area[c] += float(shapely.area(polys).sum())
+                    parts[c] += len(polys)
+        writer.flush()
+    return {"area": area, "parts": parts}
+
+
+def finish_scene(req: SceneRequest) -> dict[str, Any]:
+    """Polygons and COGs of a scene whose strips are all written; the strips are removed."""
+    cache = open_cache(req.cache_dir)
+    entry = cache.entry(req.image_id)
+    transform, crs = Affine(*entry["transform"]), str(entry["crs"])
+    _, h, w = _shape(req)
+    summary = vectorize_strips(req, transform, crs)
+    strips = scene_strips(req)
+    for kind, bands, nodata in (("classes", 1, CLASS_NODATA), ("probs", len(req.schema), None)):
+        if kind == "probs" and not req.probs:
+            continue
+        vrt = req.strips_dir / f"{kind}.vrt"
+        files = [(strip_path(req, kind, k), s.top, s.bottom - s.top) for k, s in enumerate(strips)]
+        strips_vrt(vrt, files, w, h, bands, transform, crs, nodata)
+        target = req.scene_dir / f"{kind}.tif"
+        if kind == "classes":
+            write_cog(vrt, target, class_colormap(req.schema), class_tags(req.schema), nodata)
+            write_category_names(target, req.schema)
+        else:
+            tags = {f"BAND_{c.index}": c.name for c in req.schema.classes}
+            write_cog(vrt, target, tags=tags)
+    if not req.probs:
+        (req.scene_dir / "probs.tif").unlink(missing_ok=True)
+    shutil.rmtree(req.strips_dir)
+    return {"height": h, "width": w, **summary}
+
+
+def predict_scene_streaming(req: SceneRequest, progress: bool = False) -> dict[str, Any]:
+    """Both passes for one scene in this process (resuming after its last whole strip)."""
+    todo = prepare(req)
+    ran = predict_strips(req, todo, progress)
+    out = finish_scene(req)
+    out["strips"] = {"total": len(scene_strips(req)), "predicted": len(todo), "model": ran}
+    return out
+
+
+def request_channels(req: SceneRequest) -> int:
+    """Input channels the scene gives the model (its cache channels and the run's indices)."""
+    return len(scene_channels(open_cache(req.cache_dir), req.image_id, _indices(req)))
