@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import shapely
+from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from affine import Affine
 from rasterio import features
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -278,7 +279,7 @@ def test_strips_equal_the_whole_scene(h: int, w: int, margin: int, rows: int, tt
     whole = predict_probs(_UNET, image, **kw)
     strips = plan_strips(h, 32, margin, rows, 4)
     assert strips[0].top == 0 and strips[-1].bottom == h
-    assert all(a.bottom == b.top for a, b in zip(strips, strips[1:], strict=False))
+    assert all(a.bottom == b.top for a, b in itertools.pairwise(strips))
     for s in strips:
         a, b = s.read
         assert 0 <= a <= max(s.top - margin, 0) and b <= h

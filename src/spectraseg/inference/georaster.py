@@ -125,7 +125,7 @@ def write_cog(
     from rio_cogeo.cogeo import cog_translate
     from rio_cogeo.profiles import cog_profiles
 
-    profile = cog_profiles.get("deflate")
+    profile = dict(cog_profiles["deflate"])
     profile.update(blockxsize=BLOCK, blockysize=BLOCK)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(dst) as tmp, warnings.catch_warnings():

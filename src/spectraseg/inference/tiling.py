@@ -98,8 +98,8 @@ def plan_strips(
         tiles = tuple(layout[i : i + per])
         top = tiles[0][0]
         bottom = min(tiles[-1][0] + step, height)
-        rows = np.concatenate([reflect_index(y - margin, s, height) for y, s in tiles])
-        read = (int(rows.min()), int(rows.max()) + 1)
+        reads = np.concatenate([reflect_index(y - margin, s, height) for y, s in tiles])
+        read = (int(reads.min()), int(reads.max()) + 1)
         out.append(Strip(tiles, top, bottom, read, height))
     return out
 
