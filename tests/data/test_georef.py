@@ -763,7 +763,9 @@ def test_schema_min_area_and_tolerance_apply_per_class() -> None:
     """A class's ``min_area`` (squared map units) drops smaller polygons; its ``tolerance``
     (pixels; 0: exact outlines) replaces the run's for that class only."""
     from spectraseg.data.classes import ClassSchema, ClassSpec
-    from spectraseg.inference.scene import PredictOptions, levels_to_polygons
+    from spectraseg.evaluation.levels import threshold_masks
+    from spectraseg.inference.scene import PredictOptions, class_vector_settings
+    from spectraseg.vectorize import masks_to_map
 
     levels = np.zeros((2, 40, 40), dtype=np.uint8)
     levels[:, 2:5, 2:5] = 255  # 9 px: 36 m^2 at 2 m pixels
@@ -771,8 +773,12 @@ def test_schema_min_area_and_tolerance_apply_per_class() -> None:
     levels[:, (yy - 25) ** 2 + (xx - 25) ** 2 < 64] = 255  # a disc of ~197 px
     transform = Affine(2.0, 0, 500_000.0, 0, -2.0, 4_000_000.0)
     schema = ClassSchema((ClassSpec("a", 1, 1, min_area=100.0), ClassSpec("b", 2, 2, tolerance=0)))
-    opts = PredictOptions(tolerance=1.0)
-    polys = levels_to_polygons(levels, 0, 0, {1: 0.5, 2: 0.5}, 0.0, opts, transform, schema)
+    tolerance, min_area = class_vector_settings(
+        transform, 0.0, PredictOptions(tolerance=1.0), schema
+    )
+    assert tolerance == {1: 1.0, 2: 0} and min_area == {1: 25.0, 2: 0.0}
+    masks = threshold_masks(levels, {1: 0.5, 2: 0.5})
+    polys = masks_to_map(masks, transform, tolerance, min_area)
     assert len(polys[1].geoms) == 1 and polys[1].area > 500  # the 36 m^2 square is gone
     assert len(polys[2].geoms) == 2
     disc_b = max(polys[2].geoms, key=lambda g: g.area)

@@ -82,6 +82,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tolerance", type=float, help="simplification tolerance in pixels")
     p.add_argument(
+        "--no-probs",
+        dest="probs",
+        action="store_false",
+        help="georeferenced scenes: write classes.tif and polygons.gpkg but not probs.tif",
+    )
+    p.add_argument(
+        "--geojson",
+        action="store_true",
+        help="georeferenced scenes: also write polygons.geojson (EPSG:4326, RFC 7946)",
+    )
+    p.add_argument(
+        "--strip-rows",
+        type=int,
+        metavar="N",
+        help="georeferenced scenes: rows predicted at a time (default: what 256 MB of input "
+        "allows; a whole number of tile rows)",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="auto (CUDA when available, the default), cpu, cuda or cuda:K; on CUDA the "
@@ -103,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
         if sorted(thresholds) != list(range(1, 11)):
             raise ConfigError("--thresholds must give all 10 classes, e.g. 1=0.4,2=0.3,...")
     min_area = parse_class_values(args.min_area, "--min-area") if args.min_area else None
-    for name, minimum in (("tile", 1), ("margin", 0), ("batch", 1)):
-        at_least(f"--{name}", getattr(args, name), minimum)
+    for name, minimum in (("tile", 1), ("margin", 0), ("batch", 1), ("strip_rows", 1)):
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name), minimum)
     options = PredictOptions(
         checkpoint=args.checkpoint,
         tile=args.tile,
@@ -114,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         tolerance=DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
         threads=args.threads or None,  # 0: torch's default, as None
+        probs=args.probs,
+        geojson=args.geojson,
+        strip_rows=args.strip_rows,
     )
     run_dir = args.run
     if args.model is not None:
@@ -146,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
     if report.predictions is not None:
         print(f"wrote {report.predictions}")
     if report.geopackages:
-        print(f"wrote {report.out_dir}/{{id}}/polygons.gpkg for {len(report.geopackages)} scene(s)")
+        names = ["classes.tif", "probs.tif" if options.probs else "", "polygons.gpkg"]
+        names += ["polygons.geojson"] if options.geojson else []
+        files = ", ".join(n for n in names if n)
+        print(f"wrote {report.out_dir}/{{id}}/ {files} for {len(report.geopackages)} scene(s)")
     for s in report.failed:
         print(f"failed: {s['image_id']}: {s['reason']}")
     return 1 if report.failed else 0

@@ -21,6 +21,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="RGB,P,M,A",
         help="comma-separated products to write (RGB,P,M,A)",
     )
+    p.add_argument(
+        "--georef",
+        action="store_true",
+        help="instead, stream one georeferenced scene of --size H W pixels to DIR/scene.tif, "
+        "DIR/labels.gpkg and DIR/dataset.toml (any size: it is never held in memory)",
+    )
+    p.add_argument(
+        "--bands", type=int, default=8, help="with --georef: 8 multispectral bands, or 4 (8)"
+    )
     add_progress(p)
 
 
@@ -28,8 +37,16 @@ def run(args: argparse.Namespace) -> int:
     # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.data.synth import synthesize
 
-    products = [p.strip() for p in args.products.split(",") if p.strip()]
     size = (args.size[0], args.size[1])
+    if args.georef:
+        from spectraseg.data.synth.georef import synthesize_georef
+
+        desc = synthesize_georef(args.out, size, args.bands, args.seed, args.progress)
+        print(
+            f"synthesized a {size[0]}x{size[1]} px {args.bands}-band scene, seed {args.seed}: {desc}"
+        )
+        return 0
+    products = [p.strip() for p in args.products.split(",") if p.strip()]
     ids = synthesize(
         args.out,
         scenes=args.scenes,

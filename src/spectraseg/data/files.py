@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +64,15 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
                 f.write(text)
         else:
             tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def temporary_name_accepted() -> Iterator[None]:
+    """Silence GDAL's warnings that a file written under its :func:`atomic_output` name
+    (``.name.XXXX.tmp``) lacks its format's extension (a GeoPackage's ``.gpkg``): the file
+    gets its real name when complete."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", r"(The filename extension|.*non conformant file extension)", RuntimeWarning
+        )
+        yield

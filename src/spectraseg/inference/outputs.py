@@ -8,11 +8,18 @@
     PRED/sources/{id}.*.npy      each model's own levels (PredictOptions.sources)
     PRED/predictions.csv         ImageId,ClassType,MultipolygonWKT for every predicted scene
 
-A georeferenced scene (of a dataset description) writes instead of the GeoJSON and WKT::
+A georeferenced scene (of a dataset description) is predicted strip by strip
+(:mod:`spectraseg.inference.streaming`) and writes instead, in the scene's CRS and grid::
 
+    PRED/{id}/classes.tif        COG, uint8: the class per pixel (0 none, 255 nodata), with
+                                 a colour table; category names in classes.tif.aux.xml
+    PRED/{id}/probs.tif          COG, uint8 levels round(p * 255), a band per class
+                                 (not with --no-probs)
     PRED/{id}/polygons.gpkg      layer ``polygons``: one Polygon feature per part, attributes
                                  ``class`` (the schema's class name) and ``area`` (squared
-                                 map units), in the scene's CRS
+                                 map units)
+    PRED/{id}/polygons.geojson   the same in EPSG:4326, RFC 7946 (with --geojson)
+    PRED/{id}/.strips/           the strips of a prediction under way (removed when done)
 
 and is not in ``predictions.csv`` (the competition format has no CRS).
 Every file is written atomically.
@@ -22,21 +29,23 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyogrio
 import pyogrio.raw
 import shapely
 from shapely.geometry import MultiPolygon
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.data.dstl import PREDICTIONS_CSV, WKT_HEADER, check_image_id, write_wkt_csv
-from spectraseg.data.files import atomic_output, write_text_atomic
+from spectraseg.data.files import atomic_output, temporary_name_accepted, write_text_atomic
 from spectraseg.data.geometry import EMPTY
-from spectraseg.data.georef import PREDICTION_LAYER, prediction_gpkg
+from spectraseg.data.georef import PREDICTION_LAYER
 from spectraseg.vectorize import DEFAULT_DECIMALS
 
 
@@ -132,44 +141,97 @@ def write_scene_outputs(
     return paths
 
 
+GPKG_DATE = "2000-01-01T00:00:00.000Z"
+"""``gpkg_contents.last_change`` of written GeoPackages (GDAL's ``OGR_CURRENT_DATE``): with
+the time of writing there, the same prediction would give different bytes."""
+
+
+@contextmanager
+def _gdal_options(**options: str) -> Iterator[None]:
+    """GDAL configuration options set for the block, restored after."""
+    before = {k: pyogrio.get_gdal_config_option(k) for k in options}
+    pyogrio.set_gdal_config_options(options)
+    try:
+        yield
+    finally:
+        pyogrio.set_gdal_config_options(before)
+
+
+@dataclass
+class GpkgWriter:
+    """A scene's polygons appended to a GeoPackage layer in batches (one Polygon feature per
+    part, what GIS tools select and style; ``class`` = the class name, ``area`` in squared
+    map units), written under a temporary name: :meth:`close` renames it into place."""
+
+    path: Path
+    crs_wkt: str
+    names: Sequence[str]
+    """Class names: class ``c`` is ``names[c - 1]``."""
+    batch: int = 20_000
+    parts: list[np.ndarray] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    written: bool = False
+
+    def __post_init__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = atomic_output(self.path)
+        self.tmp = self._out.__enter__()
+
+    def add(self, c: int, polygons: np.ndarray) -> None:
+        """Queue the Polygons ``polygons`` (object array) of class ``c``."""
+        self.parts.append(polygons)
+        self.classes.extend([self.names[c - 1]] * len(polygons))
+        if len(self.classes) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append what is queued (the first call creates the layer, even empty)."""
+        if self.written and not self.classes:
+            return
+        geoms = np.concatenate(self.parts) if self.parts else np.empty(0, dtype=object)
+        fields = [np.array(self.classes, dtype=object), shapely.area(geoms).astype(np.float64)]
+        with temporary_name_accepted(), _gdal_options(OGR_CURRENT_DATE=GPKG_DATE):
+            pyogrio.raw.write(
+                str(self.tmp), shapely.to_wkb(geoms), geometry_type="Polygon",
+                field_data=fields, fields=["class", "area"], crs=self.crs_wkt, driver="GPKG",
+                layer=PREDICTION_LAYER, append=self.written,
+            )  # fmt: skip
+        self.parts, self.classes, self.written = [], [], True
+
+    def close(self, ok: bool = True) -> None:
+        """Write what is left and rename the file into place (``ok``), or drop it."""
+        if ok:
+            self.flush()
+            self._out.__exit__(None, None, None)
+        else:
+            self._out.__exit__(RuntimeError, RuntimeError("abandoned"), None)
+
+
 def write_gpkg(
     path: Path, polygons: Mapping[int, MultiPolygon], names: Sequence[str], crs_wkt: str
 ) -> None:
-    """Write a scene's polygons as a GeoPackage layer, atomically: one Polygon feature per
-    part (what GIS tools select and style), ``class`` = ``names[c - 1]``, ``area``."""
-    parts, classes = [], []
-    for c in sorted(polygons):
-        geoms = shapely.get_parts(polygons[c])
-        parts.extend(geoms)
-        classes.extend([names[c - 1]] * len(geoms))
-    geoms = np.array(parts, dtype=object)
-    fields = [np.array(classes, dtype=object), shapely.area(geoms).astype(np.float64)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp, warnings.catch_warnings():
-        # The temporary name ends in .tmp; the file is renamed to .gpkg when complete.
-        warnings.filterwarnings("ignore", "The filename extension should be", RuntimeWarning)
+    """Write a scene's ``{class: MultiPolygon}`` as a GeoPackage layer, atomically
+    (:class:`GpkgWriter`)."""
+    writer = GpkgWriter(path, crs_wkt, names)
+    try:
+        for c in sorted(polygons):
+            writer.add(c, shapely.get_parts(polygons[c]))
+    except BaseException:
+        writer.close(ok=False)
+        raise
+    writer.close()
+
+
+def write_geojson_4326(gpkg: Path, path: Path) -> None:
+    """A GeoPackage layer written by :class:`GpkgWriter` again as RFC 7946 GeoJSON
+    (EPSG:4326 longitude/latitude, which GDAL reprojects to; 7 decimals), atomically."""
+    meta, _, wkb, field_data = pyogrio.raw.read(gpkg, layer=PREDICTION_LAYER)
+    with atomic_output(path) as tmp, temporary_name_accepted():
         pyogrio.raw.write(
-            str(tmp), shapely.to_wkb(geoms), geometry_type="Polygon", field_data=fields,
-            fields=["class", "area"], crs=crs_wkt, driver="GPKG", layer=PREDICTION_LAYER,
+            str(tmp), wkb, geometry_type="Polygon", field_data=field_data,
+            fields=meta["fields"], crs=meta["crs"], driver="GeoJSON",
+            layer_options={"RFC7946": "YES"},
         )  # fmt: skip
-
-
-def write_georef_outputs(
-    out_dir: str | os.PathLike[str],
-    image_id: str,
-    levels: np.ndarray,
-    polygons: Mapping[int, MultiPolygon],
-    names: Sequence[str],
-    crs_wkt: str,
-) -> dict[str, Path]:
-    """Write a georeferenced scene's probabilities and ``polygons.gpkg`` (each atomically)."""
-    paths = {
-        "probs": scene_paths(out_dir, image_id)["probs"],
-        "gpkg": prediction_gpkg(out_dir, image_id),
-    }
-    save_levels(paths["probs"], levels)
-    write_gpkg(paths["gpkg"], polygons, names, crs_wkt)
-    return paths
 
 
 def write_predictions_csv(out_dir: str | os.PathLike[str], image_ids: Sequence[str]) -> Path:

@@ -321,6 +321,9 @@ def _options_doc(plan: PredictPlan) -> dict[str, Any]:
         "device": o.device,
         "tolerance_px": o.tolerance,
         "decimals": o.decimals,
+        "probs": o.probs,
+        "geojson": o.geojson,
+        "strip_rows": o.strip_rows,
         "cache": str(plan.cache_dir),
     }
 

@@ -54,6 +54,9 @@ class PredictOptions:
     probs: bool = True
     """Write a georeferenced scene's ``probs.tif`` (``--no-probs``: classes and polygons
     only)."""
+    geojson: bool = False
+    """Also write a georeferenced scene's polygons as ``polygons.geojson`` in EPSG:4326
+    (RFC 7946)."""
     strip_rows: int | None = None
     """Rows per strip of a georeferenced scene (None: what
     :data:`spectraseg.inference.streaming.STRIP_BYTES` allows)."""
@@ -102,24 +105,14 @@ def levels_to_polygons(
     thresholds: Mapping[int, float],
     min_area: Mapping[int, float] | float = 0.0,
     options: PredictOptions = PredictOptions(),
-    transform: Affine | None = None,
-    schema: ClassSchema | None = None,
 ) -> dict[int, MultiPolygon]:
-    """Probability levels -> per-class thresholds -> ``{class: MultiPolygon}``.
-
-    Vectorised by :func:`spectraseg.vectorize.masks_to_map` with ``options.tolerance`` and
-    ``options.decimals``, in DSTL grid units (the extent ``xmax``, ``ymin``) or, given a
-    georeferenced scene's ``transform``, in its map coordinates; ``min_area`` in pixels
-    (per class or one value). A ``schema`` whose classes set ``min_area`` (squared map
-    units) or ``tolerance`` (pixels) overrides those of its classes (the larger area wins).
-    """
+    """A DSTL scene's probability levels -> per-class thresholds -> ``{class: MultiPolygon}``
+    in grid units (the extent ``xmax``, ``ymin``), by :func:`spectraseg.vectorize.masks_to_map`
+    with ``options.tolerance`` and ``options.decimals``; ``min_area`` in pixels (per class or
+    one value)."""
     masks = threshold_masks(levels, thresholds)
-    if transform is None:
-        transform = pixel_transform(masks.shape[2], masks.shape[1], xmax, ymin)
-    tolerance: float | dict[int, float] = options.tolerance
-    if schema is not None:
-        tolerance, min_area = class_vector_settings(transform, min_area, options, schema)
-    return masks_to_map(masks, transform, tolerance, min_area, options.decimals)
+    transform = pixel_transform(masks.shape[2], masks.shape[1], xmax, ymin)
+    return masks_to_map(masks, transform, options.tolerance, min_area, options.decimals)
 
 
 def class_vector_settings(

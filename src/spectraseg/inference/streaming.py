@@ -26,14 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyogrio.raw
 import shapely
 import torch
 from affine import Affine
@@ -41,8 +39,8 @@ from tqdm import tqdm
 
 from spectraseg.align.cache import open_cache
 from spectraseg.data.classes import ClassSchema
-from spectraseg.data.files import atomic_output, write_text_atomic
-from spectraseg.data.georef import PREDICTION_LAYER, prediction_gpkg
+from spectraseg.data.files import write_text_atomic
+from spectraseg.data.georef import prediction_gpkg
 from spectraseg.evaluation.levels import blend_levels, quantize, threshold_masks
 from spectraseg.features.patches import load_scene, scene_channels
 from spectraseg.features.stats import Stats
@@ -58,6 +56,7 @@ from spectraseg.inference.georaster import (
     write_strip,
 )
 from spectraseg.inference.loaded import cached_model, cached_pixel_model
+from spectraseg.inference.outputs import GpkgWriter, write_geojson_4326
 from spectraseg.inference.scene import PredictOptions, class_vector_settings
 from spectraseg.inference.tiling import Strip, plan_strips, predict_probs
 from spectraseg.models.pixel import HALO
@@ -68,9 +67,6 @@ STRIP_BYTES = 256 * 2**20
 """Budget of one strip's normalised float32 input window (C x rows x W x 4 bytes): a strip
 holds as many whole tile rows as fit, at least one. The window is the largest array of a
 strip; the probabilities (K x rows x W float32) and the model's activations come next."""
-
-GPKG_BATCH = 20_000
-"""Polygons appended to the GeoPackage at a time."""
 
 
 @dataclass(frozen=True)
@@ -232,41 +228,6 @@ def predict_strips(req: SceneRequest, todo: list[int], progress: bool = False) -
     return ran
 
 
-@dataclass
-class _GpkgWriter:
-    """Polygons appended to a GeoPackage layer in batches, renamed into place on close."""
-
-    path: Path
-    crs: str
-    names: list[str]
-    tmp: Path | None = None
-    parts: list[np.ndarray] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
-    written: bool = False
-
-    def add(self, c: int, polygons: np.ndarray) -> None:
-        self.parts.append(polygons)
-        self.classes.extend([self.names[c - 1]] * len(polygons))
-        if len(self.classes) >= GPKG_BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        assert self.tmp is not None
-        if self.written and not self.classes:
-            return
-        geoms = np.concatenate(self.parts) if self.parts else np.empty(0, dtype=object)
-        fields = [np.array(self.classes, dtype=object), shapely.area(geoms).astype(np.float64)]
-        with warnings.catch_warnings():
-            # The temporary name ends in .tmp; the file is renamed to .gpkg when complete.
-            warnings.filterwarnings("ignore", "The filename extension", RuntimeWarning)
-            pyogrio.raw.write(
-                str(self.tmp), shapely.to_wkb(geoms), geometry_type="Polygon",
-                field_data=fields, fields=["class", "area"], crs=self.crs, driver="GPKG",
-                layer=PREDICTION_LAYER, append=self.written,
-            )  # fmt: skip
-        self.parts, self.classes, self.written = [], [], True
-
-
 def _masks(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
     """The strips' class masks ``(K, rows, W)`` bool, in order, read back from their files."""
     for k, s in enumerate(scene_strips(req)):
@@ -283,9 +244,8 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
     tracers = {c: StripTracer(w, MAX_COMPONENTS, f"class {c}") for c in range(1, k_ + 1)}
     area = dict.fromkeys(range(1, k_ + 1), 0.0)
     parts = dict.fromkeys(range(1, k_ + 1), 0)
-    path = prediction_gpkg(req.out_dir, req.image_id)
-    with atomic_output(path) as tmp:
-        writer = _GpkgWriter(path, crs, req.schema.names, tmp)
+    writer = GpkgWriter(prediction_gpkg(req.out_dir, req.image_id), crs, req.schema.names)
+    try:
         strips = scene_strips(req)
         for s, masks in _masks(req):
             last = s.bottom == strips[-1].bottom
@@ -300,7 +260,10 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
                     writer.add(c, polys)
                     area[c] += float(shapely.area(polys).sum())
                     parts[c] += len(polys)
-        writer.flush()
+    except BaseException:
+        writer.close(ok=False)
+        raise
+    writer.close()
     return {"area": area, "parts": parts}
 
 
@@ -311,6 +274,9 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
     _, h, w = _shape(req)
     summary = vectorize_strips(req, transform, crs)
+    if req.options.geojson:
+        gpkg = prediction_gpkg(req.out_dir, req.image_id)
+        write_geojson_4326(gpkg, gpkg.with_suffix(".geojson"))
     strips = scene_strips(req)
     for kind, bands, nodata in (("classes", 1, CLASS_NODATA), ("probs", len(req.schema), None)):
         if kind == "probs" and not req.probs:
