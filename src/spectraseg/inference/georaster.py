@@ -66,7 +66,7 @@ def write_strip(path: Path, data: np.ndarray, transform: Affine, crs_wkt: str, t
     bands, h, w = data.shape
     profile = {
         "driver": "GTiff", "dtype": "uint8", "count": bands, "height": h, "width": w,
-        "crs": crs_wkt, "transform": transform * Affine.translation(0, top),
+        "crs": crs_wkt, "transform": transform @ Affine.translation(0, top),
         "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,9 @@ def write_cog(
 
 
 def class_colormap(schema: ClassSchema) -> dict[int, tuple[int, int, int, int]]:
-    """``classes.tif``'s colour table: 0 transparent black, each class its schema colour,
-    :data:`CLASS_NODATA` transparent."""
+    """``classes.tif``'s colour table: 0 black, each class its schema colour,
+    :data:`CLASS_NODATA` black (and the file's nodata value). A TIFF palette holds no alpha,
+    so GIS tools show 0 as black unless styled."""
     table = {0: (0, 0, 0, 0), CLASS_NODATA: (0, 0, 0, 0)}
     for c in schema.classes:
         table[c.index] = (*rgb(c.color), 255)

@@ -171,7 +171,7 @@ def synthesize_georef(
 def _to_map(geoms: np.ndarray, x0: int, y0: int, transform: Affine) -> np.ndarray:
     """Geometries in block pixel coordinates -> map coordinates of the block placed at
     ``(x0, y0)``."""
-    t = transform * Affine.translation(x0, y0)
+    t = transform @ Affine.translation(x0, y0)
     return shapely.transform(
         geoms, lambda xy: np.column_stack([t.c + xy[:, 0] * t.a, t.f + xy[:, 1] * t.e])
     )

@@ -1,0 +1,188 @@
+"""Streaming prediction of a georeferenced scene (``spectraseg.inference.streaming``): strips
+of any height give the same COGs and polygons, outputs are valid GIS files, all-nodata strips
+skip the model, and a prediction killed with SIGKILL resumes to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pyogrio.raw
+import pytest
+import rasterio
+import shapely
+from rio_cogeo.cogeo import cog_validate
+
+from spectraseg.cli import main
+from spectraseg.data.classes import DSTL_COLORS, rgb
+from spectraseg.evaluation.levels import threshold_masks
+from tiny import TINY_RUN
+
+SCENE = "synth_0_0"
+H, W = 400, 360
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A synthetic georeferenced 8-band scene (``synth --georef``), its cache and a tiny run
+    trained on it for 30 steps (64 px tiles, 8 px margins: 48 rows per tile row)."""
+    base = tmp_path_factory.mktemp("streaming")
+    argv = ["synth", "--georef", "--out", str(base / "data"), "--size", str(H), str(W)]
+    assert main([*argv, "--seed", "1", "--quiet"]) == 0
+    desc = base / "data" / "dataset.toml"
+    sets = [
+        f'data.root="{desc}"', f'data.cache="{base / "cache"}"', *TINY_RUN,
+        "train.steps_per_epoch=30", "data.val_fraction=0",
+    ]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["align", str(desc), "--cache", str(base / "cache"), "--quiet"]) == 0
+        overrides = [a for s in sets for a in ("--set", s)]
+        assert main(["train", "--out", str(base / "run"), "--quiet", *overrides]) == 0
+    return base
+
+
+def predict(base: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "predict", str(base / "data" / "dataset.toml"), "--run", str(base / "run"),
+        "--out", str(out), "--workers", "0", "--thresholds", "config", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def outputs(pred: Path) -> dict[str, bytes]:
+    scene = pred / SCENE
+    return {p.name: p.read_bytes() for p in sorted(scene.iterdir()) if p.is_file()}
+
+
+def polygons(gpkg: Path) -> list[tuple[str, bytes]]:
+    _, _, wkb, (names, _) = pyogrio.raw.read(gpkg, layer="polygons")
+    return sorted(zip(names, wkb, strict=True))
+
+
+def test_strips_of_any_height_give_the_same_outputs(trained: Path) -> None:
+    """9 strips of 48 rows and one of the whole scene: byte-identical COGs, the same
+    polygons (objects across seams traced once), no strips left behind."""
+    many, one = trained / "many", trained / "one"
+    assert main(predict(trained, many, "--strip-rows", "48")) == 0
+    assert main(predict(trained, one, "--strip-rows", "100000")) == 0
+    a, b = outputs(many), outputs(one)
+    assert sorted(a) == ["classes.tif", "classes.tif.aux.xml", "polygons.gpkg", "probs.tif"]
+    for name in ("classes.tif", "probs.tif", "classes.tif.aux.xml"):
+        assert a[name] == b[name], name
+    got = polygons(many / SCENE / "polygons.gpkg")
+    assert len(got) > 100 and got == polygons(one / SCENE / "polygons.gpkg")
+    doc = json.loads((many / "predict.json").read_text())
+    (scene,) = doc["scenes"]
+    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 9}
+    assert doc["options"]["strip_rows"] == 48 and not (many / SCENE / ".strips").exists()
+
+
+def test_outputs_are_valid_gis_files_on_the_scene_grid(trained: Path) -> None:
+    """COGs that validate, on the input's CRS and transform; a colour table and category
+    names from the schema; classes agree with the probabilities and thresholds; polygons
+    valid and rasterising back to the class masks; GeoJSON in longitude/latitude."""
+    pred = trained / "gis"
+    assert main(predict(trained, pred, "--tolerance", "0", "--geojson")) == 0
+    with rasterio.open(trained / "data" / "scene.tif") as src:
+        crs, transform = src.crs, src.transform
+    rasters = {}
+    for name in ("classes.tif", "probs.tif"):
+        path = pred / SCENE / name
+        valid, errors, _ = cog_validate(str(path), quiet=True)
+        assert valid, errors
+        with rasterio.open(path) as src:
+            assert src.crs == crs and src.transform == transform and src.shape == (H, W)
+            assert src.dtypes[0] == "uint8"
+            rasters[name] = src.read()
+            if name == "classes.tif":
+                assert src.nodata == 255
+                cmap = src.colormap(1)
+                assert cmap[1][:3] == rgb(DSTL_COLORS[0]) and cmap[0][:3] == (0, 0, 0)
+                assert src.tags()["CLASS_1"] == "Buildings"
+    levels, classes = rasters["probs.tif"], rasters["classes.tif"][0]
+    assert levels.shape == (10, H, W)
+    above = threshold_masks(levels, dict.fromkeys(range(1, 11), 0.5))
+    best = np.where(above, levels.astype(int), -1).argmax(0) + 1
+    np.testing.assert_array_equal(classes, np.where(above.any(0), best, 0))
+    cats = ET.parse(pred / SCENE / "classes.tif.aux.xml").findall(".//Category")
+    names = [c.text or "" for c in cats]
+    assert names[:3] == ["none", "Buildings", "Misc. manmade structures"] and names[255] == "nodata"
+    _, _, wkb, (cls, area) = pyogrio.raw.read(pred / SCENE / "polygons.gpkg", layer="polygons")
+    geoms = shapely.from_wkb(wkb)
+    assert shapely.is_valid(geoms).all() and np.allclose(area, shapely.area(geoms))
+    for c, name in ((1, "Buildings"), (6, "Crops")):
+        drawn = rasterio.features.rasterize(
+            geoms[cls == name], out_shape=(H, W), transform=transform
+        ).astype(bool)
+        np.testing.assert_array_equal(drawn, above[c - 1])
+    info = pyogrio.read_info(pred / SCENE / "polygons.geojson")
+    assert info["features"] == len(geoms) and "4326" in info["crs"]
+    lon, lat = shapely.get_coordinates(
+        shapely.from_wkb(pyogrio.raw.read(pred / SCENE / "polygons.geojson")[2][:50])
+    ).T
+    assert ((14 < lon) & (lon < 16)).all() and ((45 < lat) & (lat < 46)).all()
+    assert not (pred / SCENE / ".strips").exists()
+
+
+def test_no_probs_and_all_nodata_strips(trained: Path, tmp_path: Path) -> None:
+    """``--no-probs`` writes no probs.tif; strips whose input is all nodata are written
+    without the model (class 255 there, no polygon)."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained / "cache", cache)
+    hole = np.zeros((H, W), dtype=bool)
+    hole[48:200] = True  # strips 1-3 of 48 rows wholly, strip 4 in part
+    (cache / "nodata").mkdir(exist_ok=True)
+    np.save(cache / "nodata" / f"{SCENE}.npy", hole)
+    pred = tmp_path / "pred"
+    args = predict(trained, pred, "--strip-rows", "48", "--no-probs", "--cache", str(cache))
+    assert main(args) == 0
+    assert sorted(outputs(pred)) == ["classes.tif", "classes.tif.aux.xml", "polygons.gpkg"]
+    (scene,) = json.loads((pred / "predict.json").read_text())["scenes"]
+    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 6}
+    with rasterio.open(pred / SCENE / "classes.tif") as src:
+        classes = src.read(1)
+    assert (classes[hole] == 255).all() and (classes[~hole] != 255).all()
+    geoms = shapely.from_wkb(pyogrio.raw.read(pred / SCENE / "polygons.gpkg")[2])
+    with rasterio.open(trained / "data" / "scene.tif") as src:
+        drawn = rasterio.features.rasterize(geoms, out_shape=(H, W), transform=src.transform)
+    assert not drawn[hole].any()
+
+
+def test_strips_of_another_request_are_not_reused(trained: Path, tmp_path: Path) -> None:
+    """Strips left by a request with other thresholds are discarded, not mixed in."""
+    pred = tmp_path / "pred"
+    assert main(predict(trained, pred, "--strip-rows", "48")) == 0
+    strips = pred / SCENE / ".strips"
+    strips.mkdir()
+    (strips / "request.json").write_text('{"thresholds": {"1": 0.9}}\n')
+    (strips / "probs_00000.tif").write_bytes(b"stale")
+    (strips / "classes_00000.tif").write_bytes(b"stale")
+    assert main(predict(trained, pred, "--strip-rows", "48")) == 0
+    (scene,) = json.loads((pred / "predict.json").read_text())["scenes"]
+    assert scene["strips"]["predicted"] == 9 and not strips.exists()
+
+
+def test_predict_killed_between_strips_resumes_to_the_same_bytes(trained: Path) -> None:
+    """SIGKILL once three strips are written: no final output exists, the rerun predicts
+    only the missing strips and its outputs equal an uninterrupted run's byte for byte."""
+    from test_kill import kill_when
+
+    ref, out = trained / "ref", trained / "killed"
+    assert main(predict(trained, ref, "--strip-rows", "48")) == 0
+    strips = out / SCENE / ".strips"
+    kill_when(
+        predict(trained, out, "--strip-rows", "48"),
+        lambda: len(list(strips.glob("classes_*.tif"))) >= 3,
+    )
+    assert not (out / SCENE / "classes.tif").exists() and not (out / "predict.json").exists()
+    done = len(list(strips.glob("classes_*.tif")))
+    assert main(predict(trained, out, "--strip-rows", "48")) == 0
+    (scene,) = json.loads((out / "predict.json").read_text())["scenes"]
+    assert scene["strips"]["predicted"] == 9 - done < 9
+    assert outputs(out) == outputs(ref)
