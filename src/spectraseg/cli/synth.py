@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
         desc = synthesize_georef(args.out, size, args.bands, args.seed, args.progress)
         print(
-            f"synthesized a {size[0]}x{size[1]} px {args.bands}-band scene, seed {args.seed}: {desc}"
+            f"synthesized a {size[0]}x{size[1]} px {args.bands}-band scene, "
+            f"seed {args.seed}: {desc}"
         )
         return 0
     products = [p.strip() for p in args.products.split(",") if p.strip()]
