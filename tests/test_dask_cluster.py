@@ -123,3 +123,33 @@ def test_align_and_predict_on_a_command_line_cluster_match_one_process(
         )
     done = json.loads((b / "predict.json").read_text())
     assert sorted(s["image_id"] for s in done["scenes"]) == ids
+
+
+def test_one_georeferenced_scene_split_over_the_cluster_matches_one_process(
+    cluster: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One scene of a description, its strips predicted on both workers of the cluster and
+    finished from their files: the same COGs (bytes) and polygons as in one process."""
+    from tiny import TINY_RUN
+
+    desc = tmp_path / "data" / "dataset.toml"
+    assert main(["synth", "--georef", "--out", str(desc.parent), "--size", "300", "250",
+                 "--no-progress"]) == 0  # fmt: skip
+    cache = tmp_path / "cache"
+    assert main(["align", str(desc), "--cache", str(cache), "--no-progress"]) == 0
+    sets = [f'data.root="{desc}"', f'data.cache="{cache}"', *TINY_RUN, "data.val_fraction=0"]
+    overrides = [a for s in sets for a in ("--set", s)]
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *overrides]) == 0
+    files = {}
+    for name, how in (("serial", ["--workers", "0"]), ("cluster", ["--scheduler", cluster])):
+        out = tmp_path / name
+        args = ["predict", str(desc), "--run", str(tmp_path / "run"), "--out", str(out)]
+        assert main([*args, "--strip-rows", "48", "--no-progress", *how]) == 0
+        scene = out / "synth_0_0"
+        files[name] = {p.name: p.read_bytes() for p in scene.iterdir()}
+        (doc,) = json.loads((out / "predict.json").read_text())["scenes"]
+        assert doc["strips"]["total"] == 7 and doc["status"] == "ok"
+    capsys.readouterr()
+    assert sorted(files["serial"]) == ["classes.tif", "classes.tif.aux.xml", "polygons.gpkg",
+                                       "probs.tif"]  # fmt: skip
+    assert files["serial"] == files["cluster"]

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from spectraseg.align.cache import open_cache
@@ -53,6 +54,12 @@ def cached_pixel_model(run_dir: str | os.PathLike[str]) -> PixelLike | None:
         _PIXEL.clear()
         _PIXEL[key] = load_pixel_model(run_dir)
     return _PIXEL[key]
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's threads in this process, when given (a task's share of the cores)."""
+    if threads is not None and threads > 0:
+        torch.set_num_threads(threads)
 
 
 def check_channels(

@@ -29,12 +29,13 @@ from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.data.files import remove_temporaries, write_text_atomic
 from spectraseg.data.georef import GeoDataset, prediction_gpkg
 from spectraseg.data.sources import Source, open_source
-from spectraseg.errors import ConfigError, SpectrasegWarning
+from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
-from spectraseg.inference.loaded import cached_model
+from spectraseg.inference.loaded import cached_model, check_channels
 from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
+from spectraseg.inference.streaming import SceneRequest, predict_scenes, request_channels
 from spectraseg.inference.tasks import predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
 from spectraseg.parallel import Job, Runner, check_workers, describe, open_runner
@@ -351,20 +352,26 @@ def _predict_scenes(
     failed: Mapping[str, str],
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Run :func:`predict_scene_task` on every aligned scene; per scene its result or failure."""
+    """Predict every aligned scene: DSTL scenes whole (:func:`predict_scene_task`), georeferenced
+    ones strip by strip (:func:`predict_scenes`); per scene its result or failure."""
     results: dict[str, dict[str, Any]] = {
         i: {"image_id": i, "status": "failed", "reason": f"align: {why}"}
         for i, why in failed.items()
     }
     opts = replace(plan.options, threads=runner.threads or plan.options.threads)
+    todo = [i for i in plan.ids if i not in failed]
+    if isinstance(plan.dataset, GeoDataset):
+        if stats is None:
+            raise DataError("the run has no stats.json: its scenes cannot be normalised")
+        requests = _scene_requests(plan, report, stats, opts, todo, results)
+        results.update(predict_scenes(runner, requests, progress))
+        return results
     jobs: list[Job] = []
-    for i in plan.ids:
-        if i in failed:
-            continue
+    for i in todo:
         xmax, ymin = plan.grid(i)
         args = (
             str(plan.run.root), str(plan.cache_dir), i, xmax, ymin, str(plan.out),
-            report.thresholds, report.min_area, opts, report.blend, stats, plan.schema,
+            report.thresholds, report.min_area, opts, report.blend, stats,
         )  # fmt: skip
         jobs.append((i, args))
     with tqdm(total=len(jobs), desc="predict", unit="scene", disable=not progress) as bar:
@@ -375,6 +382,33 @@ def _predict_scenes(
             else:
                 results[key] = {**result, "status": "ok"}
     return results
+
+
+def _scene_requests(
+    plan: PredictPlan,
+    report: PredictReport,
+    stats: Stats,
+    opts: PredictOptions,
+    image_ids: Sequence[str],
+    results: dict[str, dict[str, Any]],
+) -> dict[str, SceneRequest]:
+    """The streaming requests of georeferenced scenes; a scene that cannot give the model its
+    input channels is failed in ``results`` instead."""
+    model = cached_model(plan.run.root, opts.checkpoint, "cpu")[0]
+    requests = {}
+    for i in image_ids:
+        req = SceneRequest(
+            str(plan.run.root), str(plan.cache_dir), i, str(plan.out), report.thresholds,
+            report.min_area, opts, plan.schema, stats, report.blend, opts.probs,
+            int(getattr(model, "in_channels", 0)), opts.strip_rows or 0,
+        )  # fmt: skip
+        try:
+            check_channels(plan.cache_dir, i, model, request_channels(req), stats)
+        except DataError as exc:
+            results[i] = {"image_id": i, "status": "failed", "reason": str(exc)}
+            continue
+        requests[i] = req
+    return requests
 
 
 def _request_stats(

@@ -26,8 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,12 @@ from spectraseg.inference.georaster import (
     write_cog,
     write_strip,
 )
-from spectraseg.inference.loaded import cached_model, cached_pixel_model
+from spectraseg.inference.loaded import cached_model, cached_pixel_model, set_threads
 from spectraseg.inference.outputs import GpkgWriter, write_geojson_4326
-from spectraseg.inference.scene import PredictOptions, class_vector_settings
+from spectraseg.inference.scene import PredictOptions, class_vector_settings, resolve_options
 from spectraseg.inference.tiling import Strip, plan_strips, predict_probs
 from spectraseg.models.pixel import HALO
+from spectraseg.parallel import Runner, describe
 from spectraseg.runs import model_mtime_ns, pixel_mtime_ns
 from spectraseg.vectorize import MAX_COMPONENTS, StripTracer, check_north_up, ragged_to_map
 
@@ -201,18 +203,20 @@ def _indices(req: SceneRequest) -> list[str]:
     )
 
 
-def predict_strips(req: SceneRequest, todo: list[int], progress: bool = False) -> int:
-    """Predict strips ``todo`` of the scene and write their files; how many ran the model
-    (the others were all nodata)."""
+def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, float]:
+    """Predict strips ``todo`` of the scene and write their files (a Dask task, or run in
+    this process); how many ran the model (the others were all nodata) and the seconds."""
+    t0 = time.perf_counter()
+    set_threads(req.options.threads)
+    model, config, _ = cached_model(req.run_dir, req.options.checkpoint, req.options.device)
+    req = replace(req, options=resolve_options(req.options, config))  # device, on this host
     cache = open_cache(req.cache_dir)
     entry = cache.entry(req.image_id)
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
     nodata = cache.nodata(req.image_id)
-    model = cached_model(req.run_dir, req.options.checkpoint, req.options.device)[0]
     strips, ran = scene_strips(req), 0
     _, _, w = _shape(req)
-    for k in tqdm(todo, desc=f"{req.image_id} strips", unit="strip", disable=not progress,
-                  leave=False):  # fmt: skip
+    for k in todo:
         s = strips[k]
         nd = None if nodata is None else np.asarray(nodata[s.top : s.bottom])
         if nd is not None and nd.all():
@@ -225,7 +229,7 @@ def predict_strips(req: SceneRequest, todo: list[int], progress: bool = False) -
         classes = class_raster(levels, req.thresholds, nd)
         write_strip(strip_path(req, "probs", k), levels, transform, crs, s.top)
         write_strip(strip_path(req, "classes", k), classes[None], transform, crs, s.top)
-    return ran
+    return ran, time.perf_counter() - t0
 
 
 def _masks(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
@@ -237,6 +241,7 @@ def _masks(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
 def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str, Any]:
     """Trace the scene's masks strip by strip into ``polygons.gpkg`` (atomically); per
     class the total area (squared map units) and polygon count."""
+    t0 = time.perf_counter()
     check_north_up(transform)
     k_ = len(req.schema)
     _, _, w = _shape(req)
@@ -264,11 +269,19 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
         writer.close(ok=False)
         raise
     writer.close()
-    return {"area": area, "parts": parts}
+    seam = sum(t.seam_seconds for t in tracers.values())
+    return {
+        "area": area,
+        "parts": parts,
+        "vectorize_seconds": time.perf_counter() - t0,
+        "seam_seconds": seam,
+    }
 
 
 def finish_scene(req: SceneRequest) -> dict[str, Any]:
-    """Polygons and COGs of a scene whose strips are all written; the strips are removed."""
+    """Polygons and COGs of a scene whose strips are all written (a Dask task, or run in
+    this process); the strips are removed."""
+    t0 = time.perf_counter()
     cache = open_cache(req.cache_dir)
     entry = cache.entry(req.image_id)
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
@@ -294,15 +307,44 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
     if not req.probs:
         (req.scene_dir / "probs.tif").unlink(missing_ok=True)
     shutil.rmtree(req.strips_dir)
-    return {"height": h, "width": w, **summary}
+    seconds = time.perf_counter() - t0
+    return {"height": h, "width": w, **summary, "strips": len(strips), "finish_seconds": seconds}
 
 
-def predict_scene_streaming(req: SceneRequest, progress: bool = False) -> dict[str, Any]:
-    """Both passes for one scene in this process (resuming after its last whole strip)."""
-    todo = prepare(req)
-    ran = predict_strips(req, todo, progress)
-    out = finish_scene(req)
-    out["strips"] = {"total": len(scene_strips(req)), "predicted": len(todo), "model": ran}
+def predict_scenes(
+    runner: Runner, requests: Mapping[str, SceneRequest], progress: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Predict georeferenced scenes: every strip still to do of every scene is one job on
+    ``runner`` (so one large scene spreads over all workers), then each scene whose strips
+    all succeeded is finished as one job. Per scene its summary (``status`` ``ok``) or
+    ``status`` ``failed`` and the first ``reason``."""
+    todo = {i: prepare(req) for i, req in requests.items()}
+    jobs = [(f"{i}/{k}", (req, [k])) for i, req in requests.items() for k in todo[i]]
+    failed: dict[str, str] = {}
+    ran = dict.fromkeys(requests, 0)
+    seconds = dict.fromkeys(requests, 0.0)
+    with tqdm(total=len(jobs), desc="predict", unit="strip", disable=not progress) as bar:
+        for key, result, exc in runner.run(predict_strips, jobs):
+            bar.update()
+            i = key.rsplit("/", 1)[0]
+            if exc is not None:
+                failed.setdefault(i, describe(exc))
+            else:
+                ran[i] += result[0]
+                seconds[i] += result[1]
+    out: dict[str, dict[str, Any]] = {
+        i: {"image_id": i, "status": "failed", "reason": r} for i, r in failed.items()
+    }
+    finish = [(i, (req,)) for i, req in requests.items() if i not in failed]
+    with tqdm(total=len(finish), desc="vectorize", unit="scene", disable=not progress) as bar:
+        for i, result, exc in runner.run(finish_scene, finish):
+            bar.update()
+            if exc is not None:
+                out[i] = {"image_id": i, "status": "failed", "reason": describe(exc)}
+                continue
+            strips = {"total": result.pop("strips"), "predicted": len(todo[i]), "model": ran[i]}
+            out[i] = {"image_id": i, **result, "strips": strips, "model_seconds": seconds[i],
+                      "seconds": seconds[i] + result["finish_seconds"], "status": "ok"}  # fmt: skip
     return out
 
 

@@ -14,19 +14,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from spectraseg.align.cache import open_cache
 from spectraseg.align.masks import open_mask
 from spectraseg.config import Config
-from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.errors import DataError
 from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms
 from spectraseg.features.patches import load_scene
 from spectraseg.features.stats import Stats
-from spectraseg.inference.loaded import cached_model, cached_pixel_model, check_channels
+from spectraseg.inference.loaded import (
+    cached_model,
+    cached_pixel_model,
+    check_channels,
+    set_threads,
+)
 from spectraseg.inference.outputs import save_levels, scene_paths, write_scene_outputs
 from spectraseg.inference.scene import (
     PredictOptions,
@@ -34,7 +37,6 @@ from spectraseg.inference.scene import (
     resolve_options,
     scene_levels,
 )
-from spectraseg.inference.streaming import SceneRequest, predict_scene_streaming, request_channels
 
 
 def run_levels(
@@ -46,11 +48,6 @@ def run_levels(
     if pixel is None:
         return levels, None
     return levels, quantize(pixel.predict_proba(image))
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None and threads > 0:
-        torch.set_num_threads(threads)
 
 
 def _load_input(
@@ -80,42 +77,27 @@ def predict_scene_task(
     options: PredictOptions,
     blend: Mapping[int, float] | None = None,
     stats: Stats | None = None,
-    schema: ClassSchema = DSTL_SCHEMA,
 ) -> dict[str, Any]:
-    """Predict one cached scene and write its outputs (run by Dask workers or in-process).
+    """Predict one cached DSTL scene whole and write its outputs (run by Dask workers or
+    in-process); georeferenced scenes are predicted strip by strip
+    (:func:`spectraseg.inference.streaming.predict_scenes`).
 
     ``blend`` (per-class U-Net weights) mixes in the run's pixel model, when it has one;
     None uses the U-Net alone. The written probabilities are the blended ones. ``stats``
-    normalises the scene (None: the run's ``stats.json``). A georeferenced scene (its cache
-    entry has a ``transform``) is predicted strip by strip
-    (:func:`spectraseg.inference.streaming.predict_scene_streaming`): ``classes.tif``,
-    ``probs.tif`` and ``polygons.gpkg`` in its CRS, whose ``class`` attribute holds the names
-    of ``schema`` (the run's classes, whose ``min_area`` and ``tolerance`` apply);
-    ``xmax``/``ymin`` are then unused. Its nodata pixels get probability 0 (no polygon covers
-    them).
+    normalises the scene (None: the run's ``stats.json``).
 
     Returns a small summary: ``image_id``, ``height``, ``width``, ``seconds``, ``area``
     (per class, squared grid or map units) and ``parts`` (per class polygon count).
     """
     t0 = time.perf_counter()
-    _set_threads(options.threads)
+    set_threads(options.threads)
     model, config, run_stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
     stats = run_stats if stats is None else stats
-    if "transform" in open_cache(cache_dir).entry(image_id):
-        if stats is None:
-            raise DataError("the run has no stats.json: its scenes cannot be normalised")
-        req = SceneRequest(
-            run_dir, cache_dir, image_id, out_dir, thresholds, min_area, opts, schema, stats,
-            blend, opts.probs, getattr(model, "in_channels", 0), opts.strip_rows or 0,
-        )  # fmt: skip
-        check_channels(cache_dir, image_id, model, request_channels(req), stats)
-        result = predict_scene_streaming(req)
-    else:
-        result = _predict_dstl_scene(
-            run_dir, cache_dir, image_id, xmax, ymin, out_dir, thresholds, min_area, opts,
-            blend, stats, model, config,
-        )  # fmt: skip
+    result = _predict_dstl_scene(
+        run_dir, cache_dir, image_id, xmax, ymin, out_dir, thresholds, min_area, opts,
+        blend, stats, model, config,
+    )  # fmt: skip
     return {"image_id": image_id, **result, "seconds": time.perf_counter() - t0}
 
 
@@ -166,7 +148,7 @@ def tune_scene_task(
     Returns ``(pos, neg)`` float64 ``(B, K, 256)`` with ``B = len(BLEND_GRID)``, or
     ``B = 1`` (the U-Net alone) without a pixel model.
     """
-    _set_threads(options.threads)
+    set_threads(options.threads)
     model, config, stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
     image = _load_input(cache_dir, image_id, model, config, stats)
