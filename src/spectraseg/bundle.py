@@ -20,6 +20,7 @@ model cannot be bundled: scikit-learn models exist only as pickles.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -101,13 +102,21 @@ def read_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
 def unpack_bundle(path: str | os.PathLike[str], into: str | os.PathLike[str]) -> RunDir:
     """A bundle as a run directory under ``into`` (replaced if present): ``config.toml``,
     ``stats.json``, ``thresholds.json``, ``cv.json`` and one ``checkpoints/best.pt`` per
-    model, which every stage reads as it reads the run the bundle came from."""
-    state = read_bundle(path)
+    model, which every stage reads as it reads the run the bundle came from.
+
+    ``RUN/model.json`` records the bundle's SHA-256; a directory that already holds the same
+    bundle is left as it is, so its files keep their times (what resuming a prediction and
+    the thresholds document check).
+    """
+    digest = _sha256(Path(path))
     run = RunDir(Path(into))
+    if run.model.is_file() and run.best.parent.is_dir():
+        if json.loads(run.model.read_text(encoding="utf-8")).get("bundle_sha256") == digest:
+            return run
+    state = read_bundle(path)
     run.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.config, state["config"])
     write_text_atomic(run.stats, state["stats"] + "\n")
-    write_text_atomic(run.model, json.dumps({"resolution": state["resolution"]}) + "\n")
     cv = None if state["cv"] is None else json.loads(state["cv"])
     dirs = [run] if cv is None else [RunDir(run.root / m) for m in cv["members"]]
     for member, weights in zip(dirs, state["members"], strict=True):
@@ -122,7 +131,19 @@ def unpack_bundle(path: str | os.PathLike[str], into: str | os.PathLike[str]) ->
             pixel_model_mtime_ns=None,
         )  # fmt: skip
         write_thresholds(run, doc)
+    # Last: a directory killed while unpacking has no record and is unpacked again.
+    record = {"resolution": state["resolution"], "bundle_sha256": digest}
+    write_text_atomic(run.model, json.dumps(record) + "\n")
     return run
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _checkpoint(state: dict[str, Any], weights: dict[str, Any]) -> Checkpoint:

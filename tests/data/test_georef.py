@@ -458,6 +458,12 @@ def test_one_class_run_validates_and_names_its_class(
         _, _, wkb_a, _ = pyogrio.raw.read(pred / image_id / "polygons.gpkg")
         _, _, wkb_b, _ = pyogrio.raw.read(again / image_id / "polygons.gpkg")
         assert list(wkb_a) == list(wkb_b)
+    # Unpacked once: the same bundle again leaves the unpacked model's files untouched (a
+    # killed prediction resumes against unchanged checkpoint times).
+    best = again / ".model" / "checkpoints" / "best.pt"
+    before = best.stat().st_mtime_ns
+    assert main([*argv, "--tolerance", "0", "--quiet", "--images", "a_0_0"]) == 0
+    assert best.stat().st_mtime_ns == before
     # A scene resampled to 1 m pixels, twice the training resolution, is predicted with a
     # warning naming both (the bundle keeps the training resolution).
     coarse = _write(tmp_path / "coarse.toml", "resolution = 1.0\n" + desc.read_text())

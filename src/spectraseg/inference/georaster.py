@@ -28,7 +28,6 @@ from xml.sax.saxutils import escape
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.windows import Window
 
 from spectraseg.data.classes import ClassSchema, rgb
 from spectraseg.data.files import atomic_output, write_text_atomic
@@ -173,9 +172,3 @@ def write_category_names(tif: Path, schema: ClassSchema) -> Path:
     path = tif.with_name(tif.name + ".aux.xml")
     write_text_atomic(path, text)
     return path
-
-
-def read_window(path: Path, rows: tuple[int, int]) -> np.ndarray:
-    """Rows ``[r0, r1)`` of every band of a raster: ``(B, r1 - r0, W)``."""
-    with rasterio.open(path) as src:
-        return src.read(window=Window(0, rows[0], src.width, rows[1] - rows[0]))
