@@ -291,19 +291,22 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
         gpkg = prediction_gpkg(req.out_dir, req.image_id)
         write_geojson_4326(gpkg, gpkg.with_suffix(".geojson"))
     strips = scene_strips(req)
-    for kind, bands, nodata in (("classes", 1, CLASS_NODATA), ("probs", len(req.schema), None)):
-        if kind == "probs" and not req.probs:
-            continue
+    threads = req.options.threads
+    for kind in ("classes", "probs") if req.probs else ("classes",):
         vrt = req.strips_dir / f"{kind}.vrt"
         files = [(strip_path(req, kind, k), s.top, s.bottom - s.top) for k, s in enumerate(strips)]
-        strips_vrt(vrt, files, w, h, bands, transform, crs, nodata)
         target = req.scene_dir / f"{kind}.tif"
         if kind == "classes":
-            write_cog(vrt, target, class_colormap(req.schema), class_tags(req.schema), nodata)
+            strips_vrt(
+                vrt, files, w, h, 1, transform, crs, CLASS_NODATA,
+                class_colormap(req.schema), class_tags(req.schema),
+            )  # fmt: skip
+            write_cog(vrt, target, threads=threads)
             write_category_names(target, req.schema)
         else:
             tags = {f"BAND_{c.index}": c.name for c in req.schema.classes}
-            write_cog(vrt, target, tags=tags)
+            strips_vrt(vrt, files, w, h, len(req.schema), transform, crs, tags=tags)
+            write_cog(vrt, target, overviews=False, threads=threads)
     if not req.probs:
         (req.scene_dir / "probs.tif").unlink(missing_ok=True)
     shutil.rmtree(req.strips_dir)
