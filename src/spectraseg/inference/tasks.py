@@ -94,29 +94,6 @@ def predict_scene_task(
     model, config, run_stats = cached_model(run_dir, options.checkpoint, options.device)
     opts = resolve_options(options, config)
     stats = run_stats if stats is None else stats
-    result = _predict_dstl_scene(
-        run_dir, cache_dir, image_id, xmax, ymin, out_dir, thresholds, min_area, opts,
-        blend, stats, model, config,
-    )  # fmt: skip
-    return {"image_id": image_id, **result, "seconds": time.perf_counter() - t0}
-
-
-def _predict_dstl_scene(
-    run_dir: str,
-    cache_dir: str,
-    image_id: str,
-    xmax: float,
-    ymin: float,
-    out_dir: str,
-    thresholds: Mapping[int, float],
-    min_area: Mapping[int, float],
-    opts: PredictOptions,
-    blend: Mapping[int, float] | None,
-    stats: Stats | None,
-    model: nn.Module,
-    config: Config,
-) -> dict[str, Any]:
-    """A DSTL scene predicted whole: probability levels, GeoJSON and WKT rows."""
     image = _load_input(cache_dir, image_id, model, config, stats)
     if blend is not None:
         levels, pixel = run_levels(run_dir, model, image, opts)
@@ -132,6 +109,8 @@ def _predict_dstl_scene(
     polygons = levels_to_polygons(levels, xmax, ymin, thresholds, min_area, opts)
     write_scene_outputs(out_dir, image_id, levels, polygons, xmax, ymin, thresholds, opts.decimals)
     return {
+        "image_id": image_id,
+        "seconds": time.perf_counter() - t0,
         "height": int(levels.shape[1]),
         "width": int(levels.shape[2]),
         "area": {c: float(g.area) for c, g in polygons.items()},
