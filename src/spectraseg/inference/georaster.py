@@ -60,13 +60,16 @@ def class_raster(
 
 
 def write_strip(path: Path, data: np.ndarray, transform: Affine, crs_wkt: str, top: int) -> None:
-    """One strip ``(B, h, W)`` uint8 as a tiled, DEFLATE-compressed GeoTIFF whose transform
-    places it at scene row ``top``; atomically (a killed write leaves no strip)."""
+    """One strip ``(B, h, W)`` uint8 as a tiled, ZSTD-compressed GeoTIFF whose transform
+    places it at scene row ``top``; atomically (a killed write leaves no strip).
+
+    ZSTD because strips are temporary and read back only by GDAL: 0.3 s against 1.2 s for
+    DEFLATE on a 10 x 1344 x 4096 strip (the COGs users open stay DEFLATE)."""
     bands, h, w = data.shape
     profile = {
         "driver": "GTiff", "dtype": "uint8", "count": bands, "height": h, "width": w,
         "crs": crs_wkt, "transform": transform @ Affine.translation(0, top),
-        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+        "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "zstd",
     }  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
