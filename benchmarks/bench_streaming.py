@@ -15,10 +15,10 @@ peak RSS is its own ``ru_maxrss`` (``os.wait4``). Printed per size::
 
 then the model pass and the vectorisation apart (from ``predict.json``): polygons, objects
 per second of vectorisation, and the share of vectorisation spent at strip seams (finding
-the regions a strip leaves open and carrying them into the next). Last, on the first size,
+the regions a strip leaves open and carrying them into the next). Last,
 the model pass alone in this process, strip by strip against the whole scene in memory
-(:func:`spectraseg.inference.tiling.predict_probs` on the normalised scene): the cost of
-streaming itself.
+(:func:`spectraseg.inference.tiling.predict_probs` on the normalised scene) of the
+``--compare`` size (4096 by default): the cost of streaming itself.
 
 The model is a default-config U-Net (width 16, depth 4) trained for ``--steps`` steps on a
 2048 px scene of the same generator (or ``--run``), so that masks have the structure of a
@@ -130,6 +130,13 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a georeferenced run (default: trained here)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--compare",
+        type=int,
+        default=4096,
+        help="size of the scene whose model pass is timed whole in memory too (0: skip; "
+        "the whole normalised scene must fit in RAM)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = args.run or trained(args.out, args.steps)
@@ -154,11 +161,12 @@ def main() -> None:
             f"{parts / vec:.0f} objects/s, seams {100 * seam / vec:.1f} % of it",
             flush=True,
         )
-    streaming, whole = model_pass(run_dir, scene(args.out, args.sizes[0]), args.threads)
-    print(
-        f"model pass on {args.sizes[0]} px in this process: strips {streaming:.3f} Mpx/s, "
-        f"whole scene in memory {whole:.3f} Mpx/s ({100 * (streaming / whole - 1):+.1f} %)"
-    )
+    if args.compare:
+        streaming, whole = model_pass(run_dir, scene(args.out, args.compare), args.threads)
+        print(
+            f"model pass on {args.compare} px in this process: strips {streaming:.3f} Mpx/s, "
+            f"whole scene in memory {whole:.3f} Mpx/s ({100 * (streaming / whole - 1):+.1f} %)"
+        )
 
 
 if __name__ == "__main__":
