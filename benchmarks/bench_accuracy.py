@@ -42,6 +42,10 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "photometric 0.1": ("train.photometric=0.1",),
     # 1600 steps per fold is the demo's whole 20-minute training budget on 2 cores.
     "1600 steps": ("train.steps=1600",),
+    "1600 steps + rare + road, track": (
+        "train.steps=1600",
+        "train.rare_classes=[2, 3, 4, 7, 8, 9, 10]",
+    ),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per

@@ -186,3 +186,39 @@ def test_predict_killed_between_strips_resumes_to_the_same_bytes(trained: Path) 
     (scene,) = json.loads((out / "predict.json").read_text())["scenes"]
     assert scene["strips"]["predicted"] == 9 - done < 9
     assert outputs(out) == outputs(ref)
+
+
+def test_a_new_region_at_another_gain_predicts_as_the_seen_one(trained: Path, tmp_path: Path):
+    """The training scene with every band doubled (another sensor gain), under the id of a
+    region the run never saw: its statistics are computed from itself (recorded in
+    ``predict.json``, no fallback warning), which makes its normalised input, probabilities
+    and polygons those of the seen scene exactly (doubling is exact in floating point)."""
+    import shutil
+
+    from spectraseg.errors import SpectrasegWarning
+
+    far = tmp_path / "far"
+    shutil.copytree(trained / "data", far)
+    with rasterio.open(trained / "data" / "scene.tif") as src:
+        profile, image = src.profile, src.read()
+    assert image.max() < 2**15
+    with rasterio.open(far / "scene.tif", "w", **profile) as dst:
+        dst.write(image * 2)
+    desc = far / "dataset.toml"
+    desc.write_text(desc.read_text().replace(f'"{SCENE}"', '"far_0_0"'))
+    argv = predict(trained, tmp_path / "pred_far")
+    argv[1] = str(desc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SpectrasegWarning)
+        assert main([*argv, "--cache", str(tmp_path / "cache")]) == 0
+    assert not [w for w in caught if "statistics" in str(w.message)]
+    doc = json.loads((tmp_path / "pred_far" / "predict.json").read_text())
+    assert doc["normalization"]["mode"] == "region"
+    assert doc["normalization"]["computed"] == {"far": ["far_0_0"]}
+    assert main(predict(trained, tmp_path / "pred_seen")) == 0
+    seen, new = tmp_path / "pred_seen" / SCENE, tmp_path / "pred_far" / "far_0_0"
+    for name in ("probs.tif", "classes.tif"):
+        with rasterio.open(seen / name) as a, rasterio.open(new / name) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+    got = polygons(new / "polygons.gpkg")
+    assert len(got) > 100 and got == polygons(seen / "polygons.gpkg")

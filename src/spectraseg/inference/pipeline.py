@@ -35,7 +35,12 @@ from spectraseg.features.stats import Stats, save_stats
 from spectraseg.inference.loaded import cached_model, check_channels
 from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
-from spectraseg.inference.streaming import SceneRequest, predict_scenes, request_channels
+from spectraseg.inference.streaming import (
+    SceneRequest,
+    laid_out,
+    predict_scenes,
+    request_channels,
+)
 from spectraseg.inference.tasks import predict_scene_task
 from spectraseg.inference.tuning import ThresholdPlan, plan_thresholds, tune_run
 from spectraseg.parallel import Job, Runner, check_workers, describe, open_runner
@@ -407,7 +412,7 @@ def _scene_requests(
         except DataError as exc:
             results[i] = {"image_id": i, "status": "failed", "reason": str(exc)}
             continue
-        requests[i] = req
+        requests[i] = laid_out(req)
     return requests
 
 

@@ -93,6 +93,10 @@ class SceneRequest:
     """Input channels of the model (sizes the strips)."""
     rows: int = field(default=0)
     """Kept rows per strip (0: from :data:`STRIP_BYTES`)."""
+    shape: tuple[int, int, int] = (0, 0, 0)
+    """``(C, H, W)`` of the cached scene: set by :func:`laid_out`."""
+    strips: tuple[Strip, ...] = ()
+    """The scene's strips, top to bottom: set by :func:`laid_out`."""
 
     @property
     def scene_dir(self) -> Path:
@@ -112,25 +116,22 @@ def strip_rows(width: int, channels: int, tile: int, margin: int) -> int:
     return max(step, fit // step * step)
 
 
-def scene_strips(req: SceneRequest) -> list[Strip]:
-    """The strips of the request's scene."""
+def laid_out(req: SceneRequest) -> SceneRequest:
+    """The request with its scene's shape (the cache file's header) and strips filled in,
+    once, so that no strip job re-reads them."""
     o = req.options
     assert o.tile is not None and o.margin is not None
-    _, h, w = _shape(req)
+    c, h, w = (int(n) for n in open_cache(req.cache_dir).load(req.image_id).shape)
     rows = req.rows or strip_rows(w, max(req.channels, 1), o.tile, o.margin)
-    return plan_strips(h, o.tile, o.margin, rows, _multiple(req))
+    model = cached_model(req.run_dir, o.checkpoint, o.device)[0]
+    strips = plan_strips(h, o.tile, o.margin, rows, int(getattr(model, "multiple", 1)))
+    return replace(req, shape=(c, h, w), strips=tuple(strips))
 
 
-def _multiple(req: SceneRequest) -> int:
-    assert req.options.tile is not None
-    model = cached_model(req.run_dir, req.options.checkpoint, req.options.device)[0]
-    return int(getattr(model, "multiple", 1))
-
-
-def _shape(req: SceneRequest) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the cached scene (its file header)."""
-    c, h, w = open_cache(req.cache_dir).load(req.image_id).shape
-    return int(c), int(h), int(w)
+def _laid(req: SceneRequest) -> SceneRequest:
+    if not req.strips:
+        raise ValueError(f"request for {req.image_id} has no strips: lay it out first (laid_out)")
+    return req
 
 
 def strip_path(req: SceneRequest, kind: str, k: int) -> Path:
@@ -157,7 +158,7 @@ def _fingerprint(req: SceneRequest, strips: list[Strip]) -> dict[str, Any]:
 def prepare(req: SceneRequest) -> list[int]:
     """Check the strips already under ``PRED/{id}/.strips`` against this request (starting
     afresh where they belong to another); the indices of the strips still to predict."""
-    strips = scene_strips(req)
+    strips = list(_laid(req).strips)
     doc = json.loads(json.dumps(_fingerprint(req, strips)))
     record = req.strips_dir / "request.json"
     if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != doc:
@@ -176,7 +177,7 @@ def _strip_levels(req: SceneRequest, strip: Strip, model: torch.nn.Module) -> np
     """uint8 ``(K, rows, W)`` probability levels of one strip (blended when asked)."""
     o = req.options
     assert o.tile is not None and o.margin is not None and o.batch is not None
-    _, h, _ = _shape(req)
+    h = req.shape[1]
     pixel = None
     if req.blend is not None:
         pixel = cached_pixel_model(req.run_dir)
@@ -214,8 +215,8 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, float]:
     entry = cache.entry(req.image_id)
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
     nodata = cache.nodata(req.image_id)
-    strips, ran = scene_strips(req), 0
-    _, _, w = _shape(req)
+    strips, ran = _laid(req).strips, 0
+    w = req.shape[2]
     for k in todo:
         s = strips[k]
         nd = None if nodata is None else np.asarray(nodata[s.top : s.bottom])
@@ -234,7 +235,7 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, float]:
 
 def _masks(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
     """The strips' class masks ``(K, rows, W)`` bool, in order, read back from their files."""
-    for k, s in enumerate(scene_strips(req)):
+    for k, s in enumerate(_laid(req).strips):
         yield s, threshold_masks(read_strip(strip_path(req, "probs", k)), req.thresholds)
 
 
@@ -244,16 +245,15 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
     t0 = time.perf_counter()
     check_north_up(transform)
     k_ = len(req.schema)
-    _, _, w = _shape(req)
+    w = _laid(req).shape[2]
     tolerance, min_area = class_vector_settings(transform, req.min_area, req.options, req.schema)
     tracers = {c: StripTracer(w, MAX_COMPONENTS, f"class {c}") for c in range(1, k_ + 1)}
     area = dict.fromkeys(range(1, k_ + 1), 0.0)
     parts = dict.fromkeys(range(1, k_ + 1), 0)
     writer = GpkgWriter(prediction_gpkg(req.out_dir, req.image_id), crs, req.schema.names)
     try:
-        strips = scene_strips(req)
         for s, masks in _masks(req):
-            last = s.bottom == strips[-1].bottom
+            last = s.bottom == req.strips[-1].bottom
             for c, tracer in tracers.items():
                 rag = tracer.add(masks[c - 1], last=last)
                 mp = ragged_to_map(
@@ -285,12 +285,12 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
     cache = open_cache(req.cache_dir)
     entry = cache.entry(req.image_id)
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
-    _, h, w = _shape(req)
+    _, h, w = _laid(req).shape
     summary = vectorize_strips(req, transform, crs)
     if req.options.geojson:
         gpkg = prediction_gpkg(req.out_dir, req.image_id)
         write_geojson_4326(gpkg, gpkg.with_suffix(".geojson"))
-    strips = scene_strips(req)
+    strips = req.strips
     threads = req.options.threads
     for kind in ("classes", "probs") if req.probs else ("classes",):
         vrt = req.strips_dir / f"{kind}.vrt"
