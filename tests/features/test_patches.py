@@ -211,8 +211,16 @@ def test_load_scene_matches_patches(coord_cache):
     for r0, r1 in [(0, h), (3, 11), (h - 5, h), (0, 1)]:
         part = load_scene(root, image_id, stats, indices=["NBR2"], block_rows=4, rows=(r0, r1))
         np.testing.assert_array_equal(part, whole[:, r0:r1])
+    w = arr.shape[2]
+    for (r0, r1), (c0, c1) in [((0, h), (0, w)), ((3, 11), (2, 9)), ((h - 5, h), (w - 1, w))]:
+        part = load_scene(
+            root, image_id, stats, indices=["NBR2"], block_rows=4, rows=(r0, r1), cols=(c0, c1)
+        )
+        np.testing.assert_array_equal(part, whole[:, r0:r1, c0:c1])
     with pytest.raises(ValueError, match="not inside"):
         load_scene(root, image_id, stats, rows=(5, h + 1))
+    with pytest.raises(ValueError, match="columns"):
+        load_scene(root, image_id, stats, cols=(3, 3))
 
 
 def test_bad_settings_raise_config_errors(coord_cache):

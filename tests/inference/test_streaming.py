@@ -63,18 +63,27 @@ def polygons(gpkg: Path) -> list[tuple[str, bytes]]:
     return sorted(zip(names, wkb, strict=True))
 
 
-def test_strips_of_any_height_give_the_same_outputs(trained: Path) -> None:
-    """9 strips of 48 rows and one of the whole scene: byte-identical COGs, the same
-    polygons (objects across seams traced once), no strips left behind."""
-    many, one = trained / "many", trained / "one"
+def test_strips_of_any_height_give_the_same_outputs(trained: Path, monkeypatch) -> None:
+    """9 strips of 48 rows, one of the whole scene, and strips cut into cells of one tile
+    (a memory budget too small for one tile row: as a 30k pixel wide scene's): byte-identical
+    COGs, the same polygons (objects across seams traced once), no strips left behind."""
+    from spectraseg.inference import streaming
+
+    many, one, cells = trained / "many", trained / "one", trained / "cells"
     assert main(predict(trained, many, "--strip-rows", "48")) == 0
     assert main(predict(trained, one, "--strip-rows", "100000")) == 0
-    a, b = outputs(many), outputs(one)
+    monkeypatch.setattr(streaming, "STRIP_BYTES", 1)
+    assert main(predict(trained, cells)) == 0
+    a, b, c = outputs(many), outputs(one), outputs(cells)
     assert sorted(a) == ["classes.tif", "classes.tif.aux.xml", "polygons.gpkg", "probs.tif"]
     for name in ("classes.tif", "probs.tif", "classes.tif.aux.xml"):
-        assert a[name] == b[name], name
+        assert a[name] == b[name] == c[name], name
     got = polygons(many / SCENE / "polygons.gpkg")
     assert len(got) > 100 and got == polygons(one / SCENE / "polygons.gpkg")
+    assert got == polygons(cells / SCENE / "polygons.gpkg")
+    for pred, strips, bands in ((cells, 9, 8), (one, 1, 1), (many, 9, 1)):  # cells: 48 px
+        (scene,) = json.loads((pred / "predict.json").read_text())["scenes"]
+        assert (scene["strips"]["total"], scene["bands"]) == (strips, bands)
     doc = json.loads((many / "predict.json").read_text())
     (scene,) = doc["scenes"]
     assert scene["strips"] == {"total": 9, "predicted": 9, "model": 9}
@@ -222,3 +231,48 @@ def test_a_new_region_at_another_gain_predicts_as_the_seen_one(trained: Path, tm
             np.testing.assert_array_equal(a.read(), b.read())
     got = polygons(new / "polygons.gpkg")
     assert len(got) > 100 and got == polygons(seen / "polygons.gpkg")
+
+
+class _BoxPixelModel:
+    """A stand-in per-pixel model whose output at a pixel depends on its neighbours up to
+    ``HALO - 1`` pixels away (as the real one's texture windows do)."""
+
+    def predict_proba(self, window: np.ndarray) -> np.ndarray:
+        import cv2
+
+        from spectraseg.models.pixel import HALO
+
+        k = 2 * HALO - 1
+        blurred = cv2.blur(window[0], (k, k), borderType=cv2.BORDER_REFLECT_101)
+        p = 1 / (1 + np.exp(-blurred))
+        return np.repeat(p[None], 10, axis=0).astype(np.float32)
+
+
+def test_cells_blend_the_per_pixel_model_with_its_context(trained: Path, monkeypatch) -> None:
+    """A strip predicted in cells of one tile, blended with a per-pixel model that reads
+    context, gives the levels of the strip predicted whole: each cell reads the per-pixel
+    features' context across its sides."""
+    from spectraseg.data.classes import DSTL_SCHEMA
+    from spectraseg.features.stats import load_stats
+    from spectraseg.inference import streaming
+    from spectraseg.inference.loaded import cached_model
+    from spectraseg.inference.scene import PredictOptions, resolve_options
+
+    monkeypatch.setattr(streaming, "cached_pixel_model", lambda run: _BoxPixelModel())
+    run = trained / "run"
+    model, config, _ = cached_model(str(run), "best", "cpu")
+    req = streaming.SceneRequest(
+        str(run), str(trained / "cache"), SCENE, str(trained / "blend"),
+        dict.fromkeys(range(1, 11), 0.5), {}, resolve_options(PredictOptions(), config),
+        DSTL_SCHEMA, load_stats(run / "stats.json"), dict.fromkeys(range(1, 11), 0.5),
+        channels=int(model.in_channels),
+    )  # fmt: skip
+    whole = streaming.laid_out(req)
+    monkeypatch.setattr(streaming, "STRIP_BYTES", 1)
+    cells = streaming.laid_out(req)
+    assert len(whole.bands) == 1 and len(cells.bands) == 8
+    for strip in cells.strips[:3] + cells.strips[-1:]:
+        np.testing.assert_array_equal(
+            streaming._strip_levels(cells, strip, model),
+            streaming._strip_levels(whole, strip, model),
+        )

@@ -265,27 +265,34 @@ _UNET = UNet(3, num_classes=2, width=4, depth=2).eval()
 @settings(max_examples=25, deadline=None)
 @given(
     h=st.integers(1, 150),
-    w=st.integers(1, 40),
+    w=st.integers(1, 120),
     margin=st.sampled_from([0, 4, 8]),
     rows=st.integers(1, 120),
+    cols=st.integers(1, 150),
     tta=st.booleans(),
 )
-def test_strips_equal_the_whole_scene(h: int, w: int, margin: int, rows: int, tta: bool) -> None:
-    """A U-Net (context from every side) predicted strip by strip, each strip given only
-    the rows it reads, gives the whole scene's probabilities (to float rounding: batches of
-    another size round differently in oneDNN), and the same bits every time."""
+def test_cells_equal_the_whole_scene(
+    h: int, w: int, margin: int, rows: int, cols: int, tta: bool
+) -> None:
+    """A U-Net (context from every side) predicted cell by cell (strips of rows cut into
+    bands of columns), each cell given only the rows and columns it reads, gives the whole
+    scene's probabilities (to float rounding: batches of another size round differently in
+    oneDNN), and the same bits every time."""
     image = np.random.default_rng(h * 1000 + w).normal(size=(3, h, w)).astype(np.float32)
     kw = dict(tile=32, margin=margin, batch=3, tta=tta, multiple=4)
     whole = predict_probs(_UNET, image, **kw)
-    strips = plan_strips(h, 32, margin, rows, 4)
-    assert strips[0].top == 0 and strips[-1].bottom == h
-    assert all(a.bottom == b.top for a, b in itertools.pairwise(strips))
-    for s in strips:
-        a, b = s.read
+    strips, bands = plan_strips(h, 32, margin, rows, 4), plan_strips(w, 32, margin, cols, 4)
+    for cut, n in ((strips, h), (bands, w)):
+        assert cut[0].top == 0 and cut[-1].bottom == n
+        assert all(a.bottom == b.top for a, b in itertools.pairwise(cut))
+    for s, c in itertools.product(strips, bands):
+        (a, b), (c0, c1) = s.read, c.read
         assert 0 <= a <= max(s.top - margin, 0) and b <= h
-        part = predict_probs(_UNET, image[:, a:b], strip=s, **kw)
-        np.testing.assert_allclose(part, whole[:, s.top : s.bottom], rtol=0, atol=2e-6)
-        again = predict_probs(_UNET, image[:, a:b].copy(), strip=s, **kw)
+        assert 0 <= c0 <= max(c.top - margin, 0) and c1 <= w
+        part = predict_probs(_UNET, image[:, a:b, c0:c1], strip=s, cols=c, **kw)
+        want = whole[:, s.top : s.bottom, c.top : c.bottom]
+        np.testing.assert_allclose(part, want, rtol=0, atol=2e-6)
+        again = predict_probs(_UNET, image[:, a:b, c0:c1].copy(), strip=s, cols=c, **kw)
         np.testing.assert_array_equal(part, again)
 
 
@@ -293,3 +300,5 @@ def test_strip_window_of_the_wrong_height_is_refused() -> None:
     s = plan_strips(100, 32, 4, 24)[1]
     with pytest.raises(ValueError, match="was given 10 rows"):
         predict_probs(_UNET, np.zeros((3, 10, 20), np.float32), tile=32, margin=4, strip=s)
+    with pytest.raises(ValueError, match="was given 20 columns"):
+        predict_probs(_UNET, np.zeros((3, 40, 20), np.float32), tile=32, margin=4, cols=s)

@@ -425,6 +425,7 @@ def load_scene(
     channels: Sequence[str] | None = None,
     block_rows: int = 256,
     rows: tuple[int, int] | None = None,
+    cols: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """A whole normalised scene: float32 (C, H, W), the channels a :class:`PatchDataset` gives.
 
@@ -432,8 +433,8 @@ def load_scene(
     order) normalised with :meth:`~spectraseg.features.stats.Stats.lookup` statistics, then the
     spectral indices. Processed in blocks of ``block_rows`` rows, so the only full-size
     array is the result (about 0.9 GB for 20 channels at full DSTL resolution). With
-    ``rows`` ``(r0, r1)``, only those rows: ``(C, r1 - r0, W)``, equal to that slice of the
-    whole (every step is per pixel).
+    ``rows`` ``(r0, r1)`` and/or ``cols`` ``(c0, c1)``, only that window: ``(C, r1 - r0,
+    c1 - c0)``, equal to that slice of the whole (every step is per pixel).
     """
     opened = open_cache_dir(cache)
     if image_id not in set(opened.image_ids):
@@ -447,14 +448,17 @@ def load_scene(
     arr = opened.load(image_id)
     _, h, w = arr.shape
     first, end = (0, h) if rows is None else rows
+    left, right = (0, w) if cols is None else cols
     if not 0 <= first < end <= h:
         raise ValueError(f"rows {rows} are not inside scene {image_id}'s {h} rows")
-    out = np.empty((len(select) + len(plans), end - first, w), dtype=np.float32)
+    if not 0 <= left < right <= w:
+        raise ValueError(f"columns {cols} are not inside scene {image_id}'s {w} columns")
+    out = np.empty((len(select) + len(plans), end - first, right - left), dtype=np.float32)
     contiguous = select == list(range(select[0], select[0] + len(select))) if select else True
     for r in range(first, end, max(1, block_rows)):
         r1 = min(r + block_rows, end)
         o0, o1 = r - first, r1 - first
-        raw = np.asarray(arr[:, r:r1])
+        raw = np.asarray(arr[:, r:r1, left:right])
         src = raw[select[0] : select[0] + len(select)] if contiguous and select else raw[select]
         normalize(src, mean, std, scale, offset, out=out[: len(select), o0:o1])
         if plans:

@@ -66,9 +66,13 @@ from spectraseg.runs import model_mtime_ns, pixel_mtime_ns
 from spectraseg.vectorize import MAX_COMPONENTS, StripTracer, check_north_up, ragged_to_map
 
 STRIP_BYTES = 256 * 2**20
-"""Budget of one strip's normalised float32 input window (C x rows x W x 4 bytes): a strip
-holds as many whole tile rows as fit, at least one. The window is the largest array of a
-strip; the probabilities (K x rows x W float32) and the model's activations come next."""
+"""Budget of one cell's normalised float32 input window (C x rows x columns x 4 bytes): a
+strip holds as many whole tile rows as fit across the scene's width, at least one; where
+one tile row is too wide, each strip is predicted in cells of as many whole tile columns
+as fit. The window is a cell's largest array; its probabilities (K x rows x columns
+float32) and the model's activations come next. Measured on one 448-row strip of a 32768
+px wide scene predicted whole: 480 MB of window and 560 MB of probabilities, a peak of
+1551 MB (629 MB at 4096 px): cells keep that flat."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class SceneRequest:
     """``(C, H, W)`` of the cached scene: set by :func:`laid_out`."""
     strips: tuple[Strip, ...] = ()
     """The scene's strips, top to bottom: set by :func:`laid_out`."""
+    bands: tuple[Strip, ...] = ()
+    """The bands of columns each strip is predicted in (one when a strip fits whole), left
+    to right: set by :func:`laid_out`."""
 
     @property
     def scene_dir(self) -> Path:
@@ -108,24 +115,32 @@ class SceneRequest:
 
 
 def strip_rows(width: int, channels: int, tile: int, margin: int) -> int:
-    """Kept rows per strip: whole tile rows (``tile - 2 margin`` each) whose input window,
-    ``C`` float32 channels ``W`` wide with ``margin`` rows of context on each side, fits in
-    :data:`STRIP_BYTES`; at least one tile row."""
+    """Kept rows (or columns) of a band: whole tile rows (``tile - 2 margin`` each) whose
+    input window, ``C`` float32 channels ``width`` long across with ``margin`` rows of
+    context on each side, fits in :data:`STRIP_BYTES`; at least one tile row."""
     step = tile - 2 * margin
     fit = STRIP_BYTES // max(1, width * channels * 4) - 2 * margin
     return max(step, fit // step * step)
 
 
 def laid_out(req: SceneRequest) -> SceneRequest:
-    """The request with its scene's shape (the cache file's header) and strips filled in,
-    once, so that no strip job re-reads them."""
+    """The request with its scene's shape (the cache file's header), strips and bands of
+    columns filled in, once, so that no strip job re-reads them. A strip is one band wide
+    unless its input window would exceed :data:`STRIP_BYTES`."""
     o = req.options
     assert o.tile is not None and o.margin is not None
     c, h, w = (int(n) for n in open_cache(req.cache_dir).load(req.image_id).shape)
-    rows = req.rows or strip_rows(w, max(req.channels, 1), o.tile, o.margin)
-    model = cached_model(req.run_dir, o.checkpoint, o.device)[0]
-    strips = plan_strips(h, o.tile, o.margin, rows, int(getattr(model, "multiple", 1)))
-    return replace(req, shape=(c, h, w), strips=tuple(strips))
+    channels = max(req.channels, 1)
+    rows = req.rows or strip_rows(w, channels, o.tile, o.margin)
+    step = o.tile - 2 * o.margin
+    tall = min(rows, -(-h // step) * step) + 2 * o.margin  # rows a strip's window reads
+    cols = -(-w // step) * step  # one band, where a strip's window fits whole
+    if channels * tall * w * 4 > STRIP_BYTES:
+        cols = strip_rows(tall, channels, o.tile, o.margin)
+    multiple = int(getattr(cached_model(req.run_dir, o.checkpoint, o.device)[0], "multiple", 1))
+    strips = plan_strips(h, o.tile, o.margin, rows, multiple)
+    bands = plan_strips(w, o.tile, o.margin, cols, multiple)
+    return replace(req, shape=(c, h, w), strips=tuple(strips), bands=tuple(bands))
 
 
 def _laid(req: SceneRequest) -> SceneRequest:
@@ -151,6 +166,7 @@ def _fingerprint(req: SceneRequest, strips: list[Strip]) -> dict[str, Any]:
         "blend": {str(k): float(v) for k, v in sorted(req.blend.items())} if req.blend else None,
         "tiling": [o.tile, o.margin, bool(o.tta), bool(o.amp), o.device],
         "strips": [[s.top, s.bottom] for s in strips],
+        "bands": [[b.top, b.bottom] for b in req.bands],
         "normalisation": norm,
     }
 
@@ -174,27 +190,44 @@ def prepare(req: SceneRequest) -> list[int]:
 
 
 def _strip_levels(req: SceneRequest, strip: Strip, model: torch.nn.Module) -> np.ndarray:
-    """uint8 ``(K, rows, W)`` probability levels of one strip (blended when asked)."""
+    """uint8 ``(K, rows, W)`` probability levels of one strip (blended when asked), cell by
+    cell (:attr:`SceneRequest.bands`)."""
+    levels = np.empty((len(req.schema), strip.bottom - strip.top, req.shape[2]), np.uint8)
+    for band in req.bands:
+        levels[:, :, band.top : band.bottom] = _cell_levels(req, strip, band, model)
+    return levels
+
+
+def _around(band: Strip, context: int) -> tuple[int, int]:
+    """What a band reads: its tiles' input, and ``context`` pixels around its kept part."""
+    return (
+        min(band.read[0], max(band.top - context, 0)),
+        max(band.read[1], min(band.bottom + context, band.height)),
+    )
+
+
+def _cell_levels(
+    req: SceneRequest, strip: Strip, band: Strip, model: torch.nn.Module
+) -> np.ndarray:
+    """uint8 ``(K, rows, columns)`` probability levels of one cell: a strip's rows within a
+    band of columns (blended with the per-pixel model when asked)."""
     o = req.options
     assert o.tile is not None and o.margin is not None and o.batch is not None
-    h = req.shape[1]
-    pixel = None
-    if req.blend is not None:
-        pixel = cached_pixel_model(req.run_dir)
-    # The tiles' rows, and around the kept rows the per-pixel features' context.
-    a = min(strip.read[0], max(strip.top - HALO, 0)) if pixel else strip.read[0]
-    b = max(strip.read[1], min(strip.bottom + HALO, h)) if pixel else strip.read[1]
-    config_indices = _indices(req)
-    window = load_scene(req.cache_dir, req.image_id, req.stats, config_indices, rows=(a, b))
+    pixel = cached_pixel_model(req.run_dir) if req.blend is not None else None
+    # The tiles' input, and around the kept pixels the per-pixel features' context.
+    rows, cols = (_around(strip, HALO), _around(band, HALO)) if pixel else (strip.read, band.read)
+    window = load_scene(req.cache_dir, req.image_id, req.stats, _indices(req), rows=rows, cols=cols)
+    a, c = rows[0], cols[0]
+    tiles = window[:, strip.read[0] - a : strip.read[1] - a, band.read[0] - c : band.read[1] - c]
     probs = predict_probs(
-        model, window[:, strip.read[0] - a : strip.read[1] - a], tile=o.tile,
-        margin=o.margin, batch=o.batch, tta=bool(o.tta), device=o.device,
-        amp=bool(o.amp), strip=strip, num_classes=len(req.schema),
+        model, tiles, tile=o.tile, margin=o.margin, batch=o.batch, tta=bool(o.tta),
+        device=o.device, amp=bool(o.amp), strip=strip, cols=band, num_classes=len(req.schema),
     )  # fmt: skip
     levels = quantize(probs)
     if pixel is not None and req.blend is not None:
-        p = quantize(pixel.predict_proba(window)[:, strip.top - a : strip.bottom - a])
-        levels = blend_levels(levels, p, req.blend)
+        p = pixel.predict_proba(window)
+        p = p[:, strip.top - a : strip.bottom - a, band.top - c : band.bottom - c]
+        levels = blend_levels(levels, quantize(p), req.blend)
     return levels
 
 
@@ -311,7 +344,10 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
         (req.scene_dir / "probs.tif").unlink(missing_ok=True)
     shutil.rmtree(req.strips_dir)
     seconds = time.perf_counter() - t0
-    return {"height": h, "width": w, **summary, "strips": len(strips), "finish_seconds": seconds}
+    return {
+        "height": h, "width": w, **summary, "strips": len(strips), "bands": len(req.bands),
+        "finish_seconds": seconds,
+    }  # fmt: skip
 
 
 def predict_scenes(

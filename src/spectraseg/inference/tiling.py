@@ -64,7 +64,10 @@ def tile_layout(
 class Strip:
     """A band of rows of a scene predicted on its own: the tile rows whose kept centres
     cover scene rows ``[top, bottom)``, and the rows ``read`` (``[a, b)``) those tiles take
-    their input and context from.
+    their input and context from. Along the other axis the same record describes a band of
+    columns (tile columns, kept columns ``[top, bottom)``, columns read, the scene's width):
+    a strip cut into such column bands is predicted cell by cell, so that memory does not
+    grow with the scene's width either.
 
     A strip's tiles are exactly the whole scene's (:func:`tile_layout`) in those rows, and
     its window holds every row they read, so context past a strip's edge is the real scene
@@ -220,6 +223,10 @@ class _Tiler:
     """Scene row of ``image``'s first row (a strip's window starts there)."""
     write_row: int = 0
     """Scene row of ``out``'s first row."""
+    read_col: int = 0
+    """Scene column of ``image``'s first column (a cell's window starts there)."""
+    write_col: int = 0
+    """Scene column of ``out``'s first column."""
 
     def run(self, th: int, tw: int, positions: list[tuple[int, int]], batch: int, bar: Any) -> None:
         """Every tile of shape ``(th, tw)`` whose kept centre starts at ``positions``."""
@@ -233,8 +240,8 @@ class _Tiler:
         m = self.margin
         for group in _batches(positions, batch):
             for i, (y, x) in enumerate(group):
-                yy = y - self.read_row
-                _fill_tile(self.image, dst[i], yy, x, m, self.ry, self.rx, self.channels_last)
+                yy, xx = y - self.read_row, x - self.read_col
+                _fill_tile(self.image, dst[i], yy, xx, m, self.ry, self.rx, self.channels_last)
             res = self.centres(buf[: len(group)].to(self.device), th, tw)
             self.write(group, res)
             if bar is not None:
@@ -266,7 +273,7 @@ class _Tiler:
         h, w = self.out.shape[1:]
         kh, kw = res.shape[2:]
         for (y, x), pr in zip(group, res, strict=True):
-            y -= self.write_row
+            y, x = y - self.write_row, x - self.write_col
             hh, ww = min(kh, h - y), min(kw, w - x)
             # numpy's transposing copy from channels-last memory: 3x faster than torch's
             # copy_ (20x for small tiles).
@@ -287,8 +294,10 @@ def predict_probs(
     multiple: int | None = None,
     amp: bool = False,
     strip: Strip | None = None,
+    cols: Strip | None = None,
 ) -> np.ndarray:
-    """Class probabilities of a whole scene, or of one strip of it, by tiled inference.
+    """Class probabilities of a whole scene, or of one strip or cell of it, by tiled
+    inference.
 
     Args:
         model: fully convolutional; maps float32 ``(N, C, h, w)`` to logits
@@ -315,10 +324,12 @@ def predict_probs(
         strip: predict only this strip (:func:`plan_strips` of the scene's height with the
             same ``tile``, ``margin`` and ``multiple``); ``image`` is then the scene's rows
             ``strip.read`` only.
+        cols: predict only this band of columns (:func:`plan_strips` of the scene's width);
+            ``image`` is then the scene's columns ``cols.read`` only.
 
     Returns:
-        float32 ``(num_classes, H, W)``: sigmoid of the logits, in [0, 1]; with ``strip``,
-        ``(num_classes, strip.bottom - strip.top, W)``.
+        float32 ``(num_classes, H, W)``: sigmoid of the logits, in [0, 1]; with ``strip``
+        and ``cols``, ``(num_classes, strip.bottom - strip.top, cols.bottom - cols.top)``.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
@@ -331,35 +342,41 @@ def predict_probs(
         strip = Strip(tuple(tile_layout(h, tile, margin, multiple)), 0, h, (0, h), h)
     elif h != strip.read[1] - strip.read[0]:
         raise ValueError(f"a strip reading scene rows {strip.read} was given {h} rows")
-    a = strip.read[0]
-    ys = [(y - a, s) for y, s in strip.tiles]  # rows of ``image``
-    xs = tile_layout(w, tile, margin, multiple)
+    if cols is None:
+        cols = Strip(tuple(tile_layout(w, tile, margin, multiple)), 0, w, (0, w), w)
+    elif w != cols.read[1] - cols.read[0]:
+        raise ValueError(f"a cell reading scene columns {cols.read} was given {w} columns")
+    a, c = strip.read[0], cols.read[0]
     # Padded position q covers pixel q - margin; a tile whose centre starts at y reads padded
-    # rows y .. y + size. The index maps cover every padded position any tile reads (a
-    # strip's rows mirror at the scene's edges: its window holds every row they reach).
-    ry = reflect_index(a - margin, max(y + s for y, s in ys), strip.height) - a
-    rx = reflect_index(-margin, max(x + s for x, s in xs), w)
+    # rows y .. y + size. The index maps (in ``image``'s rows and columns) cover every padded
+    # position any tile reads (a strip's rows mirror at the scene's edges: its window holds
+    # every row they reach; a cell's columns alike).
+    ry = reflect_index(a - margin, max(y - a + s for y, s in strip.tiles), strip.height) - a
+    rx = reflect_index(c - margin, max(x - c + s for x, s in cols.tiles), cols.height) - c
     dev = torch.device(device) if device is not None else _model_device(model)
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", NUM_CLASSES))
-    out = np.empty((num_classes, strip.bottom - strip.top, w), dtype=np.float32)
+    shape = (num_classes, strip.bottom - strip.top, cols.bottom - cols.top)
+    out = np.empty(shape, dtype=np.float32)
     # Tiles of one shape are batched together (at most 4 shapes: full and edge sizes).
     by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for y, th in strip.tiles:
-        for x, tw in xs:
+        for x, tw in cols.tiles:
             by_shape.setdefault((th, tw), []).append((y, x))
     transforms = range(len(DIHEDRAL)) if tta else range(1)
     # On CPU without TTA, logits go straight to the output and the sigmoid runs there.
     fused = len(transforms) == 1 and dev.type == "cpu"
     tiler = _Tiler(
-        model, image, out, margin, ry, rx, dev, transforms, fused, channels_last, a, strip.top
-    )
+        model, image, out, margin, ry, rx, dev, transforms, fused, channels_last,
+        a, strip.top, c, cols.top,
+    )  # fmt: skip
     autocast = torch.autocast("cuda", dtype=torch.float16, enabled=amp and dev.type == "cuda")
     was_training = model.training
     model.eval()
     bar = None
     if progress:
-        bar = tqdm(total=len(ys) * len(xs), desc="tiles", unit="tile", leave=False)
+        total = len(strip.tiles) * len(cols.tiles)
+        bar = tqdm(total=total, desc="tiles", unit="tile", leave=False)
     try:
         with torch.inference_mode(), autocast:
             for (th, tw), positions in by_shape.items():
