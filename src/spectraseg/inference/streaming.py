@@ -266,10 +266,10 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, float]:
     return ran, time.perf_counter() - t0
 
 
-def _masks(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
-    """The strips' class masks ``(K, rows, W)`` bool, in order, read back from their files."""
+def _levels(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
+    """The strips' probability levels ``(K, rows, W)`` uint8, in order, from their files."""
     for k, s in enumerate(_laid(req).strips):
-        yield s, threshold_masks(read_strip(strip_path(req, "probs", k)), req.thresholds)
+        yield s, read_strip(strip_path(req, "probs", k))
 
 
 def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str, Any]:
@@ -285,10 +285,12 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
     parts = dict.fromkeys(range(1, k_ + 1), 0)
     writer = GpkgWriter(prediction_gpkg(req.out_dir, req.image_id), crs, req.schema.names)
     try:
-        for s, masks in _masks(req):
+        for s, levels in _levels(req):
             last = s.bottom == req.strips[-1].bottom
             for c, tracer in tracers.items():
-                rag = tracer.add(masks[c - 1], last=last)
+                # One class's mask at a time: the K masks of a 32768 px strip are 147 MB.
+                mask = threshold_masks(levels[c - 1 : c], req.thresholds.get(c, 0.5))[0]
+                rag = tracer.add(mask, last=last)
                 mp = ragged_to_map(
                     rag, transform, tolerance.get(c, 0.0), min_area.get(c, 0.0),
                     req.options.decimals,
