@@ -86,7 +86,7 @@ def test_strips_of_any_height_give_the_same_outputs(trained: Path, monkeypatch) 
         assert (scene["strips"]["total"], scene["bands"]) == (strips, bands)
     doc = json.loads((many / "predict.json").read_text())
     (scene,) = doc["scenes"]
-    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 9}
+    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 9, "model_cells": 9}
     assert doc["options"]["strip_rows"] == 48 and not (many / SCENE / ".strips").exists()
 
 
@@ -153,7 +153,7 @@ def test_no_probs_and_all_nodata_strips(trained: Path, tmp_path: Path) -> None:
     assert main(args) == 0
     assert sorted(outputs(pred)) == ["classes.tif", "classes.tif.aux.xml", "polygons.gpkg"]
     (scene,) = json.loads((pred / "predict.json").read_text())["scenes"]
-    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 6}
+    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 6, "model_cells": 6}
     with rasterio.open(pred / SCENE / "classes.tif") as src:
         classes = src.read(1)
     assert (classes[hole] == 255).all() and (classes[~hole] != 255).all()
@@ -161,6 +161,34 @@ def test_no_probs_and_all_nodata_strips(trained: Path, tmp_path: Path) -> None:
     with rasterio.open(trained / "data" / "scene.tif") as src:
         drawn = rasterio.features.rasterize(geoms, out_shape=(H, W), transform=src.transform)
     assert not drawn[hole].any()
+
+
+def test_all_nodata_cells_skip_the_model(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    """Strips cut into cells of one tile (48 px): the cells of the two leftmost bands, all
+    nodata, are written without the model; the outputs elsewhere are the whole scene's."""
+    import shutil
+
+    from spectraseg.inference import streaming
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained / "cache", cache)
+    hole = np.zeros((H, W), dtype=bool)
+    hole[:, :100] = True  # bands 0-1 (columns 0-95) wholly, band 2 in part
+    (cache / "nodata").mkdir(exist_ok=True)
+    np.save(cache / "nodata" / f"{SCENE}.npy", hole)
+    whole, cells = tmp_path / "whole", tmp_path / "cells"
+    assert main(predict(trained, whole, "--cache", str(cache))) == 0
+    monkeypatch.setattr(streaming, "STRIP_BYTES", 1)
+    assert main(predict(trained, cells, "--cache", str(cache))) == 0
+    (scene,) = json.loads((cells / "predict.json").read_text())["scenes"]
+    assert scene["strips"] == {"total": 9, "predicted": 9, "model": 9, "model_cells": 9 * 6}
+    with (
+        rasterio.open(whole / SCENE / "probs.tif") as a,
+        rasterio.open(cells / SCENE / "probs.tif") as b,
+    ):
+        np.testing.assert_array_equal(a.read(), b.read())
+    with rasterio.open(cells / SCENE / "classes.tif") as src:
+        assert (src.read(1)[hole] == 255).all()
 
 
 def test_strips_of_another_request_are_not_reused(trained: Path, tmp_path: Path) -> None:
@@ -273,6 +301,6 @@ def test_cells_blend_the_per_pixel_model_with_its_context(trained: Path, monkeyp
     assert len(whole.bands) == 1 and len(cells.bands) == 8
     for strip in cells.strips[:3] + cells.strips[-1:]:
         np.testing.assert_array_equal(
-            streaming._strip_levels(cells, strip, model),
-            streaming._strip_levels(whole, strip, model),
+            streaming._strip_levels(cells, strip, model)[0],
+            streaming._strip_levels(whole, strip, model)[0],
         )

@@ -189,13 +189,20 @@ def prepare(req: SceneRequest) -> list[int]:
     ]
 
 
-def _strip_levels(req: SceneRequest, strip: Strip, model: torch.nn.Module) -> np.ndarray:
+def _strip_levels(
+    req: SceneRequest, strip: Strip, model: torch.nn.Module, nodata: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """uint8 ``(K, rows, W)`` probability levels of one strip (blended when asked), cell by
-    cell (:attr:`SceneRequest.bands`)."""
-    levels = np.empty((len(req.schema), strip.bottom - strip.top, req.shape[2]), np.uint8)
+    cell (:attr:`SceneRequest.bands`), and how many cells ran the model: a cell whose
+    kept pixels are all nodata (``nodata``: the strip's ``(rows, W)`` mask) is all zero."""
+    levels = np.zeros((len(req.schema), strip.bottom - strip.top, req.shape[2]), np.uint8)
+    ran = 0
     for band in req.bands:
+        if nodata is not None and nodata[:, band.top : band.bottom].all():
+            continue
         levels[:, :, band.top : band.bottom] = _cell_levels(req, strip, band, model)
-    return levels
+        ran += 1
+    return levels, ran
 
 
 def _around(band: Strip, context: int) -> tuple[int, int]:
@@ -237,9 +244,10 @@ def _indices(req: SceneRequest) -> list[str]:
     )
 
 
-def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, float]:
+def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, int, float]:
     """Predict strips ``todo`` of the scene and write their files (a Dask task, or run in
-    this process); how many ran the model (the others were all nodata) and the seconds."""
+    this process); how many strips and cells ran the model (the others were all nodata)
+    and the seconds."""
     t0 = time.perf_counter()
     set_threads(req.options.threads)
     model, config, _ = cached_model(req.run_dir, req.options.checkpoint, req.options.device)
@@ -248,22 +256,18 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, float]:
     entry = cache.entry(req.image_id)
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
     nodata = cache.nodata(req.image_id)
-    strips, ran = _laid(req).strips, 0
-    w = req.shape[2]
+    strips, ran, cells = _laid(req).strips, 0, 0
     for k in todo:
         s = strips[k]
         nd = None if nodata is None else np.asarray(nodata[s.top : s.bottom])
-        if nd is not None and nd.all():
-            levels = np.zeros((len(req.schema), s.bottom - s.top, w), dtype=np.uint8)
-        else:
-            levels = _strip_levels(req, s, model)
-            ran += 1
+        levels, n = _strip_levels(req, s, model, nd)
+        ran, cells = ran + (n > 0), cells + n
         if nd is not None:
             levels[:, nd] = 0  # no class where the input has no data
         classes = class_raster(levels, req.thresholds, nd)
         write_strip(strip_path(req, "probs", k), levels, transform, crs, s.top)
         write_strip(strip_path(req, "classes", k), classes[None], transform, crs, s.top)
-    return ran, time.perf_counter() - t0
+    return ran, cells, time.perf_counter() - t0
 
 
 def _levels(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
@@ -363,6 +367,7 @@ def predict_scenes(
     jobs = [(f"{i}/{k}", (req, [k])) for i, req in requests.items() for k in todo[i]]
     failed: dict[str, str] = {}
     ran = dict.fromkeys(requests, 0)
+    cells = dict.fromkeys(requests, 0)
     seconds = dict.fromkeys(requests, 0.0)
     with tqdm(total=len(jobs), desc="predict", unit="strip", disable=not progress) as bar:
         for key, result, exc in runner.run(predict_strips, jobs):
@@ -372,7 +377,8 @@ def predict_scenes(
                 failed.setdefault(i, describe(exc))
             else:
                 ran[i] += result[0]
-                seconds[i] += result[1]
+                cells[i] += result[1]
+                seconds[i] += result[2]
     out: dict[str, dict[str, Any]] = {
         i: {"image_id": i, "status": "failed", "reason": r} for i, r in failed.items()
     }
@@ -383,7 +389,10 @@ def predict_scenes(
             if exc is not None:
                 out[i] = {"image_id": i, "status": "failed", "reason": describe(exc)}
                 continue
-            strips = {"total": result.pop("strips"), "predicted": len(todo[i]), "model": ran[i]}
+            strips = {
+                "total": result.pop("strips"), "predicted": len(todo[i]), "model": ran[i],
+                "model_cells": cells[i],
+            }  # fmt: skip
             out[i] = {"image_id": i, **result, "strips": strips, "model_seconds": seconds[i],
                       "seconds": seconds[i] + result["finish_seconds"], "status": "ok"}  # fmt: skip
     return out
