@@ -7,9 +7,11 @@ Two passes over the strips of :func:`spectraseg.inference.tiling.plan_strips`:
    from the cache (:func:`spectraseg.features.patches.load_scene` with ``rows``), the tiles
    run (and the per-pixel model, blended), and the strip's probability levels and class
    values are written as two small GeoTIFFs under ``PRED/{id}/.strips/``
-   (:mod:`spectraseg.inference.georaster`). A strip whose input is all nodata is written
-   without running a model. A killed prediction resumes after the last whole strip; the
-   strips of one scene can run on different Dask workers.
+   (:mod:`spectraseg.inference.georaster`). A strip too wide for :data:`STRIP_BYTES` is
+   predicted in cells of whole tile columns (``cols`` as well), so memory holds one cell's
+   input whatever the scene's width. A cell whose input is all nodata is written without
+   running a model. A killed prediction resumes after the last whole strip; the strips of
+   one scene can run on different Dask workers.
 2. **Vectors and COGs** (:func:`finish_scene`): the strips are read back in order,
    thresholded and traced per class with :class:`spectraseg.vectorize.StripTracer` (an
    object crossing seams is one polygon, exactly as from the whole mask), the polygons
