@@ -49,11 +49,17 @@ def class_raster(
 ) -> np.ndarray:
     """uint8 ``(h, W)`` class values of ``(K, h, W)`` uint8 probability levels: the most
     probable class among those at or above their thresholds (ties: the lower class), 0 where
-    none is, :data:`CLASS_NODATA` where ``nodata``."""
-    masks = threshold_masks(levels, thresholds)
-    score = np.where(masks, levels.astype(np.int16), np.int16(-1))
-    out = (score.argmax(axis=0) + 1).astype(np.uint8)
-    out[score.max(axis=0) < 0] = 0
+    none is, :data:`CLASS_NODATA` where ``nodata``.
+
+    One class at a time, keeping the best level so far: memory is three ``(h, W)`` planes,
+    not the ``K`` masks and scores (441 MB for a 448-row strip 32768 px wide)."""
+    out = np.zeros(levels.shape[1:], dtype=np.uint8)
+    best = np.full(levels.shape[1:], -1, dtype=np.int16)
+    for k in range(levels.shape[0]):
+        above = threshold_masks(levels[k : k + 1], thresholds.get(k + 1, 0.5))[0]
+        better = np.greater(levels[k], best, where=above, out=np.zeros_like(above))
+        out[better] = k + 1
+        best[better] = levels[k][better]
     if nodata is not None:
         out[nodata] = CLASS_NODATA
     return out
