@@ -65,6 +65,7 @@ from spectraseg.inference.tiling import Strip, plan_strips, predict_probs
 from spectraseg.models.pixel import HALO
 from spectraseg.parallel import Runner, describe
 from spectraseg.runs import model_mtime_ns, pixel_mtime_ns
+from spectraseg.runtime import release_memory
 from spectraseg.vectorize import MAX_COMPONENTS, StripTracer, check_north_up, ragged_to_map
 
 STRIP_BYTES = 256 * 2**20
@@ -269,6 +270,8 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, int, float]
         classes = class_raster(levels, req.thresholds, nd)
         write_strip(strip_path(req, "probs", k), levels, transform, crs, s.top)
         write_strip(strip_path(req, "classes", k), classes[None], transform, crs, s.top)
+        del levels, classes
+        release_memory()
     return ran, cells, time.perf_counter() - t0
 
 
@@ -306,6 +309,7 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
                     writer.add(c, polys)
                     area[c] += float(shapely.area(polys).sum())
                     parts[c] += len(polys)
+            release_memory()
     except BaseException:
         writer.close(ok=False)
         raise
@@ -328,6 +332,7 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
     _, h, w = _laid(req).shape
     summary = vectorize_strips(req, transform, crs)
+    release_memory()
     if req.options.geojson:
         gpkg = prediction_gpkg(req.out_dir, req.image_id)
         write_geojson_4326(gpkg, gpkg.with_suffix(".geojson"))
