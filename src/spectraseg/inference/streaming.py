@@ -29,7 +29,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from spectraseg.inference.georaster import (
     class_colormap,
     class_raster,
     class_tags,
-    read_strip,
+    strip_bands,
     strips_vrt,
     write_category_names,
     write_cog,
@@ -275,12 +275,6 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, int, float]
     return ran, cells, time.perf_counter() - t0
 
 
-def _levels(req: SceneRequest) -> Iterator[tuple[Strip, np.ndarray]]:
-    """The strips' probability levels ``(K, rows, W)`` uint8, in order, from their files."""
-    for k, s in enumerate(_laid(req).strips):
-        yield s, read_strip(strip_path(req, "probs", k))
-
-
 def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str, Any]:
     """Trace the scene's masks strip by strip into ``polygons.gpkg`` (atomically); per
     class the total area (squared map units) and polygon count."""
@@ -294,11 +288,12 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
     parts = dict.fromkeys(range(1, k_ + 1), 0)
     writer = GpkgWriter(prediction_gpkg(req.out_dir, req.image_id), crs, req.schema.names)
     try:
-        for s, levels in _levels(req):
+        for k, s in enumerate(_laid(req).strips):
             last = s.bottom == req.strips[-1].bottom
-            for c, tracer in tracers.items():
-                # One class's mask at a time: the K masks of a 32768 px strip are 147 MB.
-                mask = threshold_masks(levels[c - 1 : c], req.thresholds.get(c, 0.5))[0]
+            bands = strip_bands(strip_path(req, "probs", k))
+            for (c, tracer), levels in zip(tracers.items(), bands, strict=True):
+                # One class at a time: a 32768 px strip's K levels and masks are 147 MB each.
+                mask = threshold_masks(levels[None], req.thresholds.get(c, 0.5))[0]
                 rag = tracer.add(mask, last=last)
                 mp = ragged_to_map(
                     rag, transform, tolerance.get(c, 0.0), min_area.get(c, 0.0),
