@@ -51,13 +51,22 @@ def tune_memory() -> bool:
     """
     if os.environ.get(SWITCH, "1") == "0" or any(k in os.environ for k in USER_SETTINGS):
         return False
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc with its malloc tuning calls, or None (not Linux, or another libc, e.g. musl:
+    nothing to tune)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        return False
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def release_memory() -> None:
@@ -66,12 +75,9 @@ def release_memory() -> None:
     each peak in turn (a streamed scene's strips, then its vectorisation and COGs) would
     hold every step's fragments: calling this between steps keeps the resident size at
     one step's peak, for one round of page faults per step (not per batch)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")

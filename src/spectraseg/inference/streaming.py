@@ -157,7 +157,7 @@ def strip_path(req: SceneRequest, kind: str, k: int) -> Path:
     return req.strips_dir / f"{kind}_{k:05d}.tif"
 
 
-def _fingerprint(req: SceneRequest, strips: list[Strip]) -> dict[str, Any]:
+def _fingerprint(req: SceneRequest) -> dict[str, Any]:
     """What the strips of a request depend on: a strip written for another is not reused."""
     mean, std = req.stats.lookup(req.image_id)
     o = req.options
@@ -168,7 +168,7 @@ def _fingerprint(req: SceneRequest, strips: list[Strip]) -> dict[str, Any]:
         "thresholds": {str(k): float(v) for k, v in sorted(req.thresholds.items())},
         "blend": {str(k): float(v) for k, v in sorted(req.blend.items())} if req.blend else None,
         "tiling": [o.tile, o.margin, bool(o.tta), bool(o.amp), o.device],
-        "strips": [[s.top, s.bottom] for s in strips],
+        "strips": [[s.top, s.bottom] for s in req.strips],
         "bands": [[b.top, b.bottom] for b in req.bands],
         "normalisation": norm,
     }
@@ -177,8 +177,7 @@ def _fingerprint(req: SceneRequest, strips: list[Strip]) -> dict[str, Any]:
 def prepare(req: SceneRequest) -> list[int]:
     """Check the strips already under ``PRED/{id}/.strips`` against this request (starting
     afresh where they belong to another); the indices of the strips still to predict."""
-    strips = list(_laid(req).strips)
-    doc = json.loads(json.dumps(_fingerprint(req, strips)))
+    doc = json.loads(json.dumps(_fingerprint(_laid(req))))
     record = req.strips_dir / "request.json"
     if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != doc:
         shutil.rmtree(req.strips_dir)
@@ -187,7 +186,7 @@ def prepare(req: SceneRequest) -> list[int]:
         write_text_atomic(record, json.dumps(doc, indent=1) + "\n")
     return [
         k
-        for k in range(len(strips))
+        for k in range(len(req.strips))
         if not (strip_path(req, "probs", k).is_file() and strip_path(req, "classes", k).is_file())
     ]
 
@@ -326,8 +325,7 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
     entry = cache.entry(req.image_id)
     transform, crs = Affine(*entry["transform"]), str(entry["crs"])
     _, h, w = _laid(req).shape
-    summary = vectorize_strips(req, transform, crs)
-    release_memory()
+    summary = vectorize_strips(req, transform, crs)  # gives its memory back strip by strip
     if req.options.geojson:
         gpkg = prediction_gpkg(req.out_dir, req.image_id)
         write_geojson_4326(gpkg, gpkg.with_suffix(".geojson"))
