@@ -9,9 +9,11 @@ Run::
 For each lever (:data:`LEVERS`: a name and the config overrides it adds to the real-data
 demo's recipe) and seed, ``spectraseg.crossval.train_folds`` trains the folds of
 ``../shared/data/dstl-lite`` (aligned once into ``OUT/cache``) and scores every scene out
-of fold. Printed per run and per lever (mean and spread over seeds): the nested pooled
-raster mean Jaccard (the honest figure) and its per-class values, the plain one, and the
-U-Net alone / per-pixel alone nested means. Runs already complete in ``OUT`` are read
+of fold. Printed per lever (mean and spread over seeds), re-scored from the runs' out-of-fold
+predictions with the current threshold rule: the nested pooled raster mean Jaccard of the
+U-Net alone (the honest figure for the real-data default) and its per-class values, then
+every decision rule's nested mean (per-pixel alone, blends, thresholds at the peak or at
+the middle of wider plateaus). Runs already complete in ``OUT`` are read
 back, so the script can be interrupted and rerun, and levers added later.
 """
 
@@ -23,6 +25,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,10 +56,16 @@ class instead of the plain average) need no training: :func:`decision_levers` sc
 on every run's out-of-fold predictions."""
 
 
-def decision_levers(run: Path) -> dict[str, float]:
-    """Nested means of one trained run under each decision rule, from its out-of-fold
-    histograms (no retraining): the recipe's average blend, a per-class tuned blend, and
-    each partner alone."""
+PLATEAUS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+"""Threshold rules compared on every run: the peak (0) and the middle of each plateau."""
+
+
+def decision_levers(run: Path, plateaus: tuple[float, ...] = PLATEAUS) -> dict[str, Any]:
+    """One trained run under each decision rule, from its out-of-fold histograms (no
+    retraining), with the current threshold rule: nested Evaluations of the U-Net alone
+    (``unet``, the real-data default), the per-pixel model alone, the recipe's average
+    blend and a per-class tuned blend; and of the U-Net alone with each of ``plateaus``
+    (``unet plateau P``: thresholds at the peak, P = 0, or the middle of a wider plateau)."""
     from spectraseg.align.cache import open_cache
     from spectraseg.crossval import MODELS, nested_scores, scene_histograms
     from spectraseg.evaluation.metrics import pixel_areas
@@ -70,14 +79,16 @@ def decision_levers(run: Path) -> dict[str, float]:
     areas = pixel_areas(cache, config.data.root, scenes)
     pixel = config.pixel.enabled
     hist = {i: scene_histograms(rd, cache, i, areas[i], pixel) for i in scenes}
-    out = {mode: nested_scores(hist, cv.folds, mode)[0].mean for mode in ("average", "tuned")}
+    out = {mode: nested_scores(hist, cv.folds, mode)[0] for mode in ("average", "tuned")}
+    unet = MODELS["unet"] if pixel else "decided"
     if pixel:
         out.update(
-            {
-                name: nested_scores(hist, cv.folds, "average", w)[0].mean
-                for name, w in MODELS.items()
-            }
+            {name: nested_scores(hist, cv.folds, "average", w)[0] for name, w in MODELS.items()}
         )
+    else:
+        out["unet"] = out["average"]
+    for p in plateaus:
+        out[f"unet plateau {p:g}"] = nested_scores(hist, cv.folds, "average", unet, plateau=p)[0]
     return out
 
 
@@ -168,20 +179,23 @@ def run_one(out: Path, cache: Path, name: str, extra: list[str], steps: int, see
     return dict(cv.scores)
 
 
-def summary(name: str, docs: list[dict]) -> str:
-    nested = np.array([d["nested"]["mean"] for d in docs])
-    plain = np.array([d["plain"]["mean"] for d in docs])
-    per_class = np.mean([d["nested"]["jaccard"] for d in docs], axis=0)
-    models = docs[0].get("models_nested", {})
-    alone = " ".join(
-        f"{m} {np.mean([d['models_nested'][m]['mean'] for d in docs]):.3f}" for m in models
-    )
-    classes = " ".join(f"{v:.3f}" for v in per_class)
-    return (
-        f"{name:<18} nested {nested.mean():.4f} (seeds {', '.join(f'{v:.4f}' for v in nested)}; "
-        f"spread {np.ptp(nested):.4f})  plain {plain.mean():.4f}  {alone}\n"
-        f"{'':<18} per class (nested): {classes}"
-    )
+def summary(name: str, rules: list[dict[str, Any]]) -> str:
+    """The lever's U-Net alone, nested, under the current threshold rule (mean and spread
+    over seeds, per class), then every decision rule's mean over seeds."""
+    nested = np.array([r["unet"].mean for r in rules])
+    per_class = " ".join(f"{v:.3f}" for v in np.mean([r["unet"].jaccard for r in rules], 0))
+    lines = [
+        f"{name:<18} U-Net alone nested {nested.mean():.4f} "
+        f"(seeds {', '.join(f'{v:.4f}' for v in nested)}; spread {np.ptp(nested):.4f})",
+        f"{'':<18} per class: {per_class}",
+    ]
+    for rule in rules[0]:
+        values = [r[rule].mean for r in rules]
+        lines.append(
+            f"{'':<18} decisions {rule:<16} nested {np.mean(values):.4f} "
+            f"({', '.join(f'{v:.4f}' for v in values)})"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -203,15 +217,10 @@ def main() -> None:
         align_dataset(DATA, cache, progress=False)
     for name in args.only or list(LEVERS):
         extra = [*LEVERS[name], *args.set]
-        docs = [
-            run_one(args.out, cache, name, extra, args.steps, s, args.folds) for s in args.seeds
-        ]
-        print(summary(name, docs), flush=True)
-        rules = [decision_levers(run_path(args.out, name, s)) for s in args.seeds]
-        for rule in rules[0]:
-            values = [r[rule] for r in rules]
-            print(f"{'':<18} decisions {rule:<8} nested {np.mean(values):.4f} "
-                  f"({', '.join(f'{v:.4f}' for v in values)})", flush=True)  # fmt: skip
+        for s in args.seeds:
+            run_one(args.out, cache, name, extra, args.steps, s, args.folds)
+        rules = [decision_levers(run_path(args.out, name, s), PLATEAUS) for s in args.seeds]
+        print(summary(name, rules), flush=True)
 
 
 if __name__ == "__main__":

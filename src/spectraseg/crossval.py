@@ -44,7 +44,13 @@ from spectraseg.data.classes import DSTL_SCHEMA
 from spectraseg.errors import ConfigError
 from spectraseg.evaluation.levels import blend_levels, quantize
 from spectraseg.evaluation.metrics import Evaluation, pixel_areas
-from spectraseg.evaluation.thresholds import BLEND_GRID, class_histograms, counts_at, tune_blend
+from spectraseg.evaluation.thresholds import (
+    BLEND_GRID,
+    PLATEAU,
+    class_histograms,
+    counts_at,
+    tune_blend,
+)
 from spectraseg.features.normalization import compute_stats
 from spectraseg.features.patches import load_scene
 from spectraseg.features.split import region_folds, run_scenes
@@ -225,11 +231,13 @@ Histograms = dict[str, tuple[np.ndarray, np.ndarray]]
 """Per scene, its ``(pos, neg)`` level histograms ``(B, 10, 256)``."""
 
 
-def _decide(hist: Histograms, scenes: Sequence[str], mode: str) -> dict[str, Any]:
+def _decide(
+    hist: Histograms, scenes: Sequence[str], mode: str, plateau: float = PLATEAU
+) -> dict[str, Any]:
     """:func:`tune_blend` on the histograms of ``scenes``, summed."""
     pos = sum(hist[i][0] for i in scenes)
     neg = sum(hist[i][1] for i in scenes)
-    return tune_blend(np.asarray(pos), np.asarray(neg), mode)
+    return tune_blend(np.asarray(pos), np.asarray(neg), mode, plateau=plateau)
 
 
 def _score(
@@ -252,14 +260,16 @@ def nested_scores(
     mode: str,
     blend: Any = "decided",
     names: Sequence[str] = DSTL_SCHEMA.names,
+    plateau: float = PLATEAU,
 ) -> tuple[Evaluation, list[dict[str, Any]]]:
     """Every fold scored with decisions fitted on the other folds' histograms; the score and
-    each fold's decisions (``names``: the classes, in order)."""
+    each fold's decisions (``names``: the classes, in order; ``plateau``: the thresholds'
+    rule, :func:`~spectraseg.evaluation.thresholds.choose_thresholds`)."""
     ids: list[str] = []
     counts, decisions = [], []
     for k, held_out in enumerate(folds):
         others = [i for j, f in enumerate(folds) if j != k for i in f]
-        decisions.append(_decide(hist, others, mode))
+        decisions.append(_decide(hist, others, mode, plateau))
         counts.append(_score(hist, held_out, decisions[-1], blend))
         ids.extend(held_out)
     ev = Evaluation(tuple(ids), np.concatenate(counts), "raster", names=tuple(names))

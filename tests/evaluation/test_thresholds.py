@@ -9,6 +9,7 @@ from spectraseg.evaluation.levels import level_of, quantize, threshold_masks
 from spectraseg.evaluation.metrics import mask_counts
 from spectraseg.evaluation.thresholds import (
     DEFAULT_GRID,
+    choose_thresholds,
     class_histograms,
     jaccard_curves,
     tune_details,
@@ -27,7 +28,7 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
         t[3] = rng.random(p[3].shape) < 0.5  # noise: best is to predict everything
         t[4] = quantize(p[4:5])[0] < level_of(0.02)  # true only below every threshold
         truths.append(t)
-    details = tune_details(iter(scenes), iter(truths))
+    details = tune_details(iter(scenes), iter(truths), plateau=0.0)
     th = details["thresholds"]
     assert th[1] == pytest.approx(0.3) and details["jaccard"][1] == pytest.approx(1.0)
     assert th[2] == pytest.approx(0.85) and details["jaccard"][2] == pytest.approx(1.0)
@@ -37,7 +38,29 @@ def test_tune_thresholds_finds_the_separating_threshold() -> None:
     assert details["jaccard"][5] == 0.0 and details["tuned"][5]
     assert th[5] == pytest.approx(DEFAULT_GRID[-1])
     # Lists and generators, with weights 1, tune alike.
-    assert tune_details(scenes, truths, weights=[1.0] * len(scenes))["thresholds"] == th
+    assert (
+        tune_details(scenes, truths, weights=[1.0] * len(scenes), plateau=0.0)["thresholds"] == th
+    )
+
+
+def test_the_middle_of_the_plateau_is_chosen() -> None:
+    """Uniform probabilities, truth where p >= 0.3: the Jaccard at t < 0.3 is 0.7 / (1 - t)
+    and at t > 0.3 it is (1 - t) / 0.7, so the thresholds within 20 % of the best (1.0) are
+    0.125 <= t <= 0.44: 0.15 ... 0.40 of the grid, whose lower middle is 0.25."""
+    rng = np.random.default_rng(7)
+    probs = rng.random((1, 400, 400)).astype(np.float32)
+    truth = (quantize(probs) >= level_of(0.3)).astype(np.uint8)
+    details = tune_details([probs], [truth], plateau=0.2)
+    assert details["thresholds"][1] == pytest.approx(0.25)
+    assert details["jaccard"][1] == pytest.approx(0.7 / 0.75, abs=0.01)
+    # The default is that plateau; 0 takes the peak.
+    assert tune_details([probs], [truth])["thresholds"] == details["thresholds"]
+    assert tune_details([probs], [truth], plateau=0.0)["thresholds"][1] == pytest.approx(0.3)
+
+
+def test_plateau_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="plateau"):
+        choose_thresholds(np.ones((1, 256)), np.ones((1, 256)), plateau=1.0)
 
 
 def test_jaccard_curves_match_the_metric_on_masks() -> None:

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument(
         "--steps",
         type=int,
-        help="optimizer steps over all folds (default 2000 on synthetic data, 4000 on "
+        help="optimizer steps over all folds (default 2000 on synthetic data, 6400 on "
         "--data): the same numbers on the same platform however busy the machine",
     )
     budget.add_argument(
