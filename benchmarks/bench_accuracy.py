@@ -49,6 +49,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
         "train.steps=1600",
         "train.rare_classes=[2, 3, 4, 7, 8, 9, 10]",
     ),
+    # Against "1600 steps" (the real-data demo's recipe since 2026-12-02):
+    "1600 steps + image statistics": ("train.steps=1600", 'data.norm="image"'),
+    "1600 steps + log jaccard": ("train.steps=1600", "loss.log_jaccard=true"),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per

@@ -26,10 +26,10 @@ PLATEAU = 0.2
 """How far below its best a threshold's Jaccard may be and still count as on the plateau
 (relative). The chosen threshold is the middle of the plateau, not its peak: on dstl-lite a
 class's probabilities are scaled differently in each region (crops in 6110/6140 peak at 0.04,
-elsewhere at 0.4-0.96), so the peak fitted on some regions misses a new one. Over the nine
+elsewhere at 0.4-0.96), so the peak fitted on some regions misses a new one. Over the ten
 cross-validated runs of ``docs/accuracy.md`` the middle of the 20 % plateau raised the
-nested mean Jaccard in every run, 0.110 -> 0.118 on average (crops 0.485 -> 0.543);
-5 %, 10 %, 15 % and 30 % gave 0.114, 0.115, 0.117 and 0.118."""
+nested mean Jaccard in every run, 0.109 -> 0.118 on average (by 0.003 to 0.017; crops
+0.485 -> 0.542 in the first nine); 5 %, 10 %, 15 % and 30 % gave 0.113, 0.115, 0.117 and 0.118."""
 
 
 def class_histograms(
