@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import warnings
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ import pyogrio.raw
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
 from spectraseg.cli import main
 from spectraseg.data.classes import DSTL_COLORS, rgb
 from spectraseg.evaluation.levels import threshold_masks
+from spectraseg.inference.georaster import strip_bands
 from tiny import TINY_RUN
 
 SCENE = "synth_0_0"
@@ -278,8 +281,8 @@ class _BoxPixelModel:
 
 def test_cells_blend_the_per_pixel_model_with_its_context(trained: Path, monkeypatch) -> None:
     """A strip predicted in cells of one tile, blended with a per-pixel model that reads
-    context, gives the levels of the strip predicted whole: each cell reads the per-pixel
-    features' context across its sides."""
+    context, writes the levels and classes of the strip predicted whole: each cell reads the
+    per-pixel features' context across its sides, and lands in its window of the files."""
     from spectraseg.data.classes import DSTL_SCHEMA
     from spectraseg.features.stats import load_stats
     from spectraseg.inference import streaming
@@ -299,8 +302,12 @@ def test_cells_blend_the_per_pixel_model_with_its_context(trained: Path, monkeyp
     monkeypatch.setattr(streaming, "STRIP_BYTES", 1)
     cells = streaming.laid_out(req)
     assert len(whole.bands) == 1 and len(cells.bands) == 8
-    for strip in cells.strips[:3] + cells.strips[-1:]:
-        np.testing.assert_array_equal(
-            streaming._strip_levels(cells, strip, model)[0],
-            streaming._strip_levels(whole, strip, model)[0],
-        )
+    cells = replace(cells, out_dir=str(trained / "blend-cells"))
+    for k in [0, 1, 2, len(cells.strips) - 1]:
+        strip = cells.strips[k]
+        for req in (whole, cells):
+            streaming._write_cells(req, k, strip, model, None, Affine.scale(2, -2), "EPSG:32631")
+        for kind in ("probs", "classes"):
+            got = np.stack(list(strip_bands(streaming.strip_path(cells, kind, k))))
+            want = np.stack(list(strip_bands(streaming.strip_path(whole, kind, k))))
+            np.testing.assert_array_equal(got, want)

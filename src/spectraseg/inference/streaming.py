@@ -8,8 +8,9 @@ Two passes over the strips of :func:`spectraseg.inference.tiling.plan_strips`:
    run (and the per-pixel model, blended), and the strip's probability levels and class
    values are written as two small GeoTIFFs under ``PRED/{id}/.strips/``
    (:mod:`spectraseg.inference.georaster`). A strip too wide for :data:`STRIP_BYTES` is
-   predicted in cells of whole tile columns (``cols`` as well), so memory holds one cell's
-   input whatever the scene's width. A cell whose input is all nodata is written without
+   predicted in cells of whole tile columns (``cols`` as well), each written into its
+   window of the strip's files as it comes, so memory holds one cell whatever the scene's
+   width. A cell whose input is all nodata is written without
    running a model. A killed prediction resumes after the last whole strip; the strips of
    one scene can run on different Dask workers.
 2. **Vectors and COGs** (:func:`finish_scene`): the strips are read back in order,
@@ -38,6 +39,7 @@ import numpy as np
 import shapely
 import torch
 from affine import Affine
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from spectraseg.align.cache import open_cache
@@ -53,10 +55,10 @@ from spectraseg.inference.georaster import (
     class_raster,
     class_tags,
     strip_bands,
+    strip_writer,
     strips_vrt,
     write_category_names,
     write_cog,
-    write_strip,
 )
 from spectraseg.inference.loaded import cached_model, cached_pixel_model, set_threads
 from spectraseg.inference.outputs import GpkgWriter, write_geojson_4326
@@ -191,20 +193,37 @@ def prepare(req: SceneRequest) -> list[int]:
     ]
 
 
-def _strip_levels(
-    req: SceneRequest, strip: Strip, model: torch.nn.Module, nodata: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
-    """uint8 ``(K, rows, W)`` probability levels of one strip (blended when asked), cell by
-    cell (:attr:`SceneRequest.bands`), and how many cells ran the model: a cell whose
-    kept pixels are all nodata (``nodata``: the strip's ``(rows, W)`` mask) is all zero."""
-    levels = np.zeros((len(req.schema), strip.bottom - strip.top, req.shape[2]), np.uint8)
+def _write_cells(
+    req: SceneRequest, k: int, strip: Strip, model: torch.nn.Module, nodata: np.ndarray | None,
+    transform: Affine, crs: str,
+) -> int:  # fmt: skip
+    """Predict strip ``k`` cell by cell (:attr:`SceneRequest.bands`), writing each cell's
+    probability levels (blended when asked) and classes into the strip's two files as it
+    comes, so memory holds one cell, not the strip (its uint8 levels alone are 147 MB for 448
+    rows of a 32768 px scene); how many cells ran the model. A cell whose pixels are all
+    nodata (``nodata``: the strip's ``(rows, W)`` mask) is written as zeros (levels) and
+    nodata (classes) without running it."""
+    rows, width, k_ = strip.bottom - strip.top, req.shape[2], len(req.schema)
     ran = 0
-    for band in req.bands:
-        if nodata is not None and nodata[:, band.top : band.bottom].all():
-            continue
-        levels[:, :, band.top : band.bottom] = _cell_levels(req, strip, band, model)
-        ran += 1
-    return levels, ran
+    with (
+        strip_writer(strip_path(req, "probs", k), k_, rows, width, transform, crs, strip.top)
+        as probs,
+        strip_writer(strip_path(req, "classes", k), 1, rows, width, transform, crs, strip.top)
+        as classes,
+    ):  # fmt: skip
+        for band in req.bands:
+            nd = None if nodata is None else nodata[:, band.top : band.bottom]
+            if nd is not None and nd.all():
+                levels = np.zeros((k_, rows, band.bottom - band.top), np.uint8)
+            else:
+                levels = _cell_levels(req, strip, band, model)
+                ran += 1
+            if nd is not None:
+                levels[:, nd] = 0  # no class where the input has no data
+            window = Window(band.top, 0, band.bottom - band.top, rows)
+            probs.write(levels, window=window)
+            classes.write(class_raster(levels, req.thresholds, nd)[None], window=window)
+    return ran
 
 
 def _around(band: Strip, context: int) -> tuple[int, int]:
@@ -262,14 +281,8 @@ def predict_strips(req: SceneRequest, todo: list[int]) -> tuple[int, int, float]
     for k in todo:
         s = strips[k]
         nd = None if nodata is None else np.asarray(nodata[s.top : s.bottom])
-        levels, n = _strip_levels(req, s, model, nd)
+        n = _write_cells(req, k, s, model, nd, transform, crs)
         ran, cells = ran + (n > 0), cells + n
-        if nd is not None:
-            levels[:, nd] = 0  # no class where the input has no data
-        classes = class_raster(levels, req.thresholds, nd)
-        write_strip(strip_path(req, "probs", k), levels, transform, crs, s.top)
-        write_strip(strip_path(req, "classes", k), classes[None], transform, crs, s.top)
-        del levels, classes
         release_memory()
     return ran, cells, time.perf_counter() - t0
 
