@@ -166,6 +166,60 @@ def test_no_probs_and_all_nodata_strips(trained: Path, tmp_path: Path) -> None:
     assert not drawn[hole].any()
 
 
+def test_class_bits_hold_every_class_above_its_threshold(trained: Path, tmp_path: Path) -> None:
+    """``--class-bits``: classes.tif is a uint16 COG whose bit c-1 is set exactly where class
+    c's level is at or above its threshold (overlapping classes all kept), 32768 where the
+    input has no data; bits named in its tags, no colour table or category sidecar; and the
+    argmax layout predicted into the same folder afterwards replaces it whole."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(trained / "cache", cache)
+    hole = np.zeros((H, W), dtype=bool)
+    hole[60:90, 40:300] = True
+    (cache / "nodata").mkdir(exist_ok=True)
+    np.save(cache / "nodata" / f"{SCENE}.npy", hole)
+    pred = tmp_path / "pred"
+    args = predict(trained, pred, "--cache", str(cache), "--strip-rows", "48")
+    assert main([*args, "--class-bits"]) == 0
+    assert sorted(outputs(pred)) == ["classes.tif", "polygons.gpkg", "probs.tif"]
+    path = pred / SCENE / "classes.tif"
+    valid, errors, _ = cog_validate(str(path), quiet=True)
+    assert valid, errors
+    with rasterio.open(path) as src, rasterio.open(pred / SCENE / "probs.tif") as p:
+        assert src.dtypes[0] == "uint16" and src.nodata == 32768
+        tags = src.tags()
+        bits, levels = src.read(1), p.read()
+    assert tags["BIT_0"] == "Buildings" and tags["BIT_9"] == "Vehicle small"
+    above = threshold_masks(levels, dict.fromkeys(range(1, 11), 0.5))
+    assert (bits[hole] == 32768).all()
+    for c in range(1, 11):
+        np.testing.assert_array_equal((bits[~hole] >> (c - 1)) & 1, above[c - 1][~hole])
+    assert (above.sum(0)[~hole] > 1).any()  # overlaps exist, and are all kept
+    doc = json.loads((pred / "predict.json").read_text())
+    assert doc["options"]["class_bits"] is True
+    assert main(args) == 0
+    with rasterio.open(path) as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255
+    assert (pred / SCENE / "classes.tif.aux.xml").is_file()
+
+
+def test_class_bits_refuse_more_classes_than_bits(trained: Path, tmp_path: Path, monkeypatch,
+                                                   capsys) -> None:  # fmt: skip
+    """A schema with more classes than bits is one sentence and exit 1, no output (the
+    ten-class run against a limit of five stands in for a sixteen-class schema)."""
+    from spectraseg.inference import pipeline
+    from spectraseg.inference.georaster import class_bits
+
+    monkeypatch.setattr(pipeline, "MAX_BIT_CLASSES", 5)
+    assert main([*predict(trained, tmp_path / "pred"), "--class-bits"]) == 1
+    err = capsys.readouterr().err
+    assert "--class-bits holds at most 5 classes" in err and "predicts 10" in err
+    assert "Traceback" not in err and not (tmp_path / "pred" / SCENE / "classes.tif").exists()
+    with pytest.raises(ValueError, match="at most 15 classes"):
+        class_bits(np.zeros((16, 2, 2), np.uint8), {}, None)
+
+
 def test_all_nodata_cells_skip_the_model(trained: Path, tmp_path: Path, monkeypatch) -> None:
     """Strips cut into cells of one tile (48 px): the cells of the two leftmost bands, all
     nodata, are written without the model; the outputs elsewhere are the whole scene's."""

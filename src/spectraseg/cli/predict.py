@@ -88,6 +88,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="georeferenced scenes: write classes.tif and polygons.gpkg but not probs.tif",
     )
     p.add_argument(
+        "--class-bits",
+        action="store_true",
+        help="georeferenced scenes: classes.tif holds a bit per class (uint16, bit c-1 for "
+        "class c, 32768 where the input has no data) instead of one class per pixel, for "
+        "classes that overlap",
+    )
+    p.add_argument(
         "--geojson",
         action="store_true",
         help="georeferenced scenes: also write polygons.geojson (EPSG:4326, RFC 7946)",
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads or None,  # 0: torch's default, as None
         probs=args.probs,
         geojson=args.geojson,
+        class_bits=args.class_bits,
         strip_rows=args.strip_rows,
     )
     run_dir = args.run

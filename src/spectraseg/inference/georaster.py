@@ -38,6 +38,14 @@ from spectraseg.evaluation.levels import threshold_masks
 CLASS_NODATA = 255
 """``classes.tif`` value where the input has no data (class values are 1..K, K < 255)."""
 
+CLASS_BITS_NODATA = 1 << 15
+"""A bit-per-class ``classes.tif``'s value where the input has no data: bit 15 alone, so
+that testing a class's bit reads "absent" there even where nodata is not honoured."""
+
+MAX_BIT_CLASSES = 15
+"""Classes a bit-per-class ``classes.tif`` holds (bits 0-14 of a uint16; bit 15 is
+nodata)."""
+
 BLOCK = 256
 """Internal tile side of strip files and COGs (pixels)."""
 
@@ -67,11 +75,33 @@ def class_raster(
     return out
 
 
+def class_bits(
+    levels: np.ndarray, thresholds: Mapping[int, float], nodata: np.ndarray | None
+) -> np.ndarray:
+    """uint16 ``(h, W)``: bit ``c - 1`` set where class ``c``'s level is at or above its
+    threshold, for classes that overlap (DSTL's vehicles lie on roads, trees in crops),
+    where :func:`class_raster` keeps one; :data:`CLASS_BITS_NODATA` where ``nodata``.
+
+    ``levels``: ``(K, h, W)`` uint8 probability levels, ``K`` <= :data:`MAX_BIT_CLASSES`."""
+    if levels.shape[0] > MAX_BIT_CLASSES:
+        raise ValueError(
+            f"a bit per class holds at most {MAX_BIT_CLASSES} classes, got {levels.shape[0]}"
+        )
+    out = np.zeros(levels.shape[1:], dtype=np.uint16)
+    for k in range(levels.shape[0]):
+        above = threshold_masks(levels[k : k + 1], thresholds.get(k + 1, 0.5))[0]
+        out[above] |= np.uint16(1 << k)
+    if nodata is not None:
+        out[nodata] = CLASS_BITS_NODATA
+    return out
+
+
 @contextmanager
 def strip_writer(
-    path: Path, bands: int, h: int, w: int, transform: Affine, crs_wkt: str, top: int
-) -> Iterator[DatasetWriter]:
-    """An open ``bands`` x ``h`` x ``W`` uint8 strip file, a tiled, ZSTD-compressed GeoTIFF
+    path: Path, bands: int, h: int, w: int, transform: Affine, crs_wkt: str, top: int,
+    dtype: str = "uint8",
+) -> Iterator[DatasetWriter]:  # fmt: skip
+    """An open ``bands`` x ``h`` x ``W`` strip file of ``dtype``, a tiled, ZSTD-compressed GeoTIFF
     whose transform places it at scene row ``top``, to write by windows (a cell at a time);
     renamed onto ``path`` only when the block ends without an error (a killed write leaves
     no strip).
@@ -81,7 +111,7 @@ def strip_writer(
     time either way (the 4k and 8k benchmark times did not move). The COGs users open stay
     DEFLATE."""
     profile = {
-        "driver": "GTiff", "dtype": "uint8", "count": bands, "height": h, "width": w,
+        "driver": "GTiff", "dtype": dtype, "count": bands, "height": h, "width": w,
         "crs": crs_wkt, "transform": transform @ Affine.translation(0, top),
         "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "zstd",
         "interleave": "band",
@@ -105,7 +135,7 @@ def strips_vrt(
     path: Path, strips: Sequence[tuple[Path, int, int]], width: int, height: int,
     bands: int, transform: Affine, crs_wkt: str, nodata: int | None = None,
     colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
-    tags: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None, dtype: str = "Byte",
 ) -> None:  # fmt: skip
     """A VRT mosaic of strip files ``(file, top, rows)`` stacked into one ``width`` x
     ``height`` raster (written atomically; sources relative to the VRT), with the
@@ -121,7 +151,7 @@ def strips_vrt(
         items = "".join(f'<MDI key="{escape(k)}">{escape(v)}</MDI>' for k, v in tags.items())
         lines.append(f"  <Metadata>{items}</Metadata>")
     for b in range(1, bands + 1):
-        lines.append(f'  <VRTRasterBand dataType="Byte" band="{b}">')
+        lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
         if nodata is not None:
             lines.append(f"    <NoDataValue>{nodata}</NoDataValue>")
         if colormap and b == 1:
@@ -181,6 +211,14 @@ def class_tags(schema: ClassSchema) -> dict[str, str]:
     """``CLASS_0=none``, ``CLASS_c=name`` ..., ``CLASS_255=nodata``."""
     tags = {"CLASS_0": "none", f"CLASS_{CLASS_NODATA}": "nodata"}
     tags.update({f"CLASS_{c.index}": c.name for c in schema.classes})
+    return tags
+
+
+def class_bit_tags(schema: ClassSchema) -> dict[str, str]:
+    """A bit-per-class ``classes.tif``'s tags: ``BIT_0=name`` (class 1) ...,
+    ``NODATA=32768``."""
+    tags = {f"BIT_{c.index - 1}": c.name for c in schema.classes}
+    tags["NODATA"] = str(CLASS_BITS_NODATA)
     return tags
 
 

@@ -32,6 +32,7 @@ from spectraseg.data.sources import Source, open_source
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.normalization import complete_stats
 from spectraseg.features.stats import Stats, save_stats
+from spectraseg.inference.georaster import MAX_BIT_CLASSES
 from spectraseg.inference.loaded import cached_model, check_channels
 from spectraseg.inference.outputs import write_predictions_csv
 from spectraseg.inference.scene import PredictOptions, resolve_options
@@ -329,6 +330,7 @@ def _options_doc(plan: PredictPlan) -> dict[str, Any]:
         "decimals": o.decimals,
         "probs": o.probs,
         "geojson": o.geojson,
+        "class_bits": o.class_bits,
         "strip_rows": o.strip_rows,
         "cache": str(plan.cache_dir),
     }
@@ -368,6 +370,11 @@ def _predict_scenes(
     if isinstance(plan.dataset, GeoDataset):
         if stats is None:
             raise DataError("the run has no stats.json: its scenes cannot be normalised")
+        if opts.class_bits and len(plan.schema) > MAX_BIT_CLASSES:
+            raise DataError(
+                f"--class-bits holds at most {MAX_BIT_CLASSES} classes in classes.tif's 16 "
+                f"bits (one marks nodata); the run predicts {len(plan.schema)}"
+            )
         requests = _scene_requests(plan, report, stats, opts, todo, results)
         results.update(predict_scenes(runner, requests, progress))
         return results

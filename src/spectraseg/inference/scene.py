@@ -57,6 +57,9 @@ class PredictOptions:
     geojson: bool = False
     """Also write a georeferenced scene's polygons as ``polygons.geojson`` in EPSG:4326
     (RFC 7946)."""
+    class_bits: bool = False
+    """A georeferenced scene's ``classes.tif`` as a bit per class (uint16, bit ``c - 1`` for
+    class ``c``, for classes that overlap) instead of one class per pixel (uint8)."""
     strip_rows: int | None = None
     """Rows per strip of a georeferenced scene (None: what
     :data:`spectraseg.inference.streaming.STRIP_BYTES` allows)."""

@@ -50,7 +50,10 @@ from spectraseg.evaluation.levels import blend_levels, quantize, threshold_masks
 from spectraseg.features.patches import load_scene, scene_channels
 from spectraseg.features.stats import Stats
 from spectraseg.inference.georaster import (
+    CLASS_BITS_NODATA,
     CLASS_NODATA,
+    class_bit_tags,
+    class_bits,
     class_colormap,
     class_raster,
     class_tags,
@@ -170,6 +173,7 @@ def _fingerprint(req: SceneRequest) -> dict[str, Any]:
         "thresholds": {str(k): float(v) for k, v in sorted(req.thresholds.items())},
         "blend": {str(k): float(v) for k, v in sorted(req.blend.items())} if req.blend else None,
         "tiling": [o.tile, o.margin, bool(o.tta), bool(o.amp), o.device],
+        "class_bits": bool(o.class_bits),
         "strips": [[s.top, s.bottom] for s in req.strips],
         "bands": [[b.top, b.bottom] for b in req.bands],
         "normalisation": norm,
@@ -204,12 +208,15 @@ def _write_cells(
     nodata (``nodata``: the strip's ``(rows, W)`` mask) is written as zeros (levels) and
     nodata (classes) without running it."""
     rows, width, k_ = strip.bottom - strip.top, req.shape[2], len(req.schema)
+    bits = bool(req.options.class_bits)
+    to_classes, dtype = (class_bits, "uint16") if bits else (class_raster, "uint8")
     ran = 0
     with (
         strip_writer(strip_path(req, "probs", k), k_, rows, width, transform, crs, strip.top)
         as probs,
-        strip_writer(strip_path(req, "classes", k), 1, rows, width, transform, crs, strip.top)
-        as classes,
+        strip_writer(
+            strip_path(req, "classes", k), 1, rows, width, transform, crs, strip.top, dtype
+        ) as classes,
     ):  # fmt: skip
         for band in req.bands:
             nd = None if nodata is None else nodata[:, band.top : band.bottom]
@@ -222,7 +229,7 @@ def _write_cells(
                 levels[:, nd] = 0  # no class where the input has no data
             window = Window(band.top, 0, band.bottom - band.top, rows)
             probs.write(levels, window=window)
-            classes.write(class_raster(levels, req.thresholds, nd)[None], window=window)
+            classes.write(to_classes(levels, req.thresholds, nd)[None], window=window)
     return ran
 
 
@@ -348,7 +355,14 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
         vrt = req.strips_dir / f"{kind}.vrt"
         files = [(strip_path(req, kind, k), s.top, s.bottom - s.top) for k, s in enumerate(strips)]
         target = req.scene_dir / f"{kind}.tif"
-        if kind == "classes":
+        if kind == "classes" and req.options.class_bits:
+            strips_vrt(
+                vrt, files, w, h, 1, transform, crs, CLASS_BITS_NODATA,
+                tags=class_bit_tags(req.schema), dtype="UInt16",
+            )  # fmt: skip
+            write_cog(vrt, target, threads=threads)
+            target.with_name(target.name + ".aux.xml").unlink(missing_ok=True)  # no categories
+        elif kind == "classes":
             strips_vrt(
                 vrt, files, w, h, 1, transform, crs, CLASS_NODATA,
                 class_colormap(req.schema), class_tags(req.schema),
