@@ -337,6 +337,33 @@ def vectorize_strips(req: SceneRequest, transform: Affine, crs: str) -> dict[str
     }
 
 
+def _write_cog(req: SceneRequest, kind: str, transform: Affine, crs: str) -> None:
+    """``classes.tif`` (argmax with a colour table and category names, or a bit per class)
+    or ``probs.tif`` (a band per class, no overviews) from a VRT mosaic of the strips."""
+    _, h, w = _laid(req).shape
+    vrt, target = req.strips_dir / f"{kind}.vrt", req.scene_dir / f"{kind}.tif"
+    files = [(strip_path(req, kind, k), s.top, s.bottom - s.top) for k, s in enumerate(req.strips)]
+    threads = req.options.threads
+    if kind == "probs":
+        tags = {f"BAND_{c.index}": c.name for c in req.schema.classes}
+        strips_vrt(vrt, files, w, h, len(req.schema), transform, crs, tags=tags)
+        write_cog(vrt, target, overviews=False, threads=threads)
+    elif req.options.class_bits:
+        strips_vrt(
+            vrt, files, w, h, 1, transform, crs, CLASS_BITS_NODATA,
+            tags=class_bit_tags(req.schema), dtype="UInt16",
+        )  # fmt: skip
+        write_cog(vrt, target, threads=threads)
+        target.with_name(target.name + ".aux.xml").unlink(missing_ok=True)  # no categories
+    else:
+        strips_vrt(
+            vrt, files, w, h, 1, transform, crs, CLASS_NODATA,
+            class_colormap(req.schema), class_tags(req.schema),
+        )  # fmt: skip
+        write_cog(vrt, target, threads=threads)
+        write_category_names(target, req.schema)
+
+
 def finish_scene(req: SceneRequest) -> dict[str, Any]:
     """Polygons and COGs of a scene whose strips are all written (a Dask task, or run in
     this process); the strips are removed."""
@@ -350,29 +377,8 @@ def finish_scene(req: SceneRequest) -> dict[str, Any]:
         gpkg = prediction_gpkg(req.out_dir, req.image_id)
         write_geojson_4326(gpkg, gpkg.with_suffix(".geojson"))
     strips = req.strips
-    threads = req.options.threads
     for kind in ("classes", "probs") if req.probs else ("classes",):
-        vrt = req.strips_dir / f"{kind}.vrt"
-        files = [(strip_path(req, kind, k), s.top, s.bottom - s.top) for k, s in enumerate(strips)]
-        target = req.scene_dir / f"{kind}.tif"
-        if kind == "classes" and req.options.class_bits:
-            strips_vrt(
-                vrt, files, w, h, 1, transform, crs, CLASS_BITS_NODATA,
-                tags=class_bit_tags(req.schema), dtype="UInt16",
-            )  # fmt: skip
-            write_cog(vrt, target, threads=threads)
-            target.with_name(target.name + ".aux.xml").unlink(missing_ok=True)  # no categories
-        elif kind == "classes":
-            strips_vrt(
-                vrt, files, w, h, 1, transform, crs, CLASS_NODATA,
-                class_colormap(req.schema), class_tags(req.schema),
-            )  # fmt: skip
-            write_cog(vrt, target, threads=threads)
-            write_category_names(target, req.schema)
-        else:
-            tags = {f"BAND_{c.index}": c.name for c in req.schema.classes}
-            strips_vrt(vrt, files, w, h, len(req.schema), transform, crs, tags=tags)
-            write_cog(vrt, target, overviews=False, threads=threads)
+        _write_cog(req, kind, transform, crs)
     if not req.probs:
         (req.scene_dir / "probs.tif").unlink(missing_ok=True)
     shutil.rmtree(req.strips_dir)
