@@ -18,7 +18,9 @@ def _reflect_index(n: int, start: int, stop: int) -> np.ndarray:
 
 
 def _tune_thresholds(*args: Any, **kwargs: Any) -> dict[int, float]:
-    """0.1 ``tune_thresholds``: the thresholds of ``tune_details``."""
+    """0.1 ``tune_thresholds``: the thresholds of ``tune_details`` by 0.1's rule, the best
+    threshold (ties: the lowest), not the middle of the plateau."""
+    kwargs.setdefault("plateau", 0.0)
     return thresholds.tune_details(*args, **kwargs)["thresholds"]
 
 

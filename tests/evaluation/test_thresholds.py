@@ -58,6 +58,15 @@ def test_the_middle_of_the_plateau_is_chosen() -> None:
     assert tune_details([probs], [truth], plateau=0.0)["thresholds"][1] == pytest.approx(0.3)
 
 
+def test_ties_at_the_peak_go_to_the_lowest_threshold_and_the_plateau_to_its_middle() -> None:
+    """Every level 200 (0.78), every pixel true: the Jaccard is 1 at thresholds 0.05-0.75
+    and 0 above. Plateau 0 takes the lowest of the tied peaks, as before 2026-12-02; the
+    plateau rule the middle of the fifteen, 0.40."""
+    probs, truth = np.full((1, 4, 4), 200, np.uint8), np.ones((1, 4, 4), np.uint8)
+    assert tune_details([probs], [truth], plateau=0.0)["thresholds"][1] == pytest.approx(0.05)
+    assert tune_details([probs], [truth])["thresholds"][1] == pytest.approx(0.40)
+
+
 def test_plateau_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match="plateau"):
         choose_thresholds(np.ones((1, 256)), np.ones((1, 256)), plateau=1.0)

@@ -130,7 +130,8 @@ def choose_thresholds(
         grid: candidate thresholds, ascending.
         plateau: per class, the thresholds whose Jaccard is at least ``(1 - plateau)``
             times the best are the plateau; the middle one of them (the lower of two
-            middles) is chosen. 0: the best one (ties: the middle of the tied ones).
+            middles) is chosen. 0: the best one (ties: the lowest), the rule before
+            2026-12-02.
 
     Returns:
         ``thresholds`` (per class, from ``grid``), ``jaccard`` (at it; 0 for a class
@@ -161,6 +162,8 @@ def choose_thresholds(
 def _middle_of_plateau(curve: np.ndarray, plateau: float) -> int:
     """Index into ``curve`` (one class's Jaccard per grid threshold) of the middle of the
     thresholds scoring at least ``(1 - plateau)`` times its maximum."""
+    if plateau == 0.0:
+        return int(curve.argmax())  # the first maximum: the lowest threshold among ties
     on = np.flatnonzero(curve >= (1.0 - plateau) * curve.max())
     return int(on[(len(on) - 1) // 2])
 
