@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,33 @@ print(kept - rss())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 150, out.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse avx2 avx512f avx512_bf16 avx512vl", True),
+        ("fpu sse avx2 amx_tile amx_bf16", True),
+        ("fpu sse avx2 avx512f avx512bw avx512vl", False),  # bf16 only emulated
+        ("fpu sse avx512_bf16x", False),  # whole flags only
+    ],
+)
+def test_native_bf16_reads_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
+    from spectraseg.runtime import _cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\n")
+    assert _cpu_has_native_bf16(str(info)) is native
+    assert _cpu_has_native_bf16(str(tmp_path / "absent")) is False
+
+
+def test_autocast_dtype_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from spectraseg import runtime
+
+    assert runtime.autocast_dtype(torch.device("cuda", 0)) == torch.float16
+    monkeypatch.setattr(runtime, "_cpu_has_native_bf16", lambda: True)
+    assert runtime.autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(runtime, "_cpu_has_native_bf16", lambda: False)
+    assert runtime.autocast_dtype(torch.device("cpu")) is None

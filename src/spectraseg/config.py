@@ -149,7 +149,9 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     amp: bool = True
-    """Mixed precision (float16 autocast + GradScaler) on CUDA; ignored on CPU."""
+    """Mixed-precision training: float16 autocast + GradScaler on CUDA, bfloat16 autocast on
+    a CPU with native bfloat16 (AVX512-BF16 or AMX; 1.3x faster steps), float32 on other
+    CPUs (see :func:`spectraseg.runtime.autocast_dtype`). Prediction autocasts on CUDA only."""
     channels_last: bool = True
     """Channels-last memory format (about 1.5x faster on CPU)."""
     deterministic: bool = True

@@ -107,9 +107,10 @@ def test_run_directory_and_checkpoints(tmp_path: Path) -> None:
 
 
 def test_training_learns_the_toy_classes(tmp_path: Path) -> None:
-    # On the CPU, where the scores below were measured: float16 steps on CUDA take another
-    # path through this tiny problem (class 5: 0.57 seen on an H200).
-    config = tiny_config(epochs=4, steps_per_epoch=50, lr=0.02, device="cpu")
+    # In float32 on the CPU, where the scores below were measured: reduced-precision steps
+    # take another path through this tiny problem (class 5: 0.57 in float16 on an H200,
+    # 0.54 in bfloat16 on the 2-core machine).
+    config = tiny_config(epochs=4, steps_per_epoch=50, lr=0.02, device="cpu", amp=False)
     config = config.replace(["loss.jaccard_mode=present"])
     result = train(config, tmp_path / "run", progress=False, data=toy_data(config))
     first, last = result.history[0], result.history[-1]

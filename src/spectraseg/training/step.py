@@ -54,7 +54,7 @@ def accumulation_step(
     accumulate: int,
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
-    amp: bool = False,
+    amp: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> StepStats:
     """One optimizer step over ``accumulate`` micro-batches (the seed's accumulation).
@@ -64,7 +64,8 @@ def accumulation_step(
     steps the optimizer once. Under DDP gradients are synchronised only on the last
     micro-batch. ``batches`` yields ``{"image": (N, C, S, S), "mask": (N, K, S, S)}``
     and, for data with nodata pixels, ``"valid": (N, 1, S, S)`` (the loss ignores the
-    others); exactly ``accumulate`` are consumed.
+    others); exactly ``accumulate`` are consumed. ``amp``: the forward pass's autocast type
+    (None: float32); the loss is float32 either way.
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -79,7 +80,8 @@ def accumulation_step(
         x, y, v = _to_device(batch, device, channels_last)
         sync = ddp.no_sync() if ddp is not None and k < accumulate - 1 else contextlib.nullcontext()
         with sync:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            cast = contextlib.nullcontext() if amp is None else torch.autocast(device.type, amp)
+            with cast:
                 logits = model(x)
             loss = loss_fn(logits, y, v)  # float32: the loss upcasts the logits
             scaled = loss / accumulate
