@@ -206,7 +206,9 @@ def _write_cells(
     comes, so memory holds one cell, not the strip (its uint8 levels alone are 147 MB for 448
     rows of a 32768 px scene); how many cells ran the model. A cell whose pixels are all
     nodata (``nodata``: the strip's ``(rows, W)`` mask) is written as zeros (levels) and
-    nodata (classes) without running it."""
+    nodata (classes) without running it. The heap's free pages are given back after each
+    cell: cells of different widths otherwise fragment it (a 4096 x 32768 scene, two cells
+    a strip: peak RSS 1415 MB, 1189 MB with the release; one-cell 4096 px scenes: 1151)."""
     rows, width, k_ = strip.bottom - strip.top, req.shape[2], len(req.schema)
     bits = bool(req.options.class_bits)
     to_classes, dtype = (class_bits, "uint16") if bits else (class_raster, "uint8")
@@ -230,6 +232,8 @@ def _write_cells(
             window = Window(band.top, 0, band.bottom - band.top, rows)
             probs.write(levels, window=window)
             classes.write(to_classes(levels, req.thresholds, nd)[None], window=window)
+            del levels
+            release_memory()
     return ran
 
 
