@@ -402,3 +402,112 @@ def test_strip_tracing_gives_the_whole_masks_polygons(seed: int, rows: list[int]
         got_parts = np.concatenate([shapely.get_parts(g) for g in simplified])
         want = shapely.get_parts(ragged_to_map(whole, t, tol, 2, 8))
         assert sorted(shapely.to_wkb(got_parts)) == sorted(shapely.to_wkb(want))
+
+
+# The ring-by-ring form of the cuts (as before all rings were cut at once), the reference.
+def split_loops_one_by_one(ring: np.ndarray) -> list[np.ndarray]:
+    """:func:`split_loops` as it was before :func:`vectorize._loops` (one ring, one sort)."""
+    pts = ring[:-1]
+    keys = vectorize._point_keys(pts)
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    if len(repeated) == 0:
+        return [ring]
+    visits = repeated[np.lexsort((repeated, inverse[repeated]))]
+    same = inverse[visits[1:]] == inverse[visits[:-1]]
+    starts, stops = visits[:-1][same], visits[1:][same]
+    label = vectorize._innermost(starts, stops, len(pts))
+    by_loop = np.argsort(label, kind="stable")
+    cuts = np.cumsum(np.bincount(label, minlength=len(starts) + 1))[:-1]
+    return [np.concatenate([loop, loop[:1]]) for loop in np.split(pts[by_loop], cuts)]
+
+
+def shoelace(ring: np.ndarray) -> float:
+    """Signed area of a closed ring ``(n + 1, 2)``."""
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def reference_split_touching(rag: vectorize.Ragged, suspect: np.ndarray) -> vectorize.Ragged:
+    """Cut the rings that touch themselves at a pinch into simple rings meeting at points.
+
+    ``suspect``: ``(R,)`` bool, rings through a pinch. Rings that pass a pinch twice are
+    cut there (:func:`split_loops`). A shell can only close round background that way (a
+    "C" whose tips meet): its largest loop, which encloses the others, stays the shell and
+    the others become holes. A hole can only be background lobes meeting at corners: each
+    loop becomes a hole.
+    """
+    offsets = rag.ring_offsets
+    # Rings with a repeated vertex: one sort of (ring, point) keys over all suspects.
+    cand = np.flatnonzero(suspect)
+    lengths = np.diff(offsets)[cand] - 1  # without the closing vertex
+    sel = np.repeat(offsets[cand] - vectorize._offsets(lengths)[:-1], lengths) + np.arange(
+        lengths.sum()
+    )
+    point = vectorize._point_keys(rag.coords[sel])
+    span = int(point.max()) + 1
+    keys = np.sort(np.repeat(np.arange(len(cand)), lengths) * span + point)
+    affected = cand[np.unique(keys[1:][keys[1:] == keys[:-1]] // span)]
+    if len(affected) == 0:
+        return rag
+    split = set(affected.tolist())
+    poly_of_ring = np.repeat(np.arange(len(rag)), np.diff(rag.poly_offsets))
+    touched = np.unique(poly_of_ring[affected])
+    new_rings: list[np.ndarray] = []
+    new_per_poly: list[int] = []
+    for p in touched.tolist():
+        rings = []
+        first = int(rag.poly_offsets[p])
+        for r in range(first, int(rag.poly_offsets[p + 1])):
+            ring = rag.coords[offsets[r] : offsets[r + 1]]
+            loops = split_loops_one_by_one(ring) if r in split else [ring]
+            if r == first and len(loops) > 1:
+                outer = int(np.argmax([abs(shoelace(loop)) for loop in loops]))
+                loops.insert(0, loops.pop(outer))
+            rings.extend(loops)
+        new_rings.extend(rings)
+        new_per_poly.append(len(rings))
+    keep_poly = np.ones(len(rag), dtype=bool)
+    keep_poly[touched] = False
+    keep_ring = keep_poly[poly_of_ring]
+    ring_len = np.diff(offsets)
+    coords = np.concatenate([rag.coords[np.repeat(keep_ring, ring_len)], *new_rings])
+    lengths = np.concatenate([ring_len[keep_ring], [len(x) for x in new_rings]])
+    per_poly = np.concatenate([np.diff(rag.poly_offsets)[keep_poly], new_per_poly])
+    return vectorize.Ragged(
+        coords,
+        vectorize._offsets(lengths.astype(np.int64)),
+        vectorize._offsets(per_poly.astype(np.int64)),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(2, 30), st.integers(2, 30)), elements=st.integers(0, 1))
+)
+def test_rings_cut_at_once_equal_rings_cut_one_by_one(mask: np.ndarray) -> None:
+    """All pinched rings of a mask cut in one pass give exactly the arrays (vertices, ring
+    and polygon offsets, order) of cutting them one ring at a time."""
+    calls: list[tuple[vectorize.Ragged, vectorize.Ragged]] = []
+    fast = vectorize._split_touching
+
+    def both(rag: vectorize.Ragged, suspect: np.ndarray) -> vectorize.Ragged:
+        got = fast(rag, suspect)
+        calls.append((got, reference_split_touching(rag, suspect)))
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vectorize, "_split_touching", both)
+        trace_mask(mask)
+    for got, want in calls:
+        np.testing.assert_array_equal(got.coords, want.coords)
+        np.testing.assert_array_equal(got.ring_offsets, want.ring_offsets)
+        np.testing.assert_array_equal(got.poly_offsets, want.poly_offsets)
+
+
+def test_a_noisy_mask_cuts_its_rings_as_one_by_one() -> None:
+    """Salt and pepper (thousands of pinched rings, rings through one pinch many times)."""
+    mask = (np.random.default_rng(3).random((120, 160)) < 0.45).astype(np.uint8)
+    rag = trace_mask(mask)
+    assert shapely.is_valid(rag.polygons()).all()
+    test_rings_cut_at_once_equal_rings_cut_one_by_one.hypothesis.inner_test(mask)
