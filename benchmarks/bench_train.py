@@ -4,7 +4,9 @@
 
 1. Throughput (patches/s) of optimizer steps (forward, backward, Adam) of the default model
    (``configs/default.toml``: width 16, depth 4, batch 4, 128 px patches, channels-last) on
-   random data, plus variants (contiguous memory format, 256 px patches, group norm).
+   random data, as training runs them (``train.amp``: bfloat16 autocast on a CPU with
+   native bfloat16), plus variants (float32, contiguous memory format, 256 px patches, group
+   norm, width 32).
    Then the whole loop (``spectraseg.training.loop.train`` on a small synthetic dataset, patches
    sampled, normalised and augmented by ``spectraseg.features.patches``).
 2. Peak resident memory (``ru_maxrss``) of a fresh process running steps with
@@ -62,17 +64,19 @@ def throughput(overrides: list[str], channels: int, steps: int, warmup: int = 5)
     """Patches per second of full optimizer steps (accumulate=1) for a config variant."""
     import torch
 
+    from spectraseg.runtime import autocast_dtype
     from spectraseg.training.step import accumulation_step
 
     config, model, opt, loss = _setup(overrides, channels)
     t = config.train
     data = _batches(t.batch_size, channels, t.patch_size)
     cpu = torch.device("cpu")
+    kw = {"channels_last": t.channels_last, "amp": autocast_dtype(cpu) if t.amp else None}
     for _ in range(warmup):
-        accumulation_step(model, opt, loss, data, 1, cpu, channels_last=t.channels_last)
+        accumulation_step(model, opt, loss, data, 1, cpu, **kw)
     start = time.perf_counter()
     for _ in range(steps):
-        accumulation_step(model, opt, loss, data, 1, cpu, channels_last=t.channels_last)
+        accumulation_step(model, opt, loss, data, 1, cpu, **kw)
     return steps * t.batch_size / (time.perf_counter() - start)
 
 
@@ -160,6 +164,7 @@ def main() -> int:
     import torch
 
     from spectraseg.config import Config
+    from spectraseg.runtime import autocast_dtype
 
     torch.set_num_threads(args.threads)
     d = Config()
@@ -168,8 +173,12 @@ def main() -> int:
         f"default model width {d.model.width}, depth {d.model.depth}, norm {d.model.norm}, "
         f"batch {d.train.batch_size}, patch {d.train.patch_size}"
     )
+    amp = autocast_dtype(torch.device("cpu"))
+    kind = "bfloat16 autocast" if amp else "float32 (no native bfloat16)"
+    print(f"train.amp on this CPU: {kind}")
     variants = [
         ("default (channels-last)", []),
+        ("float32 (train.amp=false)", ["train.amp=false"]),
         ("contiguous memory format", ["train.channels_last=false"]),
         ("group norm", ["model.norm=group"]),
         ("256 px patches", ["train.patch_size=256"]),
