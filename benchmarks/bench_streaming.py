@@ -4,9 +4,10 @@ against scene size, and the cost of polygons across strip seams.
 Run::
 
     .venv/bin/python benchmarks/bench_streaming.py --out runs/bench_streaming \\
-        [--sizes 4096 8192 16384 32768] [--run RUN] [--steps 200] [--threads 2]
+        [--sizes 4096 8192 16384 32768 4096x32768] [--run RUN] [--steps 200] [--threads 2]
 
-For each size N, a synthetic georeferenced 8-band uint16 scene of N x N pixels is streamed
+For each size N (or HxW), a synthetic georeferenced 8-band uint16 scene of N x N (H x W)
+pixels is streamed
 to a tiled GeoTIFF (``spectraseg synth --georef``), aligned into a cache (``spectraseg
 align``), then predicted by ``spectraseg predict --workers 0`` in a child process, whose
 peak RSS is its own ``ru_maxrss`` (``os.wait4``). Printed per size::
@@ -57,17 +58,30 @@ def measured(*args: str, env: dict[str, str]) -> tuple[float, float]:
     return time.perf_counter() - t0, usage.ru_maxrss / 1024
 
 
-def scene(out: Path, size: int) -> Path:
-    """The synthetic scene of ``size`` px and its cache, made once; its description."""
-    root = out / f"scene_{size}"
+def parse_size(text: str) -> tuple[int, int]:
+    """``N`` (N x N) or ``HxW`` -> ``(H, W)``."""
+    h, _, w = text.partition("x")
+    return int(h), int(w or h)
+
+
+def size_name(size: tuple[int, int]) -> str:
+    """``N`` for a square scene, else ``HxW`` (scene directories and printed lines)."""
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+def scene(out: Path, size: tuple[int, int]) -> Path:
+    """The synthetic scene of ``size`` ``(H, W)`` px and its cache, made once; its
+    description."""
+    name = size_name(size)
+    root = out / f"scene_{name}"
     desc = root / "dataset.toml"
     if not desc.is_file():
-        s = run("synth", "--georef", "--out", str(root), "--size", str(size), str(size),
+        s = run("synth", "--georef", "--out", str(root), "--size", str(size[0]), str(size[1]),
                 "--seed", "7", "--no-progress")  # fmt: skip
-        print(f"  synth {size}: {s:.0f} s", file=sys.stderr)
+        print(f"  synth {name}: {s:.0f} s", file=sys.stderr)
     if not (root / "cache" / "manifest.json").is_file():
         s = run("align", str(desc), "--cache", str(root / "cache"), "--no-progress")
-        print(f"  align {size}: {s:.0f} s", file=sys.stderr)
+        print(f"  align {name}: {s:.0f} s", file=sys.stderr)
     return desc
 
 
@@ -75,7 +89,7 @@ def trained(out: Path, steps: int) -> Path:
     """A default-config run trained ``steps`` steps on the 2048 px scene."""
     run_dir = out / "run"
     if not (run_dir / "checkpoints" / "best.pt").is_file():
-        desc = scene(out, 2048)
+        desc = scene(out, (2048, 2048))
         sets = (
             f"data.root={desc}", f"data.cache={desc.parent / 'cache'}", f"train.steps={steps}",
             "data.val_fraction=0",
@@ -126,7 +140,13 @@ def model_pass(run_dir: Path, desc: Path, threads: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_streaming"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    ap.add_argument(
+        "--sizes",
+        type=parse_size,
+        nargs="+",
+        default=[(n, n) for n in (4096, 8192, 16384, 32768)],
+        help="scene sizes: N (N x N) or HxW, e.g. 4096x32768 (a strip as wide as 32768 px)",
+    )
     ap.add_argument("--run", type=Path, help="a georeferenced run (default: trained here)")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
@@ -143,14 +163,14 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for size in args.sizes:
         desc = scene(args.out, size)
-        pred = args.out / f"pred_{size}"
+        pred = args.out / f"pred_{size_name(size)}"
         seconds, peak = measured(
             "predict", str(desc), "--run", str(run_dir), "--out", str(pred),
             "--cache", str(desc.parent / "cache"), "--workers", "0", "--no-progress",
             "--threads", str(args.threads), env=env,
         )  # fmt: skip
-        mpx = size * size / 1e6
-        print(f"size={size} seconds={seconds:.1f} peak_rss_mb={peak:.0f} "
+        mpx = size[0] * size[1] / 1e6
+        print(f"size={size_name(size)} seconds={seconds:.1f} peak_rss_mb={peak:.0f} "
               f"mpx_per_s={mpx / seconds:.3f}", flush=True)  # fmt: skip
         (doc,) = json.loads((pred / "predict.json").read_text())["scenes"]
         parts = sum(doc["parts"].values())
@@ -162,7 +182,8 @@ def main() -> None:
             flush=True,
         )
     if args.compare:
-        streaming, whole = model_pass(run_dir, scene(args.out, args.compare), args.threads)
+        square = (args.compare, args.compare)
+        streaming, whole = model_pass(run_dir, scene(args.out, square), args.threads)
         print(
             f"model pass on {args.compare} px in this process: strips {streaming:.3f} Mpx/s, "
             f"whole scene in memory {whole:.3f} Mpx/s ({100 * (streaming / whole - 1):+.1f} %)"
