@@ -7,9 +7,8 @@ Run::
         [--sizes 4096 8192 16384 32768 4096x32768] [--run RUN] [--steps 200] [--threads 2]
 
 For each size N (or HxW), a synthetic georeferenced 8-band uint16 scene of N x N (H x W)
-pixels is streamed
-to a tiled GeoTIFF (``spectraseg synth --georef``), aligned into a cache (``spectraseg
-align``), then predicted by ``spectraseg predict --workers 0`` in a child process, whose
+pixels is streamed to a tiled GeoTIFF (``spectraseg synth --georef``), aligned into a cache
+(``spectraseg align``), then predicted by ``spectraseg predict --workers 0`` in a child process, whose
 peak RSS is its own ``ru_maxrss`` (``os.wait4``). Printed per size::
 
     size=N seconds=S peak_rss_mb=M mpx_per_s=R
