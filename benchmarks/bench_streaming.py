@@ -8,8 +8,8 @@ Run::
 
 For each size N (or HxW), a synthetic georeferenced 8-band uint16 scene of N x N (H x W)
 pixels is streamed to a tiled GeoTIFF (``spectraseg synth --georef``), aligned into a cache
-(``spectraseg align``), then predicted by ``spectraseg predict --workers 0`` in a child process, whose
-peak RSS is its own ``ru_maxrss`` (``os.wait4``). Printed per size::
+(``spectraseg align``), then predicted by ``spectraseg predict --workers 0`` in a child
+process, whose peak RSS is its own ``ru_maxrss`` (``os.wait4``). Printed per size::
 
     size=N seconds=S peak_rss_mb=M mpx_per_s=R
 
