@@ -52,7 +52,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # Against "1600 steps" (the real-data demo's recipe since 2026-12-02):
     "1600 steps + image statistics": ("train.steps=1600", 'data.norm="image"'),
     "1600 steps + log jaccard": ("train.steps=1600", "loss.log_jaccard=true"),
-    # bfloat16 autocast on CPU (train.amp, since 2026-12-03) makes steps 1.4x faster on the
+    # bfloat16 autocast on CPU (train.amp, since 2026-12-02) makes steps 1.4x faster on the
     # 2-core machine: 2100 steps take the 20 minutes that 1600 float32 steps took. Runs
     # above were trained in float32; this one in bfloat16 (on a CPU with native bfloat16).
     "2100 steps (bfloat16)": ("train.steps=2100",),

@@ -66,8 +66,8 @@ class SynthDefaults(TypedDict):
 SYNTH_DEFAULTS: SynthDefaults = {"scenes": 16, "size": (448, 448), "steps": 2000}
 """The embedded synthetic default: small enough for 10 minutes on 2 CPU cores. A fixed
 number of steps (not minutes) so that the same command gives the same numbers on the same
-platform however busy the machine; 2000 steps took 6.2 minutes of training (6.6 for the
-whole demo) on the 2-core development machine (README)."""
+platform however busy the machine; 2000 steps took 5.6 minutes of training in bfloat16 (5.7
+for the whole demo; 6.2 and 6.6 in float32) on the 2-core development machine (README)."""
 
 REAL_STEPS = 6400
 """Default training budget on real data, all folds together: 1600 optimizer steps per fold,
