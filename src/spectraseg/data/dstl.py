@@ -200,14 +200,25 @@ def write_wkt_csv(
     """Write ``ImageId,ClassType,MultipolygonWKT`` rows atomically (``.gz`` compresses).
 
     Geometries are normalised to MultiPolygon; empty ones are written ``MULTIPOLYGON EMPTY``.
-    Non-empty WKT is quoted, as in the competition files.
+    Non-empty WKT is quoted, as in the competition files. The bytes are ``csv.writer``'s
+    (``QUOTE_MINIMAL``); the WKT field is appended as it would quote it (WKT holds commas,
+    never quotes or line breaks), because its scan of every character took 4.4 s of a 61 s
+    prediction of a noisy scene (190 MB of WKT).
     """
     buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    w.writerow(WKT_HEADER)
+    w = csv.writer(buf, lineterminator=",", quoting=csv.QUOTE_MINIMAL)
+    buf.write(",".join(WKT_HEADER) + "\n")
     for image_id, cls, geom in rows:
-        w.writerow([image_id, int(cls), format_wkt(geom, decimals)])
+        w.writerow([image_id, int(cls)])  # "id,class," with csv's quoting of the id
+        buf.write(_wkt_field(format_wkt(geom, decimals)) + "\n")
     write_text_atomic(path, buf.getvalue())
+
+
+def _wkt_field(wkt: str) -> str:
+    """A WKT string as a ``QUOTE_MINIMAL`` CSV field: quoted when it holds a comma."""
+    if '"' in wkt or "\n" in wkt or "\r" in wkt:
+        raise ValueError(f"WKT with a quote or line break: {wkt[:80]!r}")
+    return f'"{wkt}"' if "," in wkt else wkt
 
 
 def read_wkt_rows(path: str | os.PathLike[str]) -> list[tuple[str, int, str]]:
