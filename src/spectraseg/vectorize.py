@@ -376,8 +376,9 @@ def _split_touching(rag: Ragged, suspect: np.ndarray) -> Ragged:
     cut there (:func:`_loops`, all rings at once: a noisy scene has 84 000 such rings, and
     cutting them one at a time made its prediction 39.5 s instead of 29.6 s). A shell can
     only close round background that way (a "C" whose tips meet): its largest loop, which
-    encloses the others, stays the shell and the others become holes. A hole can only be background lobes meeting at
-    corners: each loop becomes a hole. The polygons with a cut ring come after the others.
+    encloses the others, stays the shell and the others become holes. A hole can only be
+    background lobes meeting at corners: each loop becomes a hole. The polygons with a cut
+    ring come after the others.
     """
     offsets, coords = rag.ring_offsets, rag.coords
     affected = _self_touching(rag, np.flatnonzero(suspect))
