@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from unittest import mock
 
+import cv2
 import numpy as np
 import pytest
 import shapely
@@ -22,6 +24,7 @@ from spectraseg.vectorize import (
     DEFAULT_TOLERANCE,
     StripTracer,
     bound_components,
+    count_borders,
     finalize,
     mask_to_multipolygon,
     masks_to_polygons,
@@ -303,6 +306,22 @@ def test_bound_components_leaves_at_most_that_many(mask: np.ndarray, most: int) 
     else:
         assert len(after) <= most and (after >= pixels).all()
         assert pixels == np.sort(before)[::-1][most] + 1  # the smallest size that does it
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40)), elements=st.integers(0, 1)),
+    st.booleans(),
+)
+def test_count_borders_is_the_number_of_regions_and_holes(mask: np.ndarray, dense: bool) -> None:
+    """Either way of counting (listed borders, or labelling for dense masks) is exact."""
+    if not mask.any():
+        return
+    x0, y0, bw, bh = cv2.boundingRect(mask)
+    box = np.ascontiguousarray(mask[y0 : y0 + bh, x0 : x0 + bw])
+    inverted = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    with mock.patch.object(vectorize, "DENSE_RUNS", -1 if dense else 10**9):
+        assert count_borders(box, inverted) == len(components(mask))
 
 
 def test_a_noisy_class_is_sieved_with_a_warning_and_stays_valid(monkeypatch) -> None:
