@@ -17,7 +17,9 @@ def test_scene_geojson_is_valid_json_with_the_exact_geometries() -> None:
         1: MultiPolygon([Polygon(ring, [hole]), Polygon([(1, -1), (2, -1), (2, -2)])]),
         2: MultiPolygon(),
     }
-    text = scene_geojson("6010_0_0", polygons, 0.009, -0.0091, 545, 538, {1: 0.35, 2: 0.95})
+    pieces = scene_geojson("6010_0_0", polygons, 0.009, -0.0091, 545, 538, {1: 0.35, 2: 0.95})
+    text = "".join(pieces)
+    assert text.endswith("]}\n")
     doc = json.loads(text)
     assert doc["type"] == "FeatureCollection" and doc["image_id"] == "6010_0_0"
     assert (doc["xmax"], doc["ymin"], doc["width"], doc["height"]) == (0.009, -0.0091, 545, 538)

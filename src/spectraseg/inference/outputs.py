@@ -44,7 +44,7 @@ from shapely.geometry import MultiPolygon
 
 from spectraseg import CLASS_NAMES, NUM_CLASSES
 from spectraseg.data.dstl import PREDICTIONS_CSV, WKT_HEADER, check_image_id, write_wkt_csv
-from spectraseg.data.files import atomic_output, temporary_name_accepted, write_text_atomic
+from spectraseg.data.files import atomic_output, temporary_name_accepted
 from spectraseg.data.geometry import EMPTY
 from spectraseg.data.georef import PREDICTION_LAYER
 from spectraseg.vectorize import DEFAULT_DECIMALS
@@ -78,8 +78,10 @@ def scene_geojson(
     width: int,
     height: int,
     thresholds: Mapping[int, float] | None = None,
-) -> str:
-    """A GeoJSON FeatureCollection of a scene's polygons, one Feature per class, as text.
+) -> Iterator[str]:
+    """A GeoJSON FeatureCollection of a scene's polygons, one Feature per class, as pieces
+    of text to write one after the other (the whole, a noisy scene's 200 MB, is never
+    joined in memory).
 
     Coordinates are **DSTL grid units**, not longitude/latitude: x in ``[0, xmax]``, y in
     ``[ymin, 0]`` (``ymin < 0``), the coordinates of the competition's WKT. Foreign members
@@ -90,18 +92,6 @@ def scene_geojson(
     Geometries are GEOS's own GeoJSON text, spliced in: parsing it into Python objects and
     writing it again took a third of a 640 x 640 scene's prediction time (MEASUREMENTS).
     """
-    features = []
-    for c in sorted(polygons):
-        g = polygons[c]
-        props: dict[str, Any] = {"class": c, "name": CLASS_NAMES.get(c, str(c)), "area": g.area}
-        if thresholds is not None:
-            props["threshold"] = float(thresholds.get(c, 0.5))
-        geometry = (
-            '{"type": "MultiPolygon", "coordinates": []}' if g.is_empty else shapely.to_geojson(g)
-        )
-        features.append(
-            f'{{"type": "Feature", "properties": {json.dumps(props)}, "geometry": {geometry}}}'
-        )
     head = {
         "type": "FeatureCollection",
         "image_id": image_id,
@@ -111,7 +101,18 @@ def scene_geojson(
         "width": width,
         "height": height,
     }
-    return json.dumps(head)[:-1] + ', "features": [' + ", ".join(features) + "]}"
+    yield json.dumps(head)[:-1] + ', "features": ['
+    for n, c in enumerate(sorted(polygons)):
+        g = polygons[c]
+        props: dict[str, Any] = {"class": c, "name": CLASS_NAMES.get(c, str(c)), "area": g.area}
+        if thresholds is not None:
+            props["threshold"] = float(thresholds.get(c, 0.5))
+        geometry = (
+            '{"type": "MultiPolygon", "coordinates": []}' if g.is_empty else shapely.to_geojson(g)
+        )
+        yield f'{", " if n else ""}{{"type": "Feature", "properties": {json.dumps(props)}, '
+        yield f'"geometry": {geometry}}}'
+    yield "]}\n"
 
 
 def save_levels(path: Path, levels: np.ndarray) -> None:
@@ -133,10 +134,11 @@ def write_scene_outputs(
     """Write a scene's probabilities, GeoJSON and WKT rows (each atomically)."""
     paths = scene_paths(out_dir, image_id)
     save_levels(paths["probs"], levels)
-    text = scene_geojson(
+    pieces = scene_geojson(
         image_id, polygons, xmax, ymin, levels.shape[2], levels.shape[1], thresholds
     )
-    write_text_atomic(paths["geojson"], text + "\n")
+    with atomic_output(paths["geojson"]) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(pieces)
     rows = [(image_id, c, polygons.get(c, EMPTY)) for c in range(1, NUM_CLASSES + 1)]
     write_wkt_csv(paths["wkt"], rows, decimals=decimals)
     return paths
