@@ -15,13 +15,16 @@ import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from spectraseg import NUM_CLASSES
 from spectraseg.data.files import atomic_output
+
+if TYPE_CHECKING:  # imported where a model is fitted: 1.7 s that prediction rarely needs
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
 GREY_CHANNELS = ("R", "G", "B", "P")
 TEXTURE_WINDOWS = (5, 15)
@@ -118,6 +121,8 @@ class PixelModel:
         Scenes are consumed one at a time; only the sampled pixels are kept, so memory does
         not grow with scene size.
         """
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         rng = np.random.default_rng(seed)
         xs: dict[int, list[np.ndarray]] = {c: [] for c in range(1, NUM_CLASSES + 1)}
         ys: dict[int, list[np.ndarray]] = {c: [] for c in range(1, NUM_CLASSES + 1)}
