@@ -205,23 +205,35 @@ def summary(name: str, rules: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_args(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The options every real-data accuracy benchmark takes (``steps``: the default)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps per fold")
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps per model")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--only", nargs="+", help="levers to run (default: all)")
-    p.add_argument("--set", nargs="*", default=[], help="overrides for every lever")
-    args = p.parse_args()
+    return p
+
+
+def aligned_cache(out: Path) -> Path:
+    """``OUT/cache``: dstl-lite aligned once (exits when the real data is absent)."""
     if not (DATA / "grid_sizes.csv").is_file():
         sys.exit(f"real data not found at {DATA}")
     from spectraseg.align.fusion import align_dataset
 
-    cache = args.out / "cache"
+    cache = out / "cache"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         align_dataset(DATA, cache, progress=False)
+    return cache
+
+
+def main() -> None:
+    p = run_args(__doc__, 1000)
+    p.add_argument("--only", nargs="+", help="levers to run (default: all)")
+    p.add_argument("--set", nargs="*", default=[], help="overrides for every lever")
+    args = p.parse_args()
+    cache = aligned_cache(args.out)
     for name in args.only or list(LEVERS):
         extra = [*LEVERS[name], *args.set]
         for s in args.seeds:

@@ -34,15 +34,19 @@ already complete in ``OUT`` are read back, so the script can be interrupted and 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from bench_accuracy import DATA, recipe, run_one, run_path  # the script's own folder
+from bench_accuracy import (  # the script's own folder
+    aligned_cache,
+    recipe,
+    run_args,
+    run_one,
+    run_path,
+)
 from spectraseg.runtime import tune_memory
 
 tune_memory()
@@ -98,22 +102,11 @@ def outer_counts(inner: Path, final: Path, scenes: list[str]) -> dict[str, np.nd
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
-    p.add_argument("--steps", type=int, default=1600, help="optimizer steps per model")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--folds", type=int, default=4)
-    args = p.parse_args()
-    if not (DATA / "grid_sizes.csv").is_file():
-        sys.exit(f"real data not found at {DATA}")
-    from spectraseg.align.fusion import align_dataset
+    args = run_args(__doc__, 1600).parse_args()
+    cache = aligned_cache(args.out)
     from spectraseg.evaluation.metrics import Evaluation
     from spectraseg.runs import read_cv
 
-    cache = args.out / "cache"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        align_dataset(DATA, cache, progress=False)
     name = f"{args.steps} steps unet only"
     only = [f"train.steps={args.steps}", "pixel.enabled=false"]
     for seed in args.seeds:
