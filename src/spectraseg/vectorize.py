@@ -290,13 +290,11 @@ def trace_mask(mask: np.ndarray, max_rings: int = 0) -> Ragged:
         The polygons, vertices ``(col, row)`` on pixel corners (integers as float64), the
         raster's top-left corner at ``(0, 0)``; valid, and rasterising back to the mask.
     """
-    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
     # Only the box round the region pixels is traced (less to invert, frame and scan).
-    x0, y0, bw, bh = cv2.boundingRect(m)
-    if bw == 0:
+    _, box, x0, y0 = _region_box(mask)
+    if box.size == 0:
         return Ragged.empty()
-    box = m[y0 : y0 + bh, x0 : x0 + bw]
-    inverted = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    inverted = _framed_inverse(box)
     if max_rings:
         # OpenCV's hierarchy costs 30 s on a noisy mask's 700 000 borders (0.16 s on
         # 50 000), so the borders are counted first.
@@ -506,13 +504,27 @@ def sieve(mask: np.ndarray, pixels: int) -> np.ndarray:
     Returns:
         ``(H, W)`` bool.
     """
-    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    x0, y0, bw, bh = cv2.boundingRect(m)
-    if pixels <= 1 or bw == 0:
+    m, box, x0, y0 = _region_box(mask)
+    if pixels <= 1 or box.size == 0:
         return m.view(bool)
-    box = m[y0 : y0 + bh, x0 : x0 + bw].copy()
+    box = box.copy()
     _sieve_box(box, pixels, cv2.connectedComponentsWithStats(box, connectivity=4)[1:3])
     return _placed(box, m.shape, x0, y0)
+
+
+def _region_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(m, box, x0, y0)``: ``mask`` as contiguous uint8 {0, 1} ``(H, W)``, and the view of
+    it round its regions' bounding box, whose top-left pixel is column ``x0``, row ``y0``
+    (an empty box when the mask has no region pixel)."""
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    x0, y0, bw, bh = cv2.boundingRect(m)
+    return m, m[y0 : y0 + bh, x0 : x0 + bw], x0, y0
+
+
+def _framed_inverse(box: np.ndarray) -> np.ndarray:
+    """``(h + 2, w + 2)`` uint8: ``1 - box`` framed by one pixel of 1, so that the
+    background round the box is one component (OpenCV's label of pixel ``(0, 0)``)."""
+    return cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
 
 
 def _placed(box: np.ndarray, shape: tuple[int, ...], x0: int, y0: int) -> np.ndarray:
@@ -529,7 +541,7 @@ def _sieve_box(box: np.ndarray, pixels: int, regions: tuple[np.ndarray, np.ndarr
     small = stats[:, cv2.CC_STAT_AREA] < pixels
     small[0] = False  # the background
     box[small[labels]] = 0
-    framed = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    framed = _framed_inverse(box)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(framed, connectivity=8)
     small = stats[:, cv2.CC_STAT_AREA] < pixels
     small[[0, labels[0, 0]]] = False  # the regions; the background outside the box
@@ -547,13 +559,12 @@ def bound_components(mask: np.ndarray, most: int) -> tuple[np.ndarray, int]:
         ``(mask, pixels)``: the sieved ``(H, W)`` bool mask and the size used (0: the mask
         was within bounds and is returned unchanged).
     """
-    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    x0, y0, bw, bh = cv2.boundingRect(m)
-    if bw == 0:
+    m, box, x0, y0 = _region_box(mask)
+    if box.size == 0:
         return m.view(bool), 0
-    box = m[y0 : y0 + bh, x0 : x0 + bw].copy()
+    box = box.copy()
     regions = cv2.connectedComponentsWithStats(box, connectivity=4)[1:3]
-    framed = cv2.copyMakeBorder(1 - box, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
+    framed = _framed_inverse(box)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(framed, connectivity=8)
     holes = np.delete(stats[:, cv2.CC_STAT_AREA], [0, labels[0, 0]])
     areas = np.concatenate([regions[1][1:, cv2.CC_STAT_AREA], holes])
