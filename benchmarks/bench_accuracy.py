@@ -35,6 +35,8 @@ tune_memory()
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dstl-lite"
 
+UNET_1600 = ("train.steps=1600", "pixel.enabled=false")
+
 LEVERS: dict[str, tuple[str, ...]] = {
     "recipe": (),
     "image statistics": ('data.norm="image"',),
@@ -56,6 +58,15 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # 2-core machine: 2100 steps take the 20 minutes that 1600 float32 steps took. Runs
     # above were trained in float32; this one in bfloat16 (on a CPU with native bfloat16).
     "2100 steps (bfloat16)": ("train.steps=2100",),
+    # The real-data demo's recipe since 2026-12-02 exactly (U-Net alone, 1600 steps per fold,
+    # bfloat16 where the CPU has it); bench_final_vs_ensemble.py trains the same runs. The
+    # levers below pair with it (no per-pixel partner: half the time of the levers above).
+    "1600 steps unet only": UNET_1600,
+    "unet only + photometric 0.2": (*UNET_1600, "train.photometric=0.2"),
+    "unet only + instance norm": (*UNET_1600, 'model.norm="instance"'),
+    "unet only + ema 0.999": (*UNET_1600, "train.ema=0.999"),
+    "unet only + log jaccard": (*UNET_1600, "loss.log_jaccard=true"),
+    "unet only + dataset statistics": (*UNET_1600, 'data.norm="dataset"'),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per

@@ -1,5 +1,5 @@
-"""Cross-validated training: folds, out-of-fold predictions, decisions, nested scores, and
-prediction with the fold models' ensemble."""
+"""Cross-validated training: folds, out-of-fold predictions, decisions, nested scores, the
+final model trained on every scene, and prediction with it or with the fold models' average."""
 
 from __future__ import annotations
 
@@ -23,7 +23,16 @@ from spectraseg.evaluation.thresholds import counts_at, tune_blend
 from spectraseg.inference.outputs import scene_paths
 from spectraseg.inference.pipeline import predict_run
 from spectraseg.models.ensemble import ProbabilityMean
-from spectraseg.runs import RunDir, load_model, read_cv, read_stats, read_thresholds
+from spectraseg.models.unet import UNet
+from spectraseg.runs import (
+    RunDir,
+    load_checkpoint,
+    load_model,
+    load_pixel_model,
+    read_cv,
+    read_stats,
+    read_thresholds,
+)
 from tiny import tiny_config
 
 torch.set_num_threads(1)
@@ -70,6 +79,19 @@ def test_every_scene_is_predicted_out_of_fold_once(cv_run) -> None:
     assert cv.scores["nested"]["mean"] == result.nested.mean
 
 
+def test_the_final_model_trains_on_every_scene_with_a_folds_budget(cv_run) -> None:
+    result, run = cv_run["result"], RunDir.of(cv_run["base"] / "run")
+    cv = read_cv(run)
+    assert cv is not None and cv.final == "final" and cv.shipped == ("final",)
+    assert result.final == run.root / "final"
+    split = json.loads((run.root / "final" / "split.json").read_text())
+    assert sorted(split["train"]) == sorted(cv_run["seen"]) and split["validation"] == []
+    # Three folds and the final model, each the config's two steps.
+    assert result.steps == [2, 2, 2, 2] and cv.scores["steps"] == [2, 2, 2, 2]
+    final = load_checkpoint(run.root / "final" / "checkpoints" / "best.pt")
+    assert final.step == 2 and (run.root / "final" / "pixelmodel.pkl").is_file()
+
+
 def test_decisions_and_scores_come_from_the_out_of_fold_histograms(cv_run) -> None:
     result, base = cv_run["result"], cv_run["base"]
     run, cache = RunDir.of(base / "run"), open_cache(base / "cache")
@@ -95,16 +117,16 @@ def test_decisions_and_scores_come_from_the_out_of_fold_histograms(cv_run) -> No
     assert set(result.models) == {"unet", "pixel"}
 
 
-def test_predict_averages_the_fold_models_on_a_new_region(cv_run, tmp_path) -> None:
+def test_predict_uses_the_final_model_on_a_new_region(cv_run, tmp_path) -> None:
     base, new = cv_run["base"], cv_run["new"]
     run = RunDir.of(base / "run")
     model, _, stats = load_model(run, "best")
-    assert isinstance(model, ProbabilityMean) and len(model.members) == 3
-    assert stats is not None and stats == read_stats(run)
-    x = torch.randn(1, model.in_channels, 32, 32)
-    want = torch.stack([torch.sigmoid(m(x)) for m in model.members]).mean(0)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.sigmoid(model(x)), want, atol=1e-5, rtol=0)
+    assert isinstance(model, UNet) and stats is not None and stats == read_stats(run)
+    final = load_checkpoint(run.root / "final" / "checkpoints" / "best.pt")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, final.model[key], rtol=0, atol=0)
+    pixel = load_pixel_model(run)
+    assert pixel is not None and not hasattr(pixel, "members")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = predict_run(run.root, base / "data", tmp_path / "pred", image_ids=new,
@@ -123,10 +145,16 @@ def test_predict_averages_the_fold_models_on_a_new_region(cv_run, tmp_path) -> N
 def test_resume_keeps_finished_folds_and_refuses_a_second_setup(cv_run) -> None:
     base = cv_run["base"]
     run = RunDir.of(base / "run")
-    before = {p: p.stat().st_mtime_ns for p in (run.root / "folds").rglob("latest.pt")}
+    before = {p: p.stat().st_mtime_ns for p in run.root.rglob("latest.pt")}
+    assert len(before) == 4
     again = train_folds(None, run.root, resume=True, progress=False)
-    after = {p: p.stat().st_mtime_ns for p in (run.root / "folds").rglob("latest.pt")}
+    after = {p: p.stat().st_mtime_ns for p in run.root.rglob("latest.pt")}
     assert before == after and again.nested.mean == cv_run["result"].nested.mean
+    # A final model stopped after its last step (before best.pt) is finished on resume.
+    best = run.root / "final" / "checkpoints" / "best.pt"
+    best.unlink()
+    train_folds(None, run.root, resume=True, progress=False)
+    assert best.read_bytes() == (best.parent / "latest.pt").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run"):
         train_folds(tiny(base, pixel=True), run.root, folds=3, progress=False)
     with pytest.raises(ConfigError, match="must be at least 2"):
@@ -134,6 +162,7 @@ def test_resume_keeps_finished_folds_and_refuses_a_second_setup(cv_run) -> None:
 
 
 def test_cli_cross_validates_and_prints_both_scores(cv_run, tmp_path, capsys) -> None:
+    from spectraseg.bundle import export_bundle, unpack_bundle
     from spectraseg.cli import main
     from spectraseg.config import to_toml
 
@@ -144,11 +173,20 @@ def test_cli_cross_validates_and_prints_both_scores(cv_run, tmp_path, capsys) ->
         warnings.simplefilter("ignore")
         assert main([*args, "--out", str(tmp_path / "run"), "--folds", "3"]) == 0
     out = capsys.readouterr().out
-    assert "3 folds" in out and "nested" in out and "plain" in out
+    assert "3 folds" in out and "nested" in out and "plain" in out and "final" in out
     cv = read_cv(tmp_path / "run")
-    assert cv is not None
+    assert cv is not None and cv.final == "final"
     assert f"{cv.scores['nested']['mean']:8.4f}" in out.splitlines()[-3]
     assert not (tmp_path / "run" / "oof" / f"{cv.folds[0][0]}.pixel.npy").exists()
+    # One bundle file holds the final model alone and unpacks to a run that loads it.
+    bundle = export_bundle(tmp_path / "run", tmp_path / "model.spectraseg")
+    unpacked = unpack_bundle(bundle, tmp_path / "unpacked")
+    assert [p.parent.parent.name for p in unpacked.root.rglob("best.pt")] == ["final"]
+    a, b = (load_model(r, "best")[0] for r in (tmp_path / "run", unpacked.root))
+    assert isinstance(a, UNet)
+    x = torch.randn(1, a.in_channels, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
 
     def error(extra: list[str], message: str) -> None:
         assert main(extra) == 1
@@ -157,3 +195,26 @@ def test_cli_cross_validates_and_prints_both_scores(cv_run, tmp_path, capsys) ->
 
     error([*args, "--out", str(tmp_path / "r2"), "--folds", "1"], "--folds must be at least 2")
     error(["train", "--resume", str(tmp_path / "run"), "--folds", "3"], "--folds sets up a new run")
+    error([*args, "--out", str(tmp_path / "r3"), "--ensemble"], "give --folds K with it")
+
+
+def test_an_ensemble_run_averages_the_fold_models(cv_run, tmp_path, capsys) -> None:
+    from spectraseg.cli import main
+    from spectraseg.config import to_toml
+
+    config = tmp_path / "run.toml"
+    config.write_text(to_toml(tiny(cv_run["base"], pixel=False)))
+    argv = ["train", "--config", str(config), "--no-progress", "--out", str(tmp_path / "run")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--folds", "3", "--ensemble"]) == 0
+    assert "the fold models' average" in capsys.readouterr().out
+    cv = read_cv(tmp_path / "run")
+    assert cv is not None and cv.final is None and cv.shipped == cv.members
+    assert not (tmp_path / "run" / "final").exists()
+    model, _, _ = load_model(tmp_path / "run", "best")
+    assert isinstance(model, ProbabilityMean) and len(model.members) == 3
+    x = torch.randn(1, model.in_channels, 32, 32)
+    want = torch.stack([torch.sigmoid(m(x)) for m in model.members]).mean(0)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.sigmoid(model(x)), want, atol=1e-5, rtol=0)

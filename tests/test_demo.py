@@ -129,21 +129,23 @@ def test_fold_means_score_absent_classes_both_ways() -> None:
 
 def test_cross_validated_demo_scores_every_scene_out_of_fold(tmp_path) -> None:
     """With --folds, the demo is spectraseg train --folds: every scene is a test scene,
-    predicted by a fold model that never saw its region at its fold's nested decisions."""
+    predicted by a fold model that never saw its region at its fold's nested decisions; the
+    budget is shared by the folds and the final model the run ships."""
     from spectraseg.crossval import oof_levels
     from spectraseg.evaluation.levels import threshold_masks
     from spectraseg.runs import read_cv
 
     extra = (*TINY, "pixel.enabled=true", "pixel.samples=200", "pixel.max_iter=5")
     settings = DemoSettings(
-        out=tmp_path, scenes=6, size=(192, 192), regions=3, folds=3, steps=3 * STEPS,
+        out=tmp_path, scenes=6, size=(192, 192), regions=3, folds=3, steps=4 * STEPS,
         overrides=extra, progress=False,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_demo(settings)
     cv = read_cv(tmp_path / "run")
-    assert cv is not None and len(cv.folds) == 3
+    assert cv is not None and len(cv.folds) == 3 and cv.final == "final"
+    assert cv.scores["steps"] == [STEPS] * 4
     assert sorted(result.split["test"]) == sorted(i for f in cv.folds for i in f)
     doc = json.loads((tmp_path / "demo.json").read_text())
     assert doc["cross_validation"]["cross-validation (raster, pooled)"]["nested mean"] == round(

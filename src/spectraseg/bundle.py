@@ -33,6 +33,7 @@ from spectraseg.data.files import atomic_output, write_text_atomic
 from spectraseg.errors import DataError
 from spectraseg.runs import (
     Checkpoint,
+    CrossValidation,
     RunDir,
     TunedThresholds,
     load_checkpoint,
@@ -118,7 +119,8 @@ def unpack_bundle(path: str | os.PathLike[str], into: str | os.PathLike[str]) ->
     write_text_atomic(run.config, state["config"])
     write_text_atomic(run.stats, state["stats"] + "\n")
     cv = None if state["cv"] is None else json.loads(state["cv"])
-    dirs = [run] if cv is None else [RunDir(run.root / m) for m in cv["members"]]
+    shipped = () if cv is None else CrossValidation.from_json(cv).shipped
+    dirs = [RunDir(run.root / m) for m in shipped] or [run]
     for member, weights in zip(dirs, state["members"], strict=True):
         save_checkpoint(member.best, _checkpoint(state, weights))
     if cv is not None:

@@ -1,6 +1,7 @@
 """Cross-validated training (``spectraseg train --folds K``): every labelled scene is
 predicted by a model that never saw its region, the per-class decisions are fitted on
-those out-of-fold predictions of all scenes, and the K fold models become one run.
+those out-of-fold predictions of all scenes, and a final model trained on every scene (or,
+with ``--ensemble``, the average of the K fold models) is the run's model.
 
 Layout of ``RUN``::
 
@@ -8,6 +9,7 @@ Layout of ``RUN``::
     RUN/stats.json           statistics over every cached scene (they use no labels)
     RUN/cv.json              folds, member runs and scores (runs.CrossValidation)
     RUN/folds/{k}/           fold k's run: the other folds' scenes, no validation split
+    RUN/final/               the final model's run: every scene, the same budget as a fold
     RUN/oof/{id}.unet.npy    uint8 (K, H, W) levels of the fold model that did not see the scene
     RUN/oof/{id}.pixel.npy   the same for that fold's per-pixel model (``pixel.enabled``)
     RUN/thresholds.json      per-class thresholds (and U-Net / pixel blend weights) fitted on
@@ -20,9 +22,17 @@ one tuner (:func:`spectraseg.evaluation.thresholds.tune_blend`) on the summed le
 histograms. Two scores come out, both raster and pooled over all scenes (the competition's
 way): **plain** (decisions fitted on all out-of-fold predictions, scored on the same:
 optimistic) and **nested** (each fold scored with decisions fitted on the other folds' out-of-
-fold predictions: what a new region can expect). ``spectraseg predict --run RUN`` averages
-the K U-Nets and the K per-pixel models (:mod:`spectraseg.models.ensemble`) and applies
-``RUN/thresholds.json``.
+fold predictions: what a new region can expect). ``spectraseg predict --run RUN`` applies
+``RUN/thresholds.json`` to the final model (U-Net and per-pixel model), or to the mean of the
+K U-Nets and of the K per-pixel models (:mod:`spectraseg.models.ensemble`) in a run without
+one.
+
+Why the final model: the nested score is of one model per scene, and the final model is one
+model trained as each fold's was, on more regions, so the nested score is what it can expect.
+The average of fold models was measured against it without scoring either on scenes it saw
+(``benchmarks/bench_final_vs_ensemble.py``, docs/accuracy.md): on dstl-lite it scored lower,
+crops most (its members each saw fewer regions, and thresholds fitted on single models'
+out-of-fold predictions suit a single model).
 """
 
 from __future__ import annotations
@@ -78,6 +88,9 @@ from spectraseg.training.loop import train
 MODELS = {"unet": 1.0, "pixel": 0.0}
 """The blend weight that makes each partner alone (the U-Net's weight)."""
 
+FINAL = "final"
+"""``RUN/final``: the model trained on every scene, which a run with one ships."""
+
 
 @dataclass
 class CVResult:
@@ -96,9 +109,12 @@ class CVResult:
     fold_decisions: list[dict[str, Any]] = field(default_factory=list)
     """Per fold, the decisions its :attr:`nested` score used (fitted on the other folds):
     :func:`~spectraseg.evaluation.thresholds.tune_blend`'s ``thresholds`` and ``blend``."""
+    final: Path | None = None
+    """The final model's run directory, which prediction uses (None: the folds' average)."""
     steps: list[int] = field(default_factory=list)
+    """Optimizer steps of each fold, then of the final model (a run with one)."""
     seconds: float = 0.0
-    """Training seconds of all folds."""
+    """Training seconds of all folds and the final model."""
 
 
 def oof_paths(run: RunDir, image_id: str) -> dict[str, Path]:
@@ -107,9 +123,10 @@ def oof_paths(run: RunDir, image_id: str) -> dict[str, Path]:
 
 
 def _open(
-    config: Config | None, run: RunDir, folds: int, resume: bool, progress: bool
+    config: Config | None, run: RunDir, folds: int, resume: bool, progress: bool, final: bool
 ) -> tuple[Config, CrossValidation]:
-    """The config and fold plan: read back when resuming, else made and written."""
+    """The config and fold plan (with a final model when ``final``): read back when
+    resuming, else made and written."""
     if resume:
         cv = read_cv(run)
         if cv is None:
@@ -131,7 +148,9 @@ def _open(
     scenes = run_scenes(config.data, cache, progress)
     plan = region_folds(scenes, folds, config.train.seed)
     cv = CrossValidation(
-        tuple(tuple(f) for f in plan), tuple(f"folds/{k + 1}" for k in range(folds))
+        tuple(tuple(f) for f in plan),
+        tuple(f"folds/{k + 1}" for k in range(folds)),
+        final=FINAL if final else None,
     )
     run.root.mkdir(parents=True, exist_ok=True)
     write_config(run, config)
@@ -326,21 +345,27 @@ def train_folds(
     resume: bool = False,
     progress: bool = True,
     options: PredictOptions = PredictOptions(),
+    final: bool = True,
 ) -> CVResult:
-    """Train ``folds`` region-grouped fold models, predict every scene out of fold, fit the
-    per-class decisions on those predictions and score them (module docstring).
+    """Train ``folds`` region-grouped fold models, predict every scene out of fold, train the
+    final model on every scene, fit the per-class decisions on the out-of-fold predictions
+    and score them (module docstring).
 
     Args:
         config: the run's config (``data.cache`` with every labelled scene; the training
-            budget applies to each fold); None when resuming (the run's own).
+            budget applies to each fold and to the final model); None when resuming (the
+            run's own).
         run_dir: the run directory ``RUN``.
         folds: number of folds, whole region groups each.
         resume: continue a run: finished folds are kept, an interrupted one resumes.
         progress: progress bars on stderr.
         options: how the held-out scenes are predicted (the run's ``[predict]`` by default).
+        final: a new run ships a model trained on every scene (``RUN/final``) rather than
+            the fold models' average; a resumed run keeps its own choice. On dstl-lite the
+            final model scored higher on regions it never saw (docs/accuracy.md).
     """
     run = RunDir.of(run_dir)
-    config, cv = _open(config, run, folds, resume, progress)
+    config, cv = _open(config, run, folds, resume, progress, final)
     cache = open_cache(config.data.cache)
     pixel = config.pixel.enabled
     for k, held_out in enumerate(cv.folds):
@@ -349,7 +374,15 @@ def train_folds(
         member = RunDir(run.root / cv.members[k])
         _train_fold(config, run, member, held_out, cv, progress)
         _predict_oof(run, member, cache, config, held_out, options, progress)
+    if cv.final is not None and not _final_done(RunDir(run.root / cv.final), pixel):
+        _train_fold(config, run, RunDir(run.root / cv.final), (), cv, progress)
     return _conclude(config, run, cv, cache, options, progress)
+
+
+def _final_done(final: RunDir, pixel: bool) -> bool:
+    """Whether the final model finished: ``best.pt`` is written after the last step (and
+    the per-pixel model after it)."""
+    return final.best.is_file() and (not pixel or final.pixel_model.is_file())
 
 
 def _conclude(
@@ -383,8 +416,9 @@ def _conclude(
         ),
         models=models,
         fold_decisions=fold_decisions,
+        final=None if cv.final is None else run.root / cv.final,
     )
-    for member in cv.members:
+    for member in (*cv.members, *([cv.final] if cv.final else [])):
         doc = json.loads((run.root / member / "metrics.json").read_text(encoding="utf-8"))
         last = doc["epochs"][-1] if doc["epochs"] else {"step": 0, "seconds": 0.0}
         result.steps.append(int(last["step"]))

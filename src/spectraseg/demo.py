@@ -69,15 +69,17 @@ number of steps (not minutes) so that the same command gives the same numbers on
 platform however busy the machine; 2000 steps took 5.6 minutes of training in bfloat16 (5.7
 for the whole demo; 6.2 and 6.6 in float32) on the 2-core development machine (README)."""
 
-REAL_STEPS = 6400
-"""Default training budget on real data, all folds together: 1600 optimizer steps per fold,
-about 18 minutes of training and out-of-fold prediction on 2 CPU cores in bfloat16 (22 in
-float32, on CPUs without native bfloat16). 2100 bfloat16 steps per fold, the same 20
-minutes as 1600 float32 ones, scored no better (seed 0: 0.124 against 0.127). Against 1000 steps
-per fold, on the same folds (nested pooled mean Jaccard of the U-Net alone, thresholds at
-the middle of their plateau): 0.127 and 0.121 against 0.110 and 0.106 for seeds 0 and 1, a
-gain (+0.014) larger than either setting's seed spread (docs/accuracy.md). A fixed count,
-not minutes, so the demo's score is the table's (seed 0) and the same on every run."""
+REAL_STEPS = 8000
+"""Default training budget on real data, all models together: 1600 optimizer steps for each
+of the 4 folds and for the final model (:data:`spectraseg.crossval.FINAL`). The 4 folds took
+about 18 minutes of training and out-of-fold prediction on 2 CPU cores in bfloat16 on a busy
+day, 9 on a quiet one (22 in float32, on CPUs without native bfloat16). 2100 bfloat16 steps
+per fold, the same 20 minutes as 1600 float32 ones, scored no better (seed 0: 0.124 against
+0.127). Against 1000 steps per fold, on the same folds (nested pooled mean Jaccard of the
+U-Net alone, thresholds at the middle of their plateau): 0.127 and 0.121 against 0.110 and
+0.106 for seeds 0 and 1, a gain (+0.014) larger than either setting's seed spread
+(docs/accuracy.md). A fixed count, not minutes, so the demo's score is the table's (seed 0)
+and the same on every run."""
 
 REAL_FOLDS = 4
 """Cross-validation folds on real data: every scene is scored by a model that never saw its
@@ -113,9 +115,10 @@ class DemoSettings:
     regions: int | None = None
     seed: int = 0
     minutes: float | None = None
-    """Training time budget (all folds together) instead of ``steps``."""
+    """Training time budget (all models together) instead of ``steps``."""
     steps: int | None = None
-    """Optimizer steps (all folds together); None: 2000 on synthetic data, 6400 on real."""
+    """Optimizer steps (all models together: the folds and the final model of a
+    cross-validated run); None: 2000 on synthetic data, 8000 on real."""
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     test_scenes: tuple[str, ...] = ()
@@ -246,7 +249,7 @@ def _folds(demo: _Demo) -> int:
 
 
 def _budget(demo: _Demo, folds: int = 1) -> tuple[float, int]:
-    """``(minutes, steps)`` of one of ``folds`` runs sharing the demo's training budget:
+    """``(minutes, steps)`` of one of ``folds`` models sharing the demo's training budget:
     ``--minutes``, else ``--steps``, else :data:`SYNTH_DEFAULTS` or :data:`REAL_STEPS`."""
     s = demo.settings
     if s.minutes is not None:
@@ -320,8 +323,9 @@ def _cross_validated(demo: _Demo, presets: Sequence[str]) -> _Outcome:
     """K-fold cross-validation by region (:func:`spectraseg.crossval.train_folds`): every
     scene predicted out of fold, scored with the decisions fitted on the other folds."""
     s, k = demo.settings, _folds(demo)
+    # The budget is shared by the k fold models and the final model.
     config = build_config(
-        s, demo.root, demo.cache_dir, demo.labelled, [], _budget(demo, k), presets
+        s, demo.root, demo.cache_dir, demo.labelled, [], _budget(demo, k + 1), presets
     )
     run = RunDir.of(demo.out / "run")
     resume = run.cv.is_file()

@@ -243,11 +243,12 @@ def promote_latest(run_dir: str | os.PathLike[str] | RunDir) -> None:
 
 
 def members(run_dir: str | os.PathLike[str] | RunDir) -> list[RunDir]:
-    """The runs whose models make up this run's model: the fold runs of a cross-validated
-    run (``RUN/cv.json``), else the run itself."""
+    """The runs whose models make up this run's model: the model trained on every scene of a
+    cross-validated run (``RUN/cv.json``) that ships one, else its fold runs; a run that is
+    not cross-validated is its own."""
     run = RunDir.of(run_dir)
     cv = read_cv(run)
-    return [run] if cv is None else [RunDir(run.root / m) for m in cv.members]
+    return [run] if cv is None else [RunDir(run.root / m) for m in cv.shipped]
 
 
 def _newest(paths: Sequence[Path]) -> int | None:
@@ -410,31 +411,44 @@ class CrossValidation:
 
     ``folds``: the held-out scenes of each fold (whole region groups); ``members``: each
     fold's run directory, relative to ``RUN``; ``scores``: what cross-validation measured
-    (JSON-ready, written when every fold is done; empty before).
+    (JSON-ready, written when every fold is done; empty before); ``final``: the directory of
+    the model trained on every scene that the run ships instead of the fold models' average
+    (None: the run ships the average).
     """
 
     folds: tuple[tuple[str, ...], ...]
     members: tuple[str, ...]
     scores: Mapping[str, Any] = field(default_factory=dict)
+    final: str | None = None
+
+    @property
+    def shipped(self) -> tuple[str, ...]:
+        """The directories (relative to ``RUN``) of the models prediction uses."""
+        return self.members if self.final is None else (self.final,)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "format": CV_FORMAT,
             "version": 1,
             "folds": [list(f) for f in self.folds],
             "members": list(self.members),
             "scores": dict(self.scores),
         }
+        if self.final is not None:
+            doc["final"] = self.final
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> CrossValidation:
         folds = tuple(tuple(str(i) for i in f) for f in doc["folds"])
         members = tuple(str(m) for m in doc["members"])
+        final = None if doc.get("final") is None else str(doc["final"])
         if len(folds) != len(members) or not members:
             raise ValueError("one member run per fold is needed")
-        if any(Path(m).is_absolute() or ".." in Path(m).parts for m in members):
+        inside = [*members, *([final] if final is not None else [])]
+        if any(Path(m).is_absolute() or ".." in Path(m).parts for m in inside):
             raise ValueError("member runs must lie inside the run directory")
-        return cls(folds, members, dict(doc.get("scores", {})))
+        return cls(folds, members, dict(doc.get("scores", {})), final)
 
 
 def write_cv(run_dir: str | os.PathLike[str] | RunDir, cv: CrossValidation) -> None:

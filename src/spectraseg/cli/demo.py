@@ -34,11 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument(
         "--steps",
         type=int,
-        help="optimizer steps over all folds (default 2000 on synthetic data, 6400 on "
-        "--data): the same numbers on the same platform however busy the machine",
+        help="optimizer steps over all models: the folds and the final model (default 2000 "
+        "on synthetic data, 8000 on --data): the same numbers on the same platform however "
+        "busy the machine",
     )
     budget.add_argument(
-        "--minutes", type=float, help="training minutes over all folds instead of steps"
+        "--minutes", type=float, help="training minutes over all models instead of steps"
     )
     for part, what in (("test", "held out for the report"), ("val", "for validation")):
         p.add_argument(

@@ -4,8 +4,9 @@ Train the U-Net on a fused cache into a run directory (config, statistics, check
 metrics), or resume a stopped run exactly where it stopped. Under torchrun every process trains
 on its own patches (DDP); rank 0 writes. With --folds K, train K models on region-grouped folds,
 predict every labelled scene out of fold, fit the per-class thresholds (and U-Net / per-pixel
-blend) on those predictions and report the nested cross-validated score; predicting with such
-a run averages the K models.
+blend) on those predictions, report the nested cross-validated score, and train a final model
+on every scene, which predicting with such a run uses (--ensemble: the average of the K fold
+models instead).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # torch loads in `run`, not with `spectraseg --help`
 # spectraseg train --resume RUN [--set train.epochs=20 ...]
 # spectraseg train --config run.toml --print-config
 # torchrun --standalone --nproc-per-node=2 -m spectraseg train --config run.toml --out RUN
-# spectraseg train --config run.toml --out RUN --folds 4
+# spectraseg train --config run.toml --out RUN --folds 4 [--ensemble]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--folds",
         type=int,
         metavar="K",
-        help="cross-validate: K region-grouped folds, one model each (the budget is per fold)",
+        help="cross-validate: K region-grouped folds, one model each, then a final model on "
+        "every scene (the budget is per model)",
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="with --folds: ship the average of the K fold models instead of a final model "
+        "(one training fewer; it scored lower on new regions, docs/accuracy.md)",
     )
     add_threads(p, "the config's train.threads, which this sets")
     p.add_argument(
@@ -105,8 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = args.resume or args.out
     cv_resume = bool(args.resume) and os.path.isfile(os.path.join(args.resume, "cv.json"))
+    if args.ensemble and args.folds is None:
+        raise ConfigError("--ensemble is for a new cross-validated run: give --folds K with it")
     if args.folds is not None or cv_resume:
-        return _cross_validate(config, run_dir, args.folds, bool(args.resume), args.progress)
+        return _cross_validate(
+            config, run_dir, args.folds, bool(args.resume), args.progress, not args.ensemble
+        )
     # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.training.loop import train
 
@@ -125,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _cross_validate(
-    config: Config, run_dir: str, folds: int | None, resume: bool, progress: bool
+    config: Config, run_dir: str, folds: int | None, resume: bool, progress: bool, final: bool
 ) -> int:
     """``--folds K`` (or resuming a cross-validated run): train, predict out of fold, score."""
     if folds is not None:
@@ -137,9 +149,15 @@ def _cross_validate(
     # The stage loads here, not at the top: `spectraseg --help` imports every verb module.
     from spectraseg.crossval import train_folds
 
-    result = train_folds(config, run_dir, folds or 0, resume=resume, progress=progress)
+    result = train_folds(config, run_dir, folds or 0, resume, progress, final=final)
     minutes = result.seconds / 60
-    print(f"run {result.run_dir}: {len(result.folds)} folds, {minutes:.1f} training min")
+    shipped = (
+        "the fold models' average" if result.final is None else f"the final model, {result.final}"
+    )
+    print(
+        f"run {result.run_dir}: {len(result.folds)} folds, {minutes:.1f} training min; "
+        f"predict uses {shipped}"
+    )
     print(f"{'class':<31} {'nested':>8} {'plain':>8}")
     for c, name in enumerate(result.nested.names, start=1):
         nested, plain = result.nested.jaccard[c - 1], result.plain.jaccard[c - 1]
