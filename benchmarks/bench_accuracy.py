@@ -65,6 +65,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "unet only + photometric 0.2": (*UNET_1600, "train.photometric=0.2"),
     "unet only + instance norm": (*UNET_1600, 'model.norm="instance"'),
     "unet only + ema 0.999": (*UNET_1600, "train.ema=0.999"),
+    "unet only + depth 5": (*UNET_1600, "model.depth=5"),
     "unet only + log jaccard": (*UNET_1600, "loss.log_jaccard=true"),
     "unet only + dataset statistics": (*UNET_1600, 'data.norm="dataset"'),
 }
@@ -189,8 +190,9 @@ def run_one(out: Path, cache: Path, name: str, extra: list[str], steps: int, see
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # The nested score is of the fold models: no final model is trained.
             train_folds(None if cv else config, run, folds, resume=cv is not None,
-                        progress=False)  # fmt: skip
+                        progress=False, final=False)  # fmt: skip
         print(f"  {name} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         cv = read_cv(run)
     assert cv is not None

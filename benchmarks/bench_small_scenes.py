@@ -7,8 +7,8 @@ Run::
 Without ``--run``: five synthetic scenes the size of dstl-lite's (538 x 538 px) and a run of
 the default model trained for 300 steps (about a minute; an untrained model's masks are
 salt and pepper, whose vectorisation is the worst case of ``bench_predict.py``, not this). With
-``--run``: that run on ``DATA`` (e.g. the real-data demo's ``runs/dstl-lite/run``, a 4-fold
-ensemble, on five dstl-lite scenes). ``spectraseg predict`` runs as a user runs it, once
+``--run``: that run on ``DATA`` (e.g. the real-data demo's ``runs/dstl-lite/run``, its final
+model, on five dstl-lite scenes). ``spectraseg predict`` runs as a user runs it, once
 with the default worker plan and once in this process (``--workers 0``); printed: the
 command's wall time (imports included) and each scene's seconds from ``predict.json``.
 """
