@@ -17,7 +17,7 @@ from spectraseg.config import Config
 from spectraseg.crossval import oof_paths, scene_histograms, train_folds
 from spectraseg.data.dstl import region_of
 from spectraseg.data.synth import synthesize
-from spectraseg.errors import ConfigError
+from spectraseg.errors import ConfigError, DataError
 from spectraseg.evaluation.metrics import pixel_areas
 from spectraseg.evaluation.thresholds import counts_at, tune_blend
 from spectraseg.inference.outputs import scene_paths
@@ -150,6 +150,12 @@ def test_resume_keeps_finished_folds_and_refuses_a_second_setup(cv_run) -> None:
     again = train_folds(None, run.root, resume=True, progress=False)
     after = {p: p.stat().st_mtime_ns for p in run.root.rglob("latest.pt")}
     assert before == after and again.nested.mean == cv_run["result"].nested.mean
+    # A run stopped before its final model's first checkpoint cannot predict yet.
+    checkpoints = run.root / "final" / "checkpoints"
+    checkpoints.rename(run.root / "saved")
+    with pytest.raises(DataError, match="unfinished cross-validated run; finish it with"):
+        load_model(run, "best")
+    (run.root / "saved").rename(checkpoints)
     # A final model stopped after its last step (before best.pt) is finished on resume.
     best = run.root / "final" / "checkpoints" / "best.pt"
     best.unlink()
