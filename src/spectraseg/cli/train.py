@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--ensemble",
         action="store_true",
         help="with --folds: ship the average of the K fold models instead of a final model "
-        "(one training fewer; it scored lower on new regions, docs/accuracy.md)",
+        "(one training fewer, K times the prediction time; no better on new regions, "
+        "docs/accuracy.md)",
     )
     add_threads(p, "the config's train.threads, which this sets")
     p.add_argument(
