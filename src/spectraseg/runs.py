@@ -314,16 +314,17 @@ def load_model(
     run = RunDir.of(run_dir)
     if not run.root.is_dir():
         raise DataError(f"run directory {run.root} does not exist")
+    cross_validated = read_cv(run) is not None
     parts = members(run)
-    for m in parts:
-        if read_cv(run) is not None and not m.checkpoint(which).is_file():
-            raise DataError(
-                f"{m.checkpoint(which)} does not exist: {run.root} is an unfinished "
-                f"cross-validated run; finish it with spectraseg train --resume {run.root}"
-            )
+    missing = [m.checkpoint(which) for m in parts if not m.checkpoint(which).is_file()]
+    if cross_validated and missing:
+        raise DataError(
+            f"{missing[0]} does not exist: {run.root} is an unfinished cross-validated run; "
+            f"finish it with spectraseg train --resume {run.root}"
+        )
     loaded = [_load_unet(m, which) for m in parts]
     model: nn.Module = loaded[0][0] if len(loaded) == 1 else ProbabilityMean([m for m, _ in loaded])
-    config = loaded[0][1] if read_cv(run) is None else read_config(run)
+    config = read_config(run) if cross_validated else loaded[0][1]
     model.eval()
     model.to(torch.device(device) if device is not None else torch.device("cpu"))
     return model, config, read_stats(run)
