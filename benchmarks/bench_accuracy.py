@@ -145,34 +145,16 @@ def recipe(cache: Path, steps: int, seed: int, extra: list[str]):  # -> Config
 def tta_lever(run: Path) -> dict[str, float]:
     """Nested means of the U-Net alone of one trained run, its held-out scenes predicted
     again with the 8 symmetries averaged (test-time augmentation), against without."""
-    from spectraseg.align.cache import open_cache
-    from spectraseg.align.masks import open_mask
+    from cv_predictions import CVRun  # the script's own folder
     from spectraseg.crossval import nested_scores
-    from spectraseg.evaluation.metrics import pixel_areas
-    from spectraseg.evaluation.thresholds import class_histograms
-    from spectraseg.features.patches import load_scene
-    from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
-    from spectraseg.runs import RunDir, load_model, read_config, read_cv, read_stats
 
-    rd = RunDir.of(run)
-    cv, config, stats = read_cv(rd), read_config(rd), read_stats(rd)
-    assert cv is not None and stats is not None
-    cache = open_cache(config.data.cache)
-    scenes = [i for f in cv.folds for i in f]
-    areas = pixel_areas(cache, config.data.root, scenes)
+    fr = CVRun.open(run)
     out = {}
     for tta in (False, True):
-        opts = resolve_options(PredictOptions(tta=tta, device="cpu"), config)
         hist = {}
-        for member, fold in zip(cv.members, cv.folds, strict=True):
-            model, _, _ = load_model(rd.root / member, "latest", "cpu")
-            for i in fold:
-                image = load_scene(cache, i, stats, config.data.indices)
-                levels = scene_levels(model, image, opts)
-                truth = open_mask(cache, i, levels.shape[1:])
-                pos, neg = class_histograms(levels, truth, areas[i])
-                hist[i] = (pos[None], neg[None])
-        out["tta" if tta else "no tta"] = nested_scores(hist, cv.folds, "average")[0].mean
+        for model, fold in fr.fold_models():
+            hist.update(fr.histograms(model, fold, tta=tta))
+        out["tta" if tta else "no tta"] = nested_scores(hist, fr.cv.folds, "average")[0].mean
     return out
 
 

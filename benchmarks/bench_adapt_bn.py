@@ -63,35 +63,21 @@ def adapted(model: torch.nn.Module, images: list[np.ndarray], alpha: float,
 def adapted_histograms(run: Path, alphas: tuple[float, ...]) -> tuple[dict, list]:
     """Per ``alpha``, every scene's class histograms predicted by its fold model adapted to
     the scene's region group; and the run's folds."""
-    from spectraseg.align.cache import open_cache
-    from spectraseg.align.masks import open_mask
-    from spectraseg.evaluation.metrics import pixel_areas
-    from spectraseg.evaluation.thresholds import class_histograms
-    from spectraseg.features.patches import load_scene
+    from cv_predictions import CVRun  # the script's own folder
     from spectraseg.features.split import split_group
-    from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
-    from spectraseg.runs import RunDir, load_model, read_config, read_cv, read_stats
 
-    rd = RunDir.of(run)
-    cv, config, stats = read_cv(rd), read_config(rd), read_stats(rd)
-    assert cv is not None and stats is not None
-    cache = open_cache(config.data.cache)
-    areas = pixel_areas(cache, config.data.root, [i for f in cv.folds for i in f])
-    opts = resolve_options(PredictOptions(device="cpu"), config)
+    fr = CVRun.open(run)
     hist: dict[float, dict] = {a: {} for a in alphas}
-    for member, fold in zip(cv.members, cv.folds, strict=True):
-        model, _, _ = load_model(rd.root / member, "latest", "cpu")
-        images = {i: load_scene(cache, i, stats, config.data.indices) for i in fold}
+    for model, fold in fr.fold_models():
         groups: dict[str, list[str]] = {}
         for i in fold:
             groups.setdefault(split_group(i), []).append(i)
-        for ids, a in ((ids, a) for ids in groups.values() for a in alphas):
-            m = adapted(model, [images[i] for i in ids], a) if a else model
-            for i in ids:
-                levels = scene_levels(m, images[i], opts)
-                pos, neg = class_histograms(levels, open_mask(cache, i, levels.shape[1:]), areas[i])
-                hist[a][i] = (pos[None], neg[None])
-    return hist, cv.folds
+        for ids in groups.values():
+            images = [fr.image(i) for i in ids]
+            for a in alphas:
+                m = adapted(model, images, a) if a else model
+                hist[a].update(fr.histograms(m, ids))
+    return hist, fr.cv.folds
 
 
 def main() -> None:

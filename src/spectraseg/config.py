@@ -123,6 +123,10 @@ class TrainConfig:
     the last ``1 / (1 - ema)`` steps). 0: none."""
     weight_decay: float = 0.0
     """AdamW weight decay (0: plain Adam)."""
+    precise_bn: int = 0
+    """After the last step, re-estimate the BatchNorm statistics over this many patches drawn
+    uniformly over the training scenes (weights unchanged; :mod:`spectraseg.training.batchnorm`);
+    0: keep the running averages of the last batches."""
     schedule: str = "cosine"
     """``cosine`` (to ``min_lr_ratio * lr``) or ``constant``."""
     warmup_steps: int = 0
@@ -387,6 +391,7 @@ def _validate_train(config: Config) -> None:
     _check(t.minutes >= 0 and math.isfinite(t.minutes), "train.minutes", "must be >= 0", t.minutes)
     _check(t.lr > 0 and math.isfinite(t.lr), "train.lr", "must be > 0", t.lr)
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    _check(t.precise_bn >= 0, "train.precise_bn", "must be >= 0", t.precise_bn)
     _check_choice("train.schedule", t.schedule, SCHEDULES)
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]", t.min_lr_ratio)

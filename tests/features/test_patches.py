@@ -257,3 +257,24 @@ def test_missing_masks_are_a_data_error(tmp_path):
     root = write_cache(tmp_path / "c", {"6010_0_0": arr})
     with pytest.raises(DataError, match=r"masks/6010_0_0.npy does not exist"):
         PatchDataset(root, ["6010_0_0"], identity_stats())
+
+
+def test_uniform_view_draws_uniformly_from_its_own_stream(coord_cache):
+    root, scenes, _ = coord_cache
+    ds = PatchDataset(
+        root, sorted(scenes), identity_stats(), size=16, length=400, rare_share=1.0,
+        photometric=0.1, rank=1, epoch=3,
+    )  # fmt: skip
+    view = ds.uniform_view()
+    plans = [view.plan(i) for i in range(400)]
+    assert all(p.cls is None and p.gains is None for p in plans)
+    # Scenes in proportion to their area (3500 and 2560 pixels).
+    share_a = sum(ds.image_ids[p.scene] == "6010_0_0" for p in plans) / 400
+    assert abs(share_a - 3500 / 6060) < 4 * np.sqrt(0.25 / 400)
+    # The same stream on every rank and in every epoch of the training dataset, not the
+    # training stream; the training dataset itself is unchanged.
+    other = PatchDataset(root, sorted(scenes), identity_stats(), size=16, length=400, rank=0)
+    assert [other.uniform_view().plan(i) for i in range(20)] == plans[:20]
+    assert (ds.rare_share, ds.photometric, ds.rank, ds.epoch) == (1.0, 0.1, 1, 3)
+    assert all(ds.plan(i).cls is not None for i in range(20))
+    assert torch.equal(view[5]["image"], view.uniform_view()[5]["image"])

@@ -30,6 +30,7 @@ per scene (coarse positions of rare-class pixels).
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -51,6 +52,9 @@ from spectraseg.features.windows import dihedral, read_window
 
 CELL = 16
 """Side (pixels) of the coarse cells in which rare-class positions are remembered."""
+
+UNIFORM_EPOCH = 2**31 - 1
+"""The epoch number of :meth:`PatchDataset.uniform_view`'s stream, beyond any training epoch."""
 
 
 # --------------------------------------------------------------------------- masks
@@ -319,6 +323,16 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             got = (img, open_mask(self._cache, image_id, self._shapes[s]))
             self._arrays[s] = got
         return got
+
+    def uniform_view(self) -> PatchDataset:
+        """This dataset drawing every patch uniformly over the scenes' area, from a stream of
+        its own: no rare-class centring, no photometric gains, rank 0's stream on every
+        rank (symmetries are kept). What a whole scene shows the network, for BatchNorm
+        statistics after training (:mod:`spectraseg.training.batchnorm`)."""
+        view = copy.copy(self)
+        view.rare_share, view.photometric = 0.0, 0.0
+        view.rank, view.epoch = 0, UNIFORM_EPOCH
+        return view
 
     def rng(self, index: int) -> np.random.Generator:
         """The random stream of item ``index`` in the current epoch."""

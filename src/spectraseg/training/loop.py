@@ -20,6 +20,12 @@ thresholds it with ``predict.thresholds`` and scores it with the competition met
 ``best.pt`` follows ``train.select`` (the validation mean Jaccard at those thresholds, or
 at tuned ones).
 
+**After the last step** (not after an interruption), with ``train.precise_bn`` > 0, the
+BatchNorm statistics are re-estimated over that many patches drawn uniformly over the
+training scenes (:mod:`spectraseg.training.batchnorm`), before the final validation and
+checkpoint; the patches come from their own deterministic stream, so a resumed run ends
+identical too.
+
 **Devices.** CPU by default (``train.threads`` sets ``torch.set_num_threads``). With
 ``train.amp``: on CUDA float16 autocast with a GradScaler, on a CPU with native bfloat16
 bfloat16 autocast (:func:`~spectraseg.runtime.autocast_dtype`). Ctrl-C (SIGINT) or SIGTERM stops
@@ -66,6 +72,7 @@ from spectraseg.runs import (
     write_stats,
 )
 from spectraseg.runtime import autocast_dtype, resolve_device
+from spectraseg.training.batchnorm import recalibrate
 from spectraseg.training.data import TrainData, prepare_data
 from spectraseg.training.pixel import fit_run
 from spectraseg.training.state import (
@@ -81,6 +88,9 @@ from spectraseg.training.state import (
 )
 from spectraseg.training.step import StepStats, accumulation_step
 from spectraseg.training.validate import validate
+
+PRECISE_BN_BATCH = 8
+"""Patches per forward pass while re-estimating BatchNorm statistics (``train.precise_bn``)."""
 
 
 @dataclass
@@ -341,6 +351,20 @@ class _Loop:
         s.elapsed += dt
         return stats, dt, lr
 
+    def recalibrate(self) -> None:
+        """BatchNorm statistics of the trained model (the weight average under ``train.ema``)
+        over ``train.precise_bn`` patches drawn uniformly over the training scenes, on every
+        rank alike (:mod:`spectraseg.training.batchnorm`)."""
+        t = self.config.train
+        view = getattr(self.data.train, "uniform_view", None)
+        data = view() if view is not None else self.data.train
+        n = min(t.precise_bn, len(data))
+        batches = (
+            torch.stack([data[j]["image"] for j in range(i, min(i + PRECISE_BN_BATCH, n))])
+            for i in range(0, n, PRECISE_BN_BATCH)
+        )
+        recalibrate(self.parts.averaged, batches, self.device, t.channels_last)
+
     def agree(self, stop: StopRequest) -> tuple[bool, bool]:
         """``(interrupted, budget spent)``, agreed by all ranks (and the clock with them)."""
         s = self.state
@@ -364,6 +388,8 @@ class _Loop:
         due_ckpt = epoch_end or done or every
         if due_ckpt:
             self.rng = gather_rng(self.world)
+        if finished and t.precise_bn:
+            self.recalibrate()
         if self.is_main:
             if epoch_end:
                 self.end_epoch(finished, progress)
