@@ -58,7 +58,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # 2-core machine: 2100 steps take the 20 minutes that 1600 float32 steps took. Runs
     # above were trained in float32; this one in bfloat16 (on a CPU with native bfloat16).
     "2100 steps (bfloat16)": ("train.steps=2100",),
-    # The real-data demo's recipe since 2026-12-02 exactly (U-Net alone, 1600 steps per fold,
+    # The real-data demo's recipe before precise BN (U-Net alone, 1600 steps per fold,
     # bfloat16 where the CPU has it); bench_final_vs_ensemble.py trains the same runs. The
     # levers below pair with it (no per-pixel partner: half the time of the levers above).
     "1600 steps unet only": UNET_1600,
@@ -71,6 +71,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "unet only + depth 5": (*UNET_1600, "model.depth=5"),
     "unet only + log jaccard": (*UNET_1600, "loss.log_jaccard=true"),
     "unet only + dataset statistics": (*UNET_1600, 'data.norm="dataset"'),
+    # The real-data demo's recipe since precise BN was adopted (bench_precise_bn.py measured
+    # it on the "1600 steps unet only" runs' own weights; this trains it in the loop).
+    "unet only + precise bn": (*UNET_1600, "train.precise_bn=800"),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per
