@@ -265,8 +265,10 @@ def test_uniform_view_draws_uniformly_from_its_own_stream(coord_cache):
         root, sorted(scenes), identity_stats(), size=16, length=400, rare_share=1.0,
         photometric=0.1, rank=1, epoch=3,
     )  # fmt: skip
-    view = ds.uniform_view()
+    view = ds.uniform_view(1000)
+    assert len(view) == 1000 and len(ds.uniform_view()) == 400
     plans = [view.plan(i) for i in range(400)]
+    view.plan(999)  # beyond the training dataset's length
     assert all(p.cls is None and p.gains is None for p in plans)
     # Scenes in proportion to their area (3500 and 2560 pixels).
     share_a = sum(ds.image_ids[p.scene] == "6010_0_0" for p in plans) / 400

@@ -57,3 +57,30 @@ def test_rare_classes_setting_reaches_the_patch_sampler(
         data = prepare_data(config, run, progress=False)
     # The toy masks hold classes 1, 2 and 5 (tests/training/toy.py).
     assert data.train.rare_present == present
+
+
+def test_precise_bn_on_a_cache_uses_as_many_uniform_patches_as_asked(tmp_path: Path) -> None:
+    """The uniform patches are not limited to an epoch's length (3 steps x 4 patches here)."""
+    import torch
+
+    from spectraseg.config import load_config
+    from spectraseg.models.unet import build_model
+    from spectraseg.runs import RunDir
+    from spectraseg.training.batchnorm import recalibrate
+    from spectraseg.training.data import prepare_data
+    from spectraseg.training.loop import train
+
+    config = load_config(cache_config(tmp_path)).replace(["train.precise_bn=30"])
+    train(config, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    model = build_model(config, ckpt.in_channels).to(memory_format=torch.channels_last)
+    model.load_state_dict(ckpt.model)
+    run = RunDir.of(tmp_path / "other")
+    run.root.mkdir()
+    view = prepare_data(config, run, progress=False).train.uniform_view(30)
+    items = [view[i]["image"] for i in range(30)]
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    assert recalibrate(model, [torch.stack(items[i : i + 8]) for i in range(0, 30, 8)],
+                       torch.device("cpu")) == 4  # fmt: skip
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, expected[k])  # the checkpoint already holds them

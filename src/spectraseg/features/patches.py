@@ -324,14 +324,16 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             self._arrays[s] = got
         return got
 
-    def uniform_view(self) -> PatchDataset:
+    def uniform_view(self, length: int | None = None) -> PatchDataset:
         """This dataset drawing every patch uniformly over the scenes' area, from a stream of
         its own: no rare-class centring, no photometric gains, rank 0's stream on every
-        rank (symmetries are kept). What a whole scene shows the network, for BatchNorm
-        statistics after training (:mod:`spectraseg.training.batchnorm`)."""
+        rank (symmetries are kept), ``length`` items (None: this dataset's). What a whole
+        scene shows the network, for BatchNorm statistics after training
+        (:mod:`spectraseg.training.batchnorm`)."""
         view = copy.copy(self)
         view.rare_share, view.photometric = 0.0, 0.0
         view.rank, view.epoch = 0, UNIFORM_EPOCH
+        view.length = self.length if length is None else int(length)
         return view
 
     def rng(self, index: int) -> np.random.Generator:

@@ -357,7 +357,7 @@ class _Loop:
         rank alike (:mod:`spectraseg.training.batchnorm`)."""
         t = self.config.train
         view = getattr(self.data.train, "uniform_view", None)
-        data = view() if view is not None else self.data.train
+        data = view(t.precise_bn) if view is not None else self.data.train
         n = min(t.precise_bn, len(data))
         batches = (
             torch.stack([data[j]["image"] for j in range(i, min(i + PRECISE_BN_BATCH, n))])
