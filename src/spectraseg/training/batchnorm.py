@@ -23,8 +23,20 @@ from torch import nn
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers (none for group or instance normalisation)."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """The model's BatchNorm layers that keep running statistics (none for group or
+    instance normalisation, nor for BatchNorm built with ``track_running_stats=False``)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+
+
+def _running(layer: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's running mean and variance, each ``(C,)`` float32."""
+    mean, var = layer.running_mean, layer.running_var
+    assert mean is not None and var is not None, "batchnorm_layers keeps tracking layers"
+    return mean, var
 
 
 def recalibrate(
@@ -47,7 +59,7 @@ def recalibrate(
     layers = batchnorm_layers(model)
     if not layers:
         return 0
-    saved = [(b.running_mean.clone(), b.running_var.clone(), b.momentum) for b in layers]
+    saved = [(_running(b)[0].clone(), _running(b)[1].clone(), b.momentum) for b in layers]
     for b in layers:
         b.reset_running_stats()
         b.momentum = None
@@ -63,7 +75,8 @@ def recalibrate(
     for b, (mean, var, momentum) in zip(layers, saved, strict=True):
         b.momentum = momentum
         if n == 0:
-            b.running_mean.copy_(mean)
-            b.running_var.copy_(var)
+            running_mean, running_var = _running(b)
+            running_mean.copy_(mean)
+            running_var.copy_(var)
     model.eval()
     return n
