@@ -74,6 +74,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # The real-data demo's recipe since precise BN was adopted (bench_precise_bn.py measured
     # it on the "1600 steps unet only" runs' own weights; this trains it in the loop).
     "unet only + precise bn": (*UNET_1600, "train.precise_bn=800"),
+    # Feature statistics of the first two encoder levels mixed between the batch's patches
+    # (MixStyle, p = 0.5 as in its paper): other real patches' styles, not random gains.
+    "precise bn + mixstyle": (*UNET_1600, "train.precise_bn=800", "model.mixstyle=0.5"),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per

@@ -98,6 +98,7 @@ def test_override_parsing() -> None:
         ("train.amp=1", r"'train.amp' must be a boolean, got 1"),
         ("model.norm=layer", r"'model.norm' must be one of batch, group, instance, got 'layer'"),
         ("model.width=0", r"'model.width' must be >= 1"),
+        ("model.mixstyle=1.5", r"'model.mixstyle' must be in \[0, 1\], got 1.5"),
         ("train.patch_size=100", r"'train.patch_size' must be a positive multiple of .* 16"),
         ("predict.tile=40", r"'predict.tile' must be a positive multiple of .* 16"),
         ("data.val_scenes=3", r"'data.val_scenes' must be a list of strings, got 3"),

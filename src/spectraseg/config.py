@@ -75,6 +75,9 @@ class ModelConfig:
     """GroupNorm groups."""
     dropout: float = 0.0
     """Dropout2d rate after the bottleneck."""
+    mixstyle: float = 0.0
+    """Probability per training batch of mixing the first two encoder levels' feature
+    statistics between patches (MixStyle); 0: none."""
 
 
 @dataclass(frozen=True)
@@ -360,6 +363,7 @@ def _validate_model(config: Config) -> None:
     _check_choice("model.norm", m.norm, ("batch", "group", "instance"))
     _check(m.groups >= 1, "model.groups", "must be >= 1", m.groups)
     _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)", m.dropout)
+    _check(0.0 <= m.mixstyle <= 1.0, "model.mixstyle", "must be in [0, 1]", m.mixstyle)
 
 
 def _validate_loss(config: Config) -> None:

@@ -21,9 +21,14 @@ from torch import nn
 from spectraseg import NUM_CLASSES
 from spectraseg.config import Config
 from spectraseg.data.classes import ClassSchema
+from spectraseg.models.mixstyle import MixStyle
 
 NORMS: tuple[str, ...] = ("batch", "group", "instance")
 """Normalisation layers the blocks can use."""
+
+MIXSTYLE_LEVELS = 2
+"""Encoder levels followed by MixStyle when enabled: the early ones, whose statistics carry
+a scene's style more than its content (the paper's choice, after its first two stages)."""
 
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -82,6 +87,8 @@ class UNet(nn.Module):
         norm: ``"batch"``, ``"group"`` or ``"instance"``.
         groups: GroupNorm groups (reduced to a divisor of the channel count).
         dropout: Dropout2d rate after the bottleneck (0 disables it).
+        mixstyle: probability per training batch of :class:`MixStyle` after each of the
+            first two encoder levels (0 disables it; no effect in eval mode).
 
     ``forward(x)``: ``x`` float32 ``(N, in_channels, H, W)`` with ``H, W`` divisible by
     ``2**depth`` -> logits float32 ``(N, num_classes, H, W)``.
@@ -96,6 +103,7 @@ class UNet(nn.Module):
         norm: str = "batch",
         groups: int = 8,
         dropout: float = 0.0,
+        mixstyle: float = 0.0,
     ):
         super().__init__()
         if in_channels < 1 or num_classes < 1 or width < 1 or depth < 1:
@@ -117,6 +125,8 @@ class UNet(nn.Module):
             self.encoders.append(ConvBlock(cin, c, norm, groups))
             cin = c
         self.pool = nn.MaxPool2d(2)
+        levels = min(MIXSTYLE_LEVELS, depth) if mixstyle > 0 else 0
+        self.mixstyle = nn.ModuleList(MixStyle(mixstyle) for _ in range(levels))
         self.bottleneck = ConvBlock(chans[-2], chans[-1], norm, groups, dropout)
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
@@ -152,8 +162,10 @@ class UNet(nn.Module):
                 f"pad or crop it to a multiple of {self.multiple}"
             )
         skips = []
-        for enc in self.encoders:
+        for i, enc in enumerate(self.encoders):
             x = enc(x)
+            if i < len(self.mixstyle):
+                x = self.mixstyle[i](x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
@@ -179,4 +191,5 @@ def build_model(config: Config, in_channels: int, num_classes: int = NUM_CLASSES
         norm=m.norm,
         groups=m.groups,
         dropout=m.dropout,
+        mixstyle=m.mixstyle,
     )
