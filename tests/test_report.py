@@ -129,3 +129,18 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     assert img.shape[0] >= 2000 and img.shape[1] >= 1100
     # The page is not blank: the table, charts and scene panels put many colours on it.
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200
+
+
+def test_curves_of_a_run_without_validation_warn_of_nothing(tmp_path) -> None:
+    # Cross-validated folds train without validation scenes: their history has no
+    # validation keys, and matplotlib must not warn about an empty legend.
+    import warnings
+
+    from spectraseg.report import plot_curves
+
+    history = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, 4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot_curves(history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert not plot_curves([], tmp_path / "none.png")

@@ -135,6 +135,21 @@ def plot_jaccard(evaluation: Mapping[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def _plot_keys(
+    ax: Any, x: Sequence[Any], history: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str]]
+) -> None:
+    """One line per ``(key, label)`` present in some row of ``history``, with a legend; a
+    note instead when none is (a run without validation scenes has no validation curve)."""
+    for key, label in keys:
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            ax.plot(x, [np.nan if y is None else y for y in ys], marker=".", label=label)
+    if ax.get_lines():
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+
+
 def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
     """Training curves against epoch; False if no history.
 
@@ -146,18 +161,15 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
         return False
     x = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, label in (("train_loss", "train loss"), ("val_loss", "validation loss")):
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            axes[0].plot(x, [np.nan if y is None else y for y in ys], marker=".", label=label)
+    _plot_keys(axes[0], x, history, (("train_loss", "train loss"), ("val_loss", "validation loss")))
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss")
-    axes[0].legend()
-    for key, label in (("val_mean", "at threshold 0.5"), ("val_mean_tuned", "thresholds tuned")):
-        ys = [h.get(key) for h in history]
-        if any(y is not None for y in ys):
-            axes[1].plot(x, [np.nan if y is None else y for y in ys], marker=".", label=label)
-    axes[1].legend()
+    _plot_keys(
+        axes[1],
+        x,
+        history,
+        (("val_mean", "at threshold 0.5"), ("val_mean_tuned", "thresholds tuned")),
+    )
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("validation mean Jaccard")
     axes[1].set_ylim(0, 1)
