@@ -36,6 +36,8 @@ tune_memory()
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dstl-lite"
 
 UNET_1600 = ("train.steps=1600", "pixel.enabled=false")
+PRECISE_BN = (*UNET_1600, "train.precise_bn=800")
+"""The real-data demo's recipe since 2026-12-02 (its seed-0 run is the demo's own)."""
 
 LEVERS: dict[str, tuple[str, ...]] = {
     "recipe": (),
@@ -73,10 +75,14 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "unet only + dataset statistics": (*UNET_1600, 'data.norm="dataset"'),
     # The real-data demo's recipe since precise BN was adopted (bench_precise_bn.py measured
     # it on the "1600 steps unet only" runs' own weights; this trains it in the loop).
-    "unet only + precise bn": (*UNET_1600, "train.precise_bn=800"),
+    "unet only + precise bn": PRECISE_BN,
     # Feature statistics of the first two encoder levels mixed between the batch's patches
     # (MixStyle, p = 0.5 as in its paper): other real patches' styles, not random gains.
-    "precise bn + mixstyle": (*UNET_1600, "train.precise_bn=800", "model.mixstyle=0.5"),
+    "precise bn + mixstyle": (*PRECISE_BN, "model.mixstyle=0.5"),
+    # Fewer patches centred on the rare classes (structures, waterway, standing water,
+    # vehicles, which score about 0 on held-out regions): more of the budget on the rest.
+    "precise bn + rare share 0.2": (*PRECISE_BN, "train.rare_share=0.2"),
+    "precise bn + dropout 0.3": (*PRECISE_BN, "model.dropout=0.3"),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per
