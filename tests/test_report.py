@@ -3,12 +3,20 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
 
 from spectraseg import CLASS_NAMES
-from spectraseg.report import CLASS_COLOURS, SceneView, colour_masks, to_display, write_report
+from spectraseg.report import (
+    CLASS_COLOURS,
+    SceneView,
+    colour_masks,
+    plot_curves,
+    to_display,
+    write_report,
+)
 
 
 def fake_evaluation() -> dict:
@@ -134,10 +142,6 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
 def test_curves_of_a_run_without_validation_warn_of_nothing(tmp_path) -> None:
     # Cross-validated folds train without validation scenes: their history has no
     # validation keys, and matplotlib must not warn about an empty legend.
-    import warnings
-
-    from spectraseg.report import plot_curves
-
     history = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, 4)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -59,7 +59,8 @@ def recalibrate(
     layers = batchnorm_layers(model)
     if not layers:
         return 0
-    saved = [(_running(b)[0].clone(), _running(b)[1].clone(), b.momentum) for b in layers]
+    saved = [[t.clone() for t in _running(b)] for b in layers]
+    momenta = [b.momentum for b in layers]
     for b in layers:
         b.reset_running_stats()
         b.momentum = None
@@ -72,11 +73,10 @@ def recalibrate(
         for x in batches:
             model(x.to(device=device, dtype=torch.float32, memory_format=fmt))
             n += 1
-    for b, (mean, var, momentum) in zip(layers, saved, strict=True):
+    for b, stats, momentum in zip(layers, saved, momenta, strict=True):
         b.momentum = momentum
         if n == 0:
-            running_mean, running_var = _running(b)
-            running_mean.copy_(mean)
-            running_var.copy_(var)
+            for running, before in zip(_running(b), stats, strict=True):
+                running.copy_(before)
     model.eval()
     return n
