@@ -107,18 +107,15 @@ def decision_levers(run: Path, plateaus: tuple[float, ...] = PLATEAUS) -> dict[s
     blend and a per-class tuned blend; and of the U-Net alone with each of ``plateaus``
     (``unet plateau P``: thresholds at the peak, P = 0, or the middle of a wider plateau)."""
     from spectraseg.align.cache import open_cache
-    from spectraseg.crossval import MODELS, nested_scores, scene_histograms
-    from spectraseg.evaluation.metrics import pixel_areas
+    from spectraseg.crossval import MODELS, nested_scores, run_histograms
     from spectraseg.runs import RunDir, read_config, read_cv
 
     rd = RunDir.of(run)
     cv, config = read_cv(rd), read_config(rd)
     assert cv is not None
-    cache = open_cache(config.data.cache)
-    scenes = [i for f in cv.folds for i in f]
-    areas = pixel_areas(cache, config.data.root, scenes)
     pixel = config.pixel.enabled
-    hist = {i: scene_histograms(rd, cache, i, areas[i], pixel) for i in scenes}
+    scenes = [i for f in cv.folds for i in f]
+    hist = run_histograms(rd, open_cache(config.data.cache), scenes, config.data.root, pixel)
     out = {mode: nested_scores(hist, cv.folds, mode)[0] for mode in ("average", "tuned")}
     unet = MODELS["unet"] if pixel else "decided"
     if pixel:

@@ -117,9 +117,8 @@ def nested(hist: Hist, folds: Sequence[Sequence[str]], rule: str, group: str) ->
 
 def main() -> None:
     from spectraseg.align.cache import open_cache
-    from spectraseg.crossval import nested_scores, scene_histograms
+    from spectraseg.crossval import nested_scores, run_histograms
     from spectraseg.evaluation.levels import level_of
-    from spectraseg.evaluation.metrics import pixel_areas
     from spectraseg.runs import RunDir, read_config, read_cv
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,10 +128,9 @@ def main() -> None:
         rd = RunDir.of(run)
         cv, config = read_cv(rd), read_config(rd)
         assert cv is not None
-        cache = open_cache(config.data.cache)
         scenes = [i for f in cv.folds for i in f]
-        areas = pixel_areas(cache, config.data.root, scenes)
-        full = {i: scene_histograms(rd, cache, i, areas[i], config.pixel.enabled) for i in scenes}
+        cache = open_cache(config.data.cache)
+        full = run_histograms(rd, cache, scenes, config.data.root, config.pixel.enabled)
         hist = {i: (pos[-1], neg[-1]) for i, (pos, neg) in full.items()}  # the U-Net alone
         unet = "decided" if not config.pixel.enabled else 1.0
         key = "thresholds_unet" if config.pixel.enabled else "thresholds"

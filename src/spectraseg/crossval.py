@@ -238,6 +238,19 @@ def scene_histograms(
     return np.stack([p for p, _ in pairs]), np.stack([n for _, n in pairs])
 
 
+def run_histograms(
+    run: RunDir, cache: Cache, scenes: Sequence[str], root: str, pixel: bool,
+    progress: bool = False,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """:func:`scene_histograms` of every scene of ``scenes``, each weighted by its area
+    (``root``: the dataset root whose grid sizes give the areas)."""
+    areas = pixel_areas(cache, root, scenes)
+    return {
+        i: scene_histograms(run, cache, i, areas[i], pixel)
+        for i in tqdm(scenes, desc="decisions", unit="scene", disable=not progress, leave=False)
+    }
+
+
 def oof_levels(run: RunDir, image_id: str, blend: Mapping[int, float] | None) -> np.ndarray:
     """A scene's out-of-fold levels uint8 ``(10, H, W)``: the U-Net's, or with ``blend`` (per
     class the U-Net's weight) blended with the per-pixel model's."""
@@ -393,11 +406,7 @@ def _conclude(
     """Decisions on every scene, nested and plain scores; ``thresholds.json``, ``cv.json``."""
     scenes = [i for f in cv.folds for i in f]
     pixel = config.pixel.enabled
-    areas = pixel_areas(cache, config.data.root, scenes)
-    hist = {
-        i: scene_histograms(run, cache, i, areas[i], pixel)
-        for i in tqdm(scenes, desc="decisions", unit="scene", disable=not progress, leave=False)
-    }
+    hist = run_histograms(run, cache, scenes, config.data.root, pixel, progress)
     mode = config.pixel.blend
     decided = _decide(hist, scenes, mode)
     names = cache.schema.names
