@@ -114,7 +114,7 @@ def decision_levers(run: Path, plateaus: tuple[float, ...] = PLATEAUS) -> dict[s
     cv, config = read_cv(rd), read_config(rd)
     assert cv is not None
     pixel = config.pixel.enabled
-    scenes = [i for f in cv.folds for i in f]
+    scenes = cv.scenes
     hist = run_histograms(rd, open_cache(config.data.cache), scenes, config.data.root, pixel)
     out = {mode: nested_scores(hist, cv.folds, mode)[0] for mode in ("average", "tuned")}
     unet = MODELS["unet"] if pixel else "decided"

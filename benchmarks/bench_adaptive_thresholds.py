@@ -128,9 +128,8 @@ def main() -> None:
         rd = RunDir.of(run)
         cv, config = read_cv(rd), read_config(rd)
         assert cv is not None
-        scenes = [i for f in cv.folds for i in f]
         cache = open_cache(config.data.cache)
-        full = run_histograms(rd, cache, scenes, config.data.root, config.pixel.enabled)
+        full = run_histograms(rd, cache, cv.scenes, config.data.root, config.pixel.enabled)
         hist = {i: (pos[-1], neg[-1]) for i, (pos, neg) in full.items()}  # the U-Net alone
         unet = "decided" if not config.pixel.enabled else 1.0
         key = "thresholds_unet" if config.pixel.enabled else "thresholds"

@@ -43,17 +43,13 @@ class CVRun:
         if cv is None or stats is None:
             raise SystemExit(f"{run} is not a finished cross-validated run")
         cache = open_cache(config.data.cache)
-        areas = pixel_areas(cache, config.data.root, cls.scenes_of(cv))
+        areas = pixel_areas(cache, config.data.root, cv.scenes)
         return cls(rd.root, cv, config, stats, cache, areas)
-
-    @staticmethod
-    def scenes_of(cv: Any) -> list[str]:
-        return [i for f in cv.folds for i in f]
 
     @property
     def scenes(self) -> list[str]:
         """Every scene of the run, fold by fold."""
-        return self.scenes_of(self.cv)
+        return self.cv.scenes
 
     def fold_models(self) -> Iterator[tuple[torch.nn.Module, list[str]]]:
         """Each fold's model (on the CPU, eval mode) with the scenes it held out."""

@@ -191,7 +191,7 @@ def _train_fold(
     progress: bool,
 ) -> None:  # fmt: skip
     """Train (or resume) fold ``member`` on every scene outside ``held_out``."""
-    scenes = [i for f in cv.folds for i in f]
+    scenes = cv.scenes
     cfg = fold_config(config, run, held_out, scenes)
     resume = member.latest.is_file()
     result = train(None if resume else cfg, member.root, resume=resume, progress=progress)
@@ -404,7 +404,7 @@ def _conclude(
     progress: bool,
 ) -> CVResult:  # fmt: skip
     """Decisions on every scene, nested and plain scores; ``thresholds.json``, ``cv.json``."""
-    scenes = [i for f in cv.folds for i in f]
+    scenes = cv.scenes
     pixel = config.pixel.enabled
     hist = run_histograms(run, cache, scenes, config.data.root, pixel, progress)
     mode = config.pixel.blend

@@ -430,6 +430,11 @@ class CrossValidation:
     final: str | None = None
 
     @property
+    def scenes(self) -> list[str]:
+        """Every held-out scene, fold by fold: every labelled scene of the run."""
+        return [i for f in self.folds for i in f]
+
+    @property
     def shipped(self) -> tuple[str, ...]:
         """The directories (relative to ``RUN``) of the models prediction uses."""
         return self.members if self.final is None else (self.final,)
