@@ -92,6 +92,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # A narrower U-Net (0.56x the multiply-adds, 0.75x the step time on 2 cores): could an
     # average of two narrow ones (seed ensembles gain ~0.005-0.01) fit one recipe's budget?
     "precise bn + width 12": (*PRECISE_BN, "model.width=12"),
+    # The learning rate was never compared under this protocol (Adam, 4 patches a step).
+    "precise bn + lr 1e-3": (*PRECISE_BN, "train.lr=1e-3"),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per
