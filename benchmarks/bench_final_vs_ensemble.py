@@ -79,9 +79,9 @@ def outer_counts(inner: Path, final: Path, scenes: list[str]) -> dict[str, np.nd
     """TP/FP/FN ``(n, K, 3)`` of ``scenes`` for both candidates at the inner run's
     thresholds (fitted on the inner out-of-fold predictions, U-Net alone)."""
     from spectraseg.align.cache import open_cache
-    from spectraseg.align.masks import open_mask
+    from spectraseg.crossval import level_histograms
     from spectraseg.evaluation.metrics import pixel_areas
-    from spectraseg.evaluation.thresholds import class_histograms, counts_at
+    from spectraseg.evaluation.thresholds import counts_at
     from spectraseg.features.patches import load_scene
     from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
     from spectraseg.runs import load_model, read_thresholds
@@ -97,9 +97,8 @@ def outer_counts(inner: Path, final: Path, scenes: list[str]) -> dict[str, np.nd
         opts = resolve_options(PredictOptions(device="cpu"), config)
         for i in scenes:
             levels = scene_levels(model, load_scene(cache, i, stats, config.data.indices), opts)
-            truth = open_mask(cache, i, levels.shape[1:])
-            pos, neg = class_histograms(levels, truth, areas[i], cache.counted(i))
-            out[name].append(counts_at(pos[None], neg[None], tuned.thresholds))
+            pos, neg = level_histograms(cache, i, levels, areas[i])
+            out[name].append(counts_at(pos, neg, tuned.thresholds))
     return {name: np.stack(c) for name, c in out.items()}
 
 

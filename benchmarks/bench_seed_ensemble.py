@@ -48,10 +48,8 @@ def mean_levels(runs: list[Path], image_id: str) -> np.ndarray:
 def nested(runs: list[Path]):  # -> Evaluation
     """The nested pooled score of the mean of ``runs``' out-of-fold probabilities."""
     from spectraseg.align.cache import open_cache
-    from spectraseg.align.masks import open_mask
-    from spectraseg.crossval import nested_scores
+    from spectraseg.crossval import level_histograms, nested_scores
     from spectraseg.evaluation.metrics import pixel_areas
-    from spectraseg.evaluation.thresholds import class_histograms
     from spectraseg.runs import RunDir, read_config, read_cv
 
     cv, config = read_cv(RunDir.of(runs[0])), read_config(RunDir.of(runs[0]))
@@ -62,12 +60,7 @@ def nested(runs: list[Path]):  # -> Evaluation
     cache = open_cache(config.data.cache)
     scenes = cv.scenes
     areas = pixel_areas(cache, config.data.root, scenes)
-    hist = {}
-    for i in scenes:
-        levels = mean_levels(runs, i)
-        truth = open_mask(cache, i, levels.shape[1:])
-        pos, neg = class_histograms(levels, truth, areas[i], cache.counted(i))
-        hist[i] = (pos[None], neg[None])
+    hist = {i: level_histograms(cache, i, mean_levels(runs, i), areas[i]) for i in scenes}
     return nested_scores(hist, cv.folds, "average")[0]
 
 

@@ -3,7 +3,7 @@
 Shared by the benchmarks that re-score a run (``bench_accuracy.tta_lever``,
 ``bench_adapt_bn.py``, ``bench_fit_gap.py``): each fold model predicts some scenes (its
 held-out ones, or its training ones) and the predictions are kept as per-class histograms
-against the truth (:func:`spectraseg.evaluation.thresholds.class_histograms`), the form that
+against the truth (:func:`spectraseg.crossval.level_histograms`), the form that
 :func:`spectraseg.crossval.nested_scores` and threshold curves read.
 """
 
@@ -69,16 +69,12 @@ class CVRun:
         self, model: torch.nn.Module, ids: Iterable[str], tta: bool = False
     ) -> Histograms:
         """``model``'s predictions of ``ids`` as per-class histograms against their masks."""
-        from spectraseg.align.masks import open_mask
-        from spectraseg.evaluation.thresholds import class_histograms
+        from spectraseg.crossval import level_histograms
         from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
 
         opts = resolve_options(PredictOptions(tta=tta, device="cpu"), self.config)
         out: Histograms = {}
         for i in ids:
             levels = scene_levels(model, self.image(i), opts)
-            pos, neg = class_histograms(
-                levels, open_mask(self.cache, i, levels.shape[1:]), self.areas[i]
-            )
-            out[i] = (pos[None], neg[None])
+            out[i] = level_histograms(self.cache, i, levels, self.areas[i])
         return out

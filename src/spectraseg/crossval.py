@@ -217,6 +217,17 @@ def _predict_oof(
             save_levels(paths["pixel"], quantize(pixel.predict_proba(image)))
 
 
+def level_histograms(
+    cache: Cache, image_id: str, levels: np.ndarray, weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One prediction of a cached scene, uint8 levels ``(K, H, W)``, against its labels (pixels
+    they say nothing about left out): ``(pos, neg)`` float64 ``(1, K, 256)``, counts times
+    ``weight`` (the scene's pixel area), the form :func:`nested_scores` reads."""
+    truth = open_mask(cache, image_id, levels.shape[1:])
+    pos, neg = class_histograms(levels, truth, weight, cache.counted(image_id))
+    return pos[None], neg[None]
+
+
 def scene_histograms(
     run: RunDir, cache: Cache, image_id: str, weight: float, pixel: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -225,11 +236,10 @@ def scene_histograms(
     model (``B = 5``), else ``B = 1``."""
     paths = oof_paths(run, image_id)
     unet = np.load(paths["unet"])
+    if not pixel:
+        return level_histograms(cache, image_id, unet, weight)
     truth = open_mask(cache, image_id, unet.shape[1:])
     valid = cache.counted(image_id)
-    if not pixel:
-        pos, neg = class_histograms(unet, truth, weight, valid)
-        return pos[None], neg[None]
     other = np.load(paths["pixel"])
     everywhere = [dict.fromkeys(range(1, len(unet) + 1), w) for w in BLEND_GRID]
     pairs = [
