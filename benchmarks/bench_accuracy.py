@@ -94,6 +94,12 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "precise bn + width 12": (*PRECISE_BN, "model.width=12"),
     # The learning rate was never compared under this protocol (Adam, 4 patches a step).
     "precise bn + lr 1e-3": (*PRECISE_BN, "train.lr=1e-3"),
+    # The 11 index channels vary 2-7x more between scenes (their scene means) than within
+    # one, and are appended unnormalised (within-scene sd 0.01-0.04 against ~0.8 for the
+    # bands): do they carry region offsets more than ground?
+    "precise bn + no indices": (*PRECISE_BN, "data.indices=[]"),
+    # The same indices normalised like the bands, with their region's own statistics.
+    "precise bn + index norm": (*PRECISE_BN, "data.index_norm=true"),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
 decision levers (the U-Net alone, the per-pixel model alone, a blend weight tuned per

@@ -40,6 +40,9 @@ def test_defaults_match_the_issue() -> None:
 
 def test_default_toml_file_is_the_defaults() -> None:
     assert load_config(REPO / "configs" / "default.toml") == Config()
+    # Every key with the dataclasses' own comments, after the file's header.
+    text = (REPO / "configs" / "default.toml").read_text(encoding="utf-8")
+    assert text.endswith(to_toml(Config(), comments=True))
 
 
 def test_example_configs_load() -> None:

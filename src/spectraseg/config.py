@@ -59,6 +59,9 @@ class DataConfig:
     """Share of scenes held out (by region) when ``val_scenes`` is empty; 0: no validation."""
     indices: tuple[str, ...] = ()
     """Derived spectral index channels appended to the input (e.g. ``["NDWI", "CCCI"]``)."""
+    index_norm: bool = False
+    """Normalise the index channels like the bands (their own statistics, in the scope of
+    ``norm``); false: they enter as computed, in [-1, 1]."""
 
 
 @dataclass(frozen=True)

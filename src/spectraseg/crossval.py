@@ -61,10 +61,8 @@ from spectraseg.evaluation.thresholds import (
     counts_at,
     tune_blend,
 )
-from spectraseg.features.normalization import compute_stats
 from spectraseg.features.patches import load_scene
 from spectraseg.features.split import region_folds, run_scenes
-from spectraseg.features.stats import Stats, load_stats
 from spectraseg.inference.outputs import save_levels
 from spectraseg.inference.scene import PredictOptions, resolve_options, scene_levels
 from spectraseg.runs import (
@@ -83,6 +81,7 @@ from spectraseg.runs import (
     write_stats,
     write_thresholds,
 )
+from spectraseg.training.data import config_stats
 from spectraseg.training.loop import train
 
 MODELS = {"unet": 1.0, "pixel": 0.0}
@@ -154,17 +153,9 @@ def _open(
     )
     run.root.mkdir(parents=True, exist_ok=True)
     write_config(run, config)
-    write_stats(run, _stats(config, cache, progress))
+    write_stats(run, config_stats(config, cache, progress))
     write_cv(run, cv)
     return config, cv
-
-
-def _stats(config: Config, cache: Cache, progress: bool) -> Stats:
-    """``data.stats``, else statistics over every cached scene (as a single run does)."""
-    d = config.data
-    if d.stats:
-        return load_stats(d.stats).with_mode(d.norm)
-    return compute_stats(cache, None, mode=d.norm, progress=progress)
 
 
 def fold_config(

@@ -319,3 +319,60 @@ def test_cli_stats_user_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spectraseg stats: error: cache directory")
     assert not (tmp_path / "s.json").exists()
+
+
+def index_pixels(scenes, ids, scale=1.0, offset=0.0):
+    """Per index (ND:R:G, ND:A1:A2), its values where every band it reads is non-fill."""
+    from spectraseg.features.indices import normalized_difference
+
+    rg, a12 = [], []
+    for i in ids:
+        arr, _, valid = scenes[i]
+        phys = arr.astype(np.float32) * np.float32(scale) + np.float32(offset)
+        rg.append(normalized_difference(phys[0], phys[1]).ravel())
+        r0, r1, c0, c1 = valid["A"]
+        a12.append(normalized_difference(phys[3], phys[4])[r0:r1, c0:c1].ravel())
+    return [np.concatenate(v).astype(np.float64) for v in (rg, a12)]
+
+
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (0.5, -3.0)])
+def test_index_statistics_equal_numpy_over_their_bands_valid_pixels(tmp_path, scale, offset):
+    rng = np.random.default_rng(7)
+    scenes = {
+        "6010_0_0": make_scene(rng, 30, 41, (2, 30, 0, 37)),
+        "6010_1_4": make_scene(rng, 33, 29, (0, 31, 3, 29)),
+        "6110_3_1": make_scene(rng, 17, 52, (1, 16, 2, 50)),
+    }
+    root = write_cache(tmp_path / "c", scenes, scale=scale, offset=offset)
+    names = ["ND:R:G", "ND:A1:A2"]
+    stats = compute_stats(root, mode="region", progress=False, indices=names)
+    assert list(stats.channels) == [*RGBA, *names]
+    bands = compute_stats(root, mode="region", progress=False)
+    assert stats.dataset.mean[:5] == bands.dataset.mean  # band entries unchanged
+    ref = index_pixels(scenes, scenes, scale, offset)
+    np.testing.assert_allclose(stats.dataset.mean[5:], [p.mean() for p in ref], rtol=1e-6)
+    np.testing.assert_allclose(stats.dataset.std[5:], [p.std() for p in ref], rtol=1e-6)
+    assert stats.dataset.counts[5:] == tuple(p.size for p in ref)
+    ref = index_pixels(scenes, ["6010_0_0", "6010_1_4"], scale, offset)
+    np.testing.assert_allclose(stats.region["6010"].mean[5:], [p.mean() for p in ref], rtol=1e-6)
+    # Streaming in tiny row blocks gives the same moments.
+    c = open_cache_dir(root)
+    from spectraseg.features.indices import resolve_indices
+    from spectraseg.features.normalization import index_moments
+
+    plans = resolve_indices(names, RGBA)
+    small = index_moments(c, "6010_0_0", plans, block_values=7)
+    whole = index_moments(c, "6010_0_0", plans, block_values=1 << 30)
+    np.testing.assert_allclose(small.mean, whole.mean, rtol=1e-9)
+    assert np.array_equal(small.n, whole.n)
+
+
+def test_extend_stats_computes_index_entries_of_a_new_region(cache):
+    root, scenes = cache
+    names = ["ND:A1:A2"]
+    stats = compute_stats(root, ["6010_0_0", "6040_2_2"], progress=False, indices=names)
+    done, computed = complete_stats(stats, root, ["6110_3_1"], progress=False)
+    assert computed == {"6110": ["6110_3_1"]}
+    ref = index_pixels(scenes, ["6110_3_1"])[1]
+    assert done.region["6110"].mean[5] == pytest.approx(ref.mean(), rel=1e-6)
+    assert done.region["6110"].std[5] == pytest.approx(ref.std(), rel=1e-6)

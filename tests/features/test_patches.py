@@ -280,3 +280,31 @@ def test_uniform_view_draws_uniformly_from_its_own_stream(coord_cache):
     assert (ds.rare_share, ds.photometric, ds.rank, ds.epoch) == (1.0, 0.1, 1, 3)
     assert all(ds.plan(i).cls is not None for i in range(20))
     assert torch.equal(view[5]["image"], view.uniform_view()[5]["image"])
+
+
+def test_index_channels_normalised_when_the_statistics_hold_them(coord_cache):
+    root, scenes, _ = coord_cache
+    names = ["NBR2", "ND:A1:A2"]
+    stats = compute_stats(root, mode="region", progress=False, indices=names)
+    image_id = "6040_1_1"
+    arr = scenes[image_id]
+    whole = load_scene(root, image_id, stats, indices=names, block_rows=7)
+    mean, std = stats.lookup(image_id)
+    n = len(CHANNELS)
+    np.testing.assert_array_equal(whole[:n], normalize(arr, mean[:n], std[:n]))
+    raw = compute_indices(arr, CHANNELS, names)
+    np.testing.assert_array_equal(whole[n:], normalize(raw, mean[n:], std[n:]))
+    # Over the scene (its region's only one) each index has mean 0 and sd 1.
+    np.testing.assert_allclose(whole[n:].mean(axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(whole[n:].std(axis=(1, 2)), 1, rtol=1e-4)
+    ds = PatchDataset(root, [image_id], stats, size=16, length=8, augment=False, indices=names)
+    for i in range(8):
+        plan = ds.plan(i)
+        rows = reflect_index(plan.row0, 16, arr.shape[1])
+        cols = reflect_index(plan.col0, 16, arr.shape[2])
+        np.testing.assert_array_equal(ds[i]["image"].numpy(), whole[:, rows[:, None], cols])
+    with pytest.raises(ConfigError, match="hold spectral indices NBR2 but not ND:A2:A3"):
+        load_scene(root, image_id, stats, indices=["NBR2", "ND:A2:A3"])
+    # Statistics without index entries leave the indices as computed.
+    plain = compute_stats(root, mode="region", progress=False)
+    np.testing.assert_array_equal(load_scene(root, image_id, plain, indices=names)[n:], raw)

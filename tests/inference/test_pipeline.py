@@ -43,11 +43,11 @@ def test_small_requests_are_predicted_in_this_process() -> None:
     assert plan_workers(None, None, 3) == min(3, os.cpu_count() or 1)  # size unknown
 
 
-def train_tiny_run(base: Path, val_fraction: float) -> None:
+def train_tiny_run(base: Path, val_fraction: float, *extra: str) -> None:
     """Train a tiny run on ``base/data`` and ``base/cache`` into ``base/run`` (about 3 s)."""
     from spectraseg.training.loop import train
 
-    cfg = tiny_config(base, f"data.val_fraction={val_fraction}")
+    cfg = tiny_config(base, f"data.val_fraction={val_fraction}", *extra)
     train(cfg, base / "run", progress=False)
 
 
@@ -250,10 +250,12 @@ def test_pixel_model_is_blended_per_class(trained, tmp_path, mode: str) -> None:
     np.testing.assert_array_equal(np.load(sources / f"{image_id}.pixel.npy"), pixel)
 
 
-def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
+@pytest.mark.parametrize("index_norm", [False, True])
+def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path, index_norm) -> None:
     """A scene of a region the run never saw gets region statistics computed from the
     request, not the dataset fallback: the same probabilities as when that region's
-    statistics had been in the run beforehand."""
+    statistics had been in the run beforehand (its index channels' too, when the run
+    normalises them)."""
     import shutil
 
     from spectraseg.align.fusion import align_dataset
@@ -272,7 +274,10 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
         new = [i for i in ids if region_of(i) == regions[-1]]
         seen = [i for i in ids if i not in new]
         align_dataset(tmp_path / "data", tmp_path / "cache", image_ids=seen, progress=False)
-        train_tiny_run(tmp_path, val_fraction=0)
+        extra = ['data.indices=["ND:R:G", "ND:A1:A8"]', "data.index_norm=true"]
+        train_tiny_run(tmp_path, 0, *(extra if index_norm else []))
+    run_channels = load_stats(tmp_path / "run" / "stats.json").channels
+    assert ("ND:A1:A8" in run_channels) == index_norm
     assert regions[-1] not in load_stats(tmp_path / "run" / "stats.json").region
     thr = {c: 0.5 for c in range(1, 11)}
     data = tmp_path / "data"
@@ -296,6 +301,7 @@ def test_a_new_region_is_normalised_with_its_own_statistics(tmp_path) -> None:
     assert written["normalization"]["computed"] == {regions[-1]: new}
     used = load_stats(tmp_path / "pred" / "stats.json")
     assert regions[-1] in used.region
+    assert used.channels == run_channels
 
     # The same region's statistics computed beforehand, by hand, in a copy of the run.
     shutil.copytree(tmp_path / "run", tmp_path / "run2")

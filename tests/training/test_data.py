@@ -84,3 +84,34 @@ def test_precise_bn_on_a_cache_uses_as_many_uniform_patches_as_asked(tmp_path: P
                        torch.device("cpu")) == 4  # fmt: skip
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, expected[k])  # the checkpoint already holds them
+
+
+def test_index_norm_statistics_and_a_stats_file_that_disagrees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spectraseg.align.cache import open_cache_dir
+    from spectraseg.config import load_config
+    from spectraseg.features.normalization import compute_stats
+    from spectraseg.features.stats import save_stats
+    from spectraseg.training.data import config_stats
+
+    path = cache_config(tmp_path)
+    config = load_config(path).replace(['data.indices=["ND:R:G"]', "data.index_norm=true"])
+    cache = open_cache_dir(config.data.cache)
+    stats = config_stats(config, cache, progress=False)
+    assert stats.channels == ("R", "G", "B", "A1", "ND:R:G")
+    assert config_stats(config.replace(["data.index_norm=false"]), cache, False).channels == (
+        "R", "G", "B", "A1",
+    )  # fmt: skip
+    bands = tmp_path / "bands.json"
+    save_stats(compute_stats(cache, progress=False), bands)
+    args = ["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]
+    args += ["--set", f"data.stats={bands}", "--set", 'data.indices=["ND:R:G"]']
+    assert main([*args, "--set", "data.index_norm=true"]) == 1
+    err = capsys.readouterr().err
+    assert f"statistics file {bands} holds spectral indices [] but data.index_norm=true" in err
+    assert "needs [ND:R:G]" in err and "Traceback" not in err
+    save_stats(stats, tmp_path / "with.json")
+    args[args.index(f"data.stats={bands}")] = f"data.stats={tmp_path / 'with.json'}"
+    assert main(args) == 1  # index_norm false: the file's index entries are refused too
+    assert "holds spectral indices [ND:R:G] but data.index_norm=false" in capsys.readouterr().err

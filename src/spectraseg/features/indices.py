@@ -87,6 +87,11 @@ def normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _safe_ratio(a - b, a + b)
 
 
+def is_index_name(name: str) -> bool:
+    """Whether ``name`` names a spectral index (a named one or ``ND:X:Y``), not a band."""
+    return name in INDEX_BANDS or _ND.fullmatch(name) is not None
+
+
 def available_indices(channels: Sequence[str]) -> list[str]:
     """The named indices whose bands are all among ``channels``."""
     have = set(channels)

@@ -45,6 +45,7 @@ from spectraseg.align.cache import (
 )
 from spectraseg.data.dstl import CHANNEL_ORDER, region_of
 from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
+from spectraseg.features.indices import IndexPlan, compute_plans, is_index_name, resolve_indices
 from spectraseg.features.stats import MIN_STD, MODES, Stats, StatsEntry, scope_key
 
 _BLOCK_VALUES = 1 << 22  # values per streamed block: 32 MiB of float64
@@ -152,19 +153,64 @@ def scene_moments(cache: Cache, image_id: str, block_values: int = _BLOCK_VALUES
 # --------------------------------------------------------------------------- statistics
 
 
-def _scene_in(cache: Cache, image_id: str, index: Mapping[str, int]) -> tuple[Moments, int]:
+def index_moments(
+    cache: Cache, image_id: str, plans: Sequence[IndexPlan], block_values: int = _BLOCK_VALUES
+) -> Moments:
+    """Moments of spectral indices (:mod:`spectraseg.features.indices`) over one cached scene,
+    in index units (each in [-1, 1]), one channel per plan.
+
+    An index counts the pixels where every band it reads is non-fill (inside each band's
+    product's valid box, outside the scene's nodata mask). Streamed in row blocks of about
+    ``block_values`` values, as :func:`scene_moments`.
+    """
+    arr = cache.load(image_id)
+    _, h, w = arr.shape
+    boxes = channel_valid_boxes(cache, image_id, arr.shape)
+    nodata = cache.nodata(image_id)
+    scale, offset = scale_offset(cache)
+    acc = Moments.zeros(len(plans))
+    step = max(1, block_values // max(1, arr.shape[0] * w))
+    for r in range(0, h, step):
+        rows = slice(r, min(r + step, h))
+        phys = np.asarray(arr[:, rows]).astype(np.float32) * np.float32(scale) + np.float32(offset)
+        values = compute_plans(phys, plans)
+        rr = np.arange(rows.start, rows.stop)[:, None]
+        cc = np.arange(w)[None, :]
+        ok = np.ones((rows.stop - rows.start, w), dtype=bool)
+        if nodata is not None:
+            ok &= ~np.asarray(nodata[rows])
+        for k, plan in enumerate(plans):
+            keep = ok.copy()
+            for b in plan.bands:
+                r0, r1, c0, c1 = boxes[b]
+                keep &= (rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)
+            acc.merge_into(Moments.of(values[k][keep][None]), slice(k, k + 1))
+    return acc
+
+
+def _scene_in(
+    cache: Cache, image_id: str, index: Mapping[str, int], indices: Sequence[str] = ()
+) -> tuple[Moments, int]:
     """A scene's moments laid out on the channels ``index`` (name -> position), and its pixels.
 
     Scene channels outside ``index`` are dropped; channels of ``index`` the scene lacks get
-    count 0.
+    count 0. ``indices`` (names in ``index``) are spectral indices of the scene's channels.
     """
     m = scene_moments(cache, image_id)
     full = Moments.zeros(len(index))
     names = cache.channels(image_id)
     keep = [k for k, c in enumerate(names) if c in index]
     full.merge_into(Moments(m.n[keep], m.mean[keep], m.m2[keep]), [index[names[k]] for k in keep])
+    if indices:
+        plans = resolve_indices(list(indices), names)
+        full.merge_into(index_moments(cache, image_id, plans), [index[i] for i in indices])
     _, h, w = cache.load(image_id).shape
     return full, h * w
+
+
+def index_channels(stats: Stats) -> list[str]:
+    """The spectral indices the statistics hold entries for (after the band channels)."""
+    return [c for c in stats.channels if is_index_name(c)]
 
 
 def _order_channels(names: Iterable[str]) -> list[str]:
@@ -172,12 +218,23 @@ def _order_channels(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=lambda c: (rank.get(c, len(rank)), c))
 
 
+def _units(channels: Sequence[str], scale: float, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel the ``(scale, offset)`` from moment units to physical ones: the cache's
+    for bands (stored values), 1 and 0 for spectral indices (computed in their own units)."""
+    idx = np.array([is_index_name(c) for c in channels], dtype=bool)
+    return np.where(idx, 1.0, scale), np.where(idx, 0.0, offset)
+
+
 def _entry(
-    m: Moments, pixels: int, scale: float, offset: float, fallback: StatsEntry | None
+    m: Moments,
+    pixels: int,
+    scale: float | np.ndarray,
+    offset: float | np.ndarray,
+    fallback: StatsEntry | None,
 ) -> StatsEntry:
     """One entry in physical units, with constant and empty channels made safe."""
     mean = m.mean * scale + offset
-    std = m.std * abs(scale)
+    std = m.std * np.abs(scale)
     std = np.where(np.isfinite(std) & (std >= MIN_STD), std, 1.0)
     empty = m.n == 0
     if empty.any():
@@ -200,6 +257,7 @@ def compute_stats(
     image_ids: Sequence[str] | None = None,
     mode: str = "region",
     progress: bool = True,
+    indices: Sequence[str] = (),
 ) -> Stats:
     """Normalisation statistics of cached scenes in all three scopes, in one streaming pass.
 
@@ -208,6 +266,9 @@ def compute_stats(
         image_ids: scenes to use (normally the training scenes); None uses every cached scene.
         mode: the scope :meth:`Stats.lookup` uses: ``image``, ``dataset`` or ``region``.
         progress: show a tqdm bar on stderr.
+        indices: spectral indices to hold statistics for too (channels after the bands, in
+            this order, in index units), so that they are normalised like the bands
+            (``data.index_norm``); none by default (indices then enter as computed).
 
     Returns:
         :class:`~spectraseg.features.stats.Stats` with ``dataset``, ``region`` (keyed by
@@ -226,13 +287,13 @@ def compute_stats(
         raise ConfigError("no scenes to compute statistics over")
     if len(set(ids)) != len(ids):
         raise ConfigError("the list of scenes for statistics repeats a scene")
-    channels = _order_channels(ch for i in ids for ch in cache.channels(i))
+    channels = _order_channels(ch for i in ids for ch in cache.channels(i)) + list(indices)
     index = {c: k for k, c in enumerate(channels)}
-    scale, offset = scale_offset(cache)
+    scale, offset = _units(channels, *scale_offset(cache))
 
     per_image: dict[str, tuple[Moments, int]] = {}
     for image_id in tqdm(ids, desc="stats", unit="scene", disable=not progress, leave=False):
-        per_image[image_id] = _scene_in(cache, image_id, index)
+        per_image[image_id] = _scene_in(cache, image_id, index, indices)
 
     dataset = Moments.zeros(len(channels))
     regions: dict[str, tuple[Moments, int]] = {}
@@ -274,7 +335,8 @@ def extend_stats(
     region that has none yet, computed from those scenes; existing entries and the dataset
     statistics are unchanged. Normalising a scene by its own statistics (``image`` mode) or
     those of its tile group needs no labels, so doing this for unlabelled scenes is sound.
-    Channels are those of ``stats``; one a scene lacks takes the dataset value.
+    Channels are those of ``stats`` (spectral indices included); one a scene lacks takes
+    the dataset value.
     """
     cache = open_cache_dir(cache)
     known = set(cache.image_ids)
@@ -282,11 +344,12 @@ def extend_stats(
         if i not in known:
             raise ConfigError(f"scene {i} is not in the cache")
     index = {c: k for k, c in enumerate(stats.channels)}
-    scale, offset = scale_offset(cache)
+    scale, offset = _units(stats.channels, *scale_offset(cache))
+    indices = index_channels(stats)
     image, region = dict(stats.image), dict(stats.region)
     new_regions: dict[str, tuple[Moments, int]] = {}
     for image_id in tqdm(image_ids, desc="stats", unit="scene", disable=not progress, leave=False):
-        m, pixels = _scene_in(cache, image_id, index)
+        m, pixels = _scene_in(cache, image_id, index, indices)
         image[image_id] = _entry(m, pixels, scale, offset, stats.dataset)
         key = region_of(image_id)
         if key not in region:

@@ -160,6 +160,24 @@ def scene_norm(
     return mean[pos], std[pos]
 
 
+def norm_channels(stats: Stats, channels: Sequence[str], plans: Sequence[IndexPlan]) -> list[str]:
+    """The channels a scene is normalised on: the cache ``channels``, then the index channels
+    when the statistics hold them (``data.index_norm``: every index normalised like the
+    bands, in the same scope); otherwise indices enter as computed, in [-1, 1].
+
+    Raises ConfigError when the statistics hold some of the requested indices but not all.
+    """
+    names = [p.name for p in plans]
+    held = [n for n in names if n in stats.channels]
+    if held and len(held) < len(names):
+        lacking = ", ".join(n for n in names if n not in held)
+        raise ConfigError(
+            f"the statistics hold spectral indices {', '.join(held)} but not {lacking}; "
+            "recompute them with the same indices"
+        )
+    return [*channels, *(names if held else [])]
+
+
 class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Random training patches from cached scenes, deterministic per ``(seed, rank, epoch, i)``.
 
@@ -233,7 +251,9 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         self._select = np.array([cache_channels.index(c) for c in use], dtype=np.int64)
         self._plans: list[IndexPlan] = resolve_indices(list(indices), cache_channels)
         self.channel_names = use + [p.name for p in self._plans]
-        norms = [scene_norm(stats, i, use) for i in self.image_ids]
+        normed = norm_channels(stats, use, self._plans)
+        self._index_norm = len(normed) > len(use)
+        norms = [scene_norm(stats, i, normed) for i in self.image_ids]
         self._mean = np.stack([m for m, _ in norms])
         self._std = np.stack([sd for _, sd in norms])
         self._shapes = [(int(h), int(w)) for h, w in (opened.load(i).shape[1:] for i in image_ids)]
@@ -390,17 +410,14 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             gains = np.asarray(plan.gains, dtype=np.float32)[:, None, None]
             raw = (raw * np.float32(scale) + np.float32(offset)) * gains
             scale, offset = 1.0, 0.0
-        normalize(
-            raw[self._select],
-            self._mean[plan.scene],
-            self._std[plan.scene],
-            scale,
-            offset,
-            out=out[: len(self._select)],
-        )
+        n = len(self._select)
+        mean, std = self._mean[plan.scene], self._std[plan.scene]
+        normalize(raw[self._select], mean[:n], std[:n], scale, offset, out=out[:n])
         if self._plans:
             phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
-            out[len(self._select) :] = compute_plans(phys, self._plans)
+            out[n:] = compute_plans(phys, self._plans)
+            if self._index_norm:
+                normalize(out[n:], mean[n:], std[n:], out=out[n:])
         if plan.transform:
             out = dihedral(out, plan.transform)
             lab = dihedral(lab, plan.transform)
@@ -459,7 +476,9 @@ def load_scene(
     use = select_channels(cache_channels, channels, f"cached scene {image_id}")
     plans = resolve_indices(list(indices), cache_channels)
     select = [cache_channels.index(c) for c in use]
-    mean, std = scene_norm(stats, image_id, use)
+    normed = norm_channels(stats, use, plans)
+    mean, std = scene_norm(stats, image_id, normed)
+    n = len(select)
     scale, offset = scale_offset(opened)
     arr = opened.load(image_id)
     _, h, w = arr.shape
@@ -476,10 +495,12 @@ def load_scene(
         o0, o1 = r - first, r1 - first
         raw = np.asarray(arr[:, r:r1, left:right])
         src = raw[select[0] : select[0] + len(select)] if contiguous and select else raw[select]
-        normalize(src, mean, std, scale, offset, out=out[: len(select), o0:o1])
+        normalize(src, mean[:n], std[:n], scale, offset, out=out[:n, o0:o1])
         if plans:
             phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
-            out[len(select) :, o0:o1] = compute_plans(phys, plans)
+            out[n:, o0:o1] = compute_plans(phys, plans)
+            if len(normed) > n:
+                normalize(out[n:, o0:o1], mean[n:], std[n:], out=out[n:, o0:o1])
     return out
 
 

@@ -17,7 +17,7 @@ from spectraseg.config import Config, rare_classes
 from spectraseg.data.classes import DSTL_SCHEMA, ClassSchema
 from spectraseg.errors import ConfigError
 from spectraseg.evaluation.metrics import pixel_areas
-from spectraseg.features.normalization import compute_stats
+from spectraseg.features.normalization import compute_stats, index_channels
 from spectraseg.features.patches import PatchDataset, load_scene
 from spectraseg.features.split import run_scenes, run_split
 from spectraseg.features.stats import Stats, load_stats
@@ -72,14 +72,33 @@ def _run_stats(config: Config, run: RunDir, cache: Cache, resume: bool, progress
     """The run's own ``stats.json`` when resuming, else ``data.stats``, else computed over
     every cached scene: statistics describe imagery, not labels, so this gives validation
     and test scenes the entry of their own region, as prediction does for new regions."""
-    d = config.data
     if resume:
         stats = read_stats(run)
         if stats is not None:
             return stats
-    if d.stats:
-        return load_stats(d.stats).with_mode(d.norm)
-    return compute_stats(cache, None, mode=d.norm, progress=progress)
+    return config_stats(config, cache, progress)
+
+
+def config_stats(config: Config, cache: Cache, progress: bool) -> Stats:
+    """``data.stats`` in the scope of ``data.norm``, else statistics over every cached scene,
+    with entries for the spectral indices when ``data.index_norm`` asks for them.
+
+    Raises ConfigError when a ``data.stats`` file's index entries disagree with
+    ``data.index_norm`` and ``data.indices``.
+    """
+    d = config.data
+    want = list(d.indices) if d.index_norm else []
+    if not d.stats:
+        return compute_stats(cache, None, mode=d.norm, progress=progress, indices=want)
+    stats = load_stats(d.stats).with_mode(d.norm)
+    held = index_channels(stats)
+    if held != want:
+        raise ConfigError(
+            f"statistics file {d.stats} holds spectral indices [{', '.join(held)}] but "
+            f"data.index_norm={str(d.index_norm).lower()} with data.indices "
+            f"[{', '.join(d.indices)}] needs [{', '.join(want)}]"
+        )
+    return stats
 
 
 def prepare_data(
