@@ -304,6 +304,7 @@ def test_cli_stats_writes_json_and_prints_table(cache, tmp_path, capsys):
     argv = ["stats", str(root), "--mode", "image", "--out", str(out), "--images", *ids]
     assert main([*argv, "--extra", "6040_2_2"]) == 0
     stats = load_stats(out)
+    assert list(stats.channels) == RGBA
     assert stats.mode == "image" and sorted(stats.image) == sorted([*ids, "6040_2_2"])
     check_entry(stats.dataset, valid_pixels(scenes, ids))
     check_entry(stats.image["6040_2_2"], valid_pixels(scenes, ["6040_2_2"]))
@@ -311,6 +312,20 @@ def test_cli_stats_writes_json_and_prints_table(cache, tmp_path, capsys):
     assert "2 scene(s) in 2 region(s), mode image, with entries for 1 extra" in text
     assert text.count("\n") == 2 + len(RGBA)
     assert text.splitlines()[2].split()[0] == "R"
+
+
+def test_cli_stats_with_index_entries(cache, tmp_path, capsys):
+    root, scenes = cache
+    out = tmp_path / "s.json"
+    assert main(["stats", str(root), "--out", str(out), "--indices", "ND:A1:A2"]) == 0
+    stats = load_stats(out)
+    assert list(stats.channels) == [*RGBA, "ND:A1:A2"]
+    ref = index_pixels(scenes, scenes)[1]
+    assert stats.dataset.mean[-1] == pytest.approx(ref.mean(), rel=1e-6)
+    assert capsys.readouterr().out.splitlines()[-1].split()[0] == "ND:A1:A2"
+    assert main(["stats", str(root), "--out", str(out), "--indices", "NDVI"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'NDVI' needs channel(s) M7, M5" in err[0]
 
 
 def test_cli_stats_user_error_is_one_line(tmp_path, capsys):

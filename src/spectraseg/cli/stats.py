@@ -22,6 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="normalisation scope (default: region)",
     )
     p.add_argument("--out", required=True, help="statistics JSON file to write")
+    p.add_argument(
+        "--indices",
+        nargs="+",
+        default=[],
+        metavar="INDEX",
+        help="spectral indices to hold statistics for too, after the bands (e.g. NBR2 "
+        "ND:A1:A8), for a run with data.index_norm = true and the same data.indices",
+    )
     add_scenes(
         p,
         "--images",
@@ -40,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from spectraseg.features.normalization import compute_stats, extend_stats
     from spectraseg.features.stats import save_stats
 
-    stats = compute_stats(args.cache, args.images, mode=args.mode)
+    stats = compute_stats(args.cache, args.images, mode=args.mode, indices=args.indices)
     line = (
         f"statistics of {len(stats.image)} scene(s) in {len(stats.region)} region(s), "
         f"mode {stats.mode}"

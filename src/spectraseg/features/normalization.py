@@ -287,7 +287,9 @@ def compute_stats(
         raise ConfigError("no scenes to compute statistics over")
     if len(set(ids)) != len(ids):
         raise ConfigError("the list of scenes for statistics repeats a scene")
-    channels = _order_channels(ch for i in ids for ch in cache.channels(i)) + list(indices)
+    channels = _order_channels(ch for i in ids for ch in cache.channels(i))
+    resolve_indices(list(indices), channels)  # a bad name fails before the pass, not in it
+    channels += list(indices)
     index = {c: k for k, c in enumerate(channels)}
     scale, offset = _units(channels, *scale_offset(cache))
 
