@@ -94,9 +94,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "precise bn + width 12": (*PRECISE_BN, "model.width=12"),
     # The learning rate was never compared under this protocol (Adam, 4 patches a step).
     "precise bn + lr 1e-3": (*PRECISE_BN, "train.lr=1e-3"),
-    # The 11 index channels vary 2-7x more between scenes (their scene means) than within
-    # one, and are appended unnormalised (within-scene sd 0.01-0.04 against ~0.8 for the
-    # bands): do they carry region offsets more than ground?
+    # The 11 index channels are appended unnormalised (within-scene sd 0.01-0.04 against
+    # ~0.8 for the bands) and their scene means vary between scenes by 0.8-3.4x their
+    # within-scene sd: do they carry region offsets more than ground?
     "precise bn + no indices": (*PRECISE_BN, "data.indices=[]"),
     # The same indices normalised like the bands, with their region's own statistics.
     "precise bn + index norm": (*PRECISE_BN, "data.index_norm=true"),
