@@ -372,7 +372,7 @@ def test_index_statistics_equal_numpy_over_their_bands_valid_pixels(tmp_path, sc
     np.testing.assert_allclose(stats.region["6010"].mean[5:], [p.mean() for p in ref], rtol=1e-6)
     # Streaming in tiny row blocks gives the same moments.
     c = open_cache_dir(root)
-    from spectraseg.features.indices import resolve_indices
+    from spectraseg.features.indices import normalized_difference, resolve_indices
     from spectraseg.features.normalization import index_moments
 
     plans = resolve_indices(names, RGBA)
@@ -380,6 +380,20 @@ def test_index_statistics_equal_numpy_over_their_bands_valid_pixels(tmp_path, sc
     whole = index_moments(c, "6010_0_0", plans, block_values=1 << 30)
     np.testing.assert_allclose(small.mean, whole.mean, rtol=1e-9)
     assert np.array_equal(small.n, whole.n)
+    # Nodata pixels of a georeferenced scene are left out too.
+    from spectraseg.align.cache import NODATA_DIR, write_pixel_mask
+
+    nodata = np.zeros((30, 41), dtype=bool)
+    nodata[5:9, 10:30] = True
+    write_pixel_mask(root, NODATA_DIR, "6010_0_0", nodata)
+    got = index_moments(open_cache_dir(root), "6010_0_0", plans, block_values=7)
+    arr = scenes["6010_0_0"][0].astype(np.float32) * np.float32(scale) + np.float32(offset)
+    ref = [normalized_difference(arr[0], arr[1])[~nodata]]
+    a_valid = np.zeros_like(nodata)
+    a_valid[2:30, 0:37] = True
+    ref.append(normalized_difference(arr[3], arr[4])[a_valid & ~nodata])
+    assert got.n.tolist() == [r.size for r in ref]
+    np.testing.assert_allclose(got.mean, [r.astype(np.float64).mean() for r in ref], rtol=1e-6)
 
 
 def test_extend_stats_computes_index_entries_of_a_new_region(cache):

@@ -153,6 +153,13 @@ def scene_moments(cache: Cache, image_id: str, block_values: int = _BLOCK_VALUES
 # --------------------------------------------------------------------------- statistics
 
 
+def _common_box(boxes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The intersection of ``(row0, row1, col0, col1)`` boxes (empty when ``row0 >= row1``
+    or ``col0 >= col1``)."""
+    r0, r1, c0, c1 = zip(*boxes, strict=True)
+    return max(r0), min(r1), max(c0), min(c1)
+
+
 def index_moments(
     cache: Cache, image_id: str, plans: Sequence[IndexPlan], block_values: int = _BLOCK_VALUES
 ) -> Moments:
@@ -166,25 +173,23 @@ def index_moments(
     arr = cache.load(image_id)
     _, h, w = arr.shape
     boxes = channel_valid_boxes(cache, image_id, arr.shape)
+    common = [_common_box([boxes[b] for b in p.bands]) for p in plans]
     nodata = cache.nodata(image_id)
     scale, offset = scale_offset(cache)
     acc = Moments.zeros(len(plans))
     step = max(1, block_values // max(1, arr.shape[0] * w))
     for r in range(0, h, step):
-        rows = slice(r, min(r + step, h))
-        phys = np.asarray(arr[:, rows]).astype(np.float32) * np.float32(scale) + np.float32(offset)
-        values = compute_plans(phys, plans)
-        rr = np.arange(rows.start, rows.stop)[:, None]
-        cc = np.arange(w)[None, :]
-        ok = np.ones((rows.stop - rows.start, w), dtype=bool)
-        if nodata is not None:
-            ok &= ~np.asarray(nodata[rows])
-        for k, plan in enumerate(plans):
-            keep = ok.copy()
-            for b in plan.bands:
-                r0, r1, c0, c1 = boxes[b]
-                keep &= (rr >= r0) & (rr < r1) & (cc >= c0) & (cc < c1)
-            acc.merge_into(Moments.of(values[k][keep][None]), slice(k, k + 1))
+        raw = np.asarray(arr[:, r : r + step])
+        # The physical values exactly as load_scene computes indices from them.
+        values = compute_plans(
+            raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset, plans
+        )
+        ok = None if nodata is None else ~np.asarray(nodata[r : r + step])
+        for k, (r0, r1, c0, c1) in enumerate(common):
+            rows = slice(max(r0 - r, 0), max(min(r1 - r, raw.shape[1]), 0))
+            v = values[k, rows, c0:c1]
+            v = v[ok[rows, c0:c1]] if ok is not None else v.ravel()
+            acc.merge_into(Moments.of(v[None]), slice(k, k + 1))
     return acc
 
 

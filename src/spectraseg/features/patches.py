@@ -178,6 +178,31 @@ def norm_channels(stats: Stats, channels: Sequence[str], plans: Sequence[IndexPl
     return [*channels, *(names if held else [])]
 
 
+def fill_channels(
+    out: np.ndarray,
+    bands: np.ndarray,
+    raw: np.ndarray,
+    plans: Sequence[IndexPlan],
+    mean: np.ndarray,
+    std: np.ndarray,
+    scale: float,
+    offset: float,
+) -> None:
+    """Write a window's input channels into ``out`` float32 ``(B + len(plans), ...)``: the
+    selected ``bands`` (B, ...) normalised, then the indices of ``raw`` (every cache channel,
+    stored values), normalised too when ``mean``/``std`` reach past the bands
+    (:func:`norm_channels`). The one rule :class:`PatchDataset` and :func:`load_scene` share.
+    """
+    n = len(bands)
+    normalize(bands, mean[:n], std[:n], scale, offset, out=out[:n])
+    if not plans:
+        return
+    phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
+    out[n:] = compute_plans(phys, plans)
+    if len(mean) > n:
+        normalize(out[n:], mean[n:], std[n:], out=out[n:])
+
+
 class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     """Random training patches from cached scenes, deterministic per ``(seed, rank, epoch, i)``.
 
@@ -252,7 +277,6 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         self._plans: list[IndexPlan] = resolve_indices(list(indices), cache_channels)
         self.channel_names = use + [p.name for p in self._plans]
         normed = norm_channels(stats, use, self._plans)
-        self._index_norm = len(normed) > len(use)
         norms = [scene_norm(stats, i, normed) for i in self.image_ids]
         self._mean = np.stack([m for m, _ in norms])
         self._std = np.stack([sd for _, sd in norms])
@@ -410,14 +434,8 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             gains = np.asarray(plan.gains, dtype=np.float32)[:, None, None]
             raw = (raw * np.float32(scale) + np.float32(offset)) * gains
             scale, offset = 1.0, 0.0
-        n = len(self._select)
         mean, std = self._mean[plan.scene], self._std[plan.scene]
-        normalize(raw[self._select], mean[:n], std[:n], scale, offset, out=out[:n])
-        if self._plans:
-            phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
-            out[n:] = compute_plans(phys, self._plans)
-            if self._index_norm:
-                normalize(out[n:], mean[n:], std[n:], out=out[n:])
+        fill_channels(out, raw[self._select], raw, self._plans, mean, std, scale, offset)
         if plan.transform:
             out = dihedral(out, plan.transform)
             lab = dihedral(lab, plan.transform)
@@ -476,9 +494,7 @@ def load_scene(
     use = select_channels(cache_channels, channels, f"cached scene {image_id}")
     plans = resolve_indices(list(indices), cache_channels)
     select = [cache_channels.index(c) for c in use]
-    normed = norm_channels(stats, use, plans)
-    mean, std = scene_norm(stats, image_id, normed)
-    n = len(select)
+    mean, std = scene_norm(stats, image_id, norm_channels(stats, use, plans))
     scale, offset = scale_offset(opened)
     arr = opened.load(image_id)
     _, h, w = arr.shape
@@ -495,12 +511,7 @@ def load_scene(
         o0, o1 = r - first, r1 - first
         raw = np.asarray(arr[:, r:r1, left:right])
         src = raw[select[0] : select[0] + len(select)] if contiguous and select else raw[select]
-        normalize(src, mean[:n], std[:n], scale, offset, out=out[:n, o0:o1])
-        if plans:
-            phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
-            out[n:, o0:o1] = compute_plans(phys, plans)
-            if len(normed) > n:
-                normalize(out[n:, o0:o1], mean[n:], std[n:], out=out[n:, o0:o1])
+        fill_channels(out[:, o0:o1], src, raw, plans, mean, std, scale, offset)
     return out
 
 
