@@ -73,7 +73,8 @@ REAL_STEPS = 8000
 """Default training budget on real data, all models together: 1600 optimizer steps for each
 of the 4 folds and for the final model (:data:`spectraseg.crossval.FINAL`). The 4 folds took
 about 18 minutes of training and out-of-fold prediction on 2 CPU cores in bfloat16 on a busy
-day, 9 on a quiet one (22 in float32, on CPUs without native bfloat16). 2100 bfloat16 steps
+day, 9 on a quiet one (19 on a slower 2-core Xeon, quiet, 2026-12-04; 22 in float32, on CPUs
+without native bfloat16). 2100 bfloat16 steps
 per fold, the same 20 minutes as 1600 float32 ones, scored no better (seed 0: 0.124 against
 0.127). Against 1000 steps per fold, on the same folds (nested pooled mean Jaccard of the
 U-Net alone, thresholds at the middle of their plateau): 0.127 and 0.121 against 0.110 and
