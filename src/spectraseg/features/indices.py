@@ -173,8 +173,14 @@ def resolve_indices(names: Sequence[str], channels: Sequence[str]) -> list[Index
     return plans
 
 
-def compute_plans(x: np.ndarray, plans: Sequence[IndexPlan]) -> np.ndarray:
-    """Indices of a physical-DN stack ``x`` (C, ...) -> float32 (len(plans), ...) in [-1, 1]."""
+def compute_plans(
+    x: np.ndarray, plans: Sequence[IndexPlan], scale: float = 1.0, offset: float = 0.0
+) -> np.ndarray:
+    """Indices of a stack ``x`` (C, ...) -> float32 (len(plans), ...) in [-1, 1]. ``x`` holds
+    stored values whose physical DN are ``x * scale + offset`` (a cache's
+    :func:`~spectraseg.align.cache.scale_offset`; the defaults: ``x`` is physical)."""
+    if (scale, offset) != (1.0, 0.0):
+        x = x * scale + offset
     out = np.empty((len(plans), *x.shape[1:]), dtype=np.float32)
     for k, p in enumerate(plans):
         if p.kind == "nd":

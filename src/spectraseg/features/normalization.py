@@ -180,10 +180,7 @@ def index_moments(
     step = max(1, block_values // max(1, arr.shape[0] * w))
     for r in range(0, h, step):
         raw = np.asarray(arr[:, r : r + step])
-        # The physical values exactly as load_scene computes indices from them.
-        values = compute_plans(
-            raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset, plans
-        )
+        values = compute_plans(raw, plans, scale, offset)  # as load_scene computes them
         ok = None if nodata is None else ~np.asarray(nodata[r : r + step])
         for k, (r0, r1, c0, c1) in enumerate(common):
             rows = slice(max(r0 - r, 0), max(min(r1 - r, raw.shape[1]), 0))

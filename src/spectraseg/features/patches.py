@@ -197,8 +197,7 @@ def fill_channels(
     normalize(bands, mean[:n], std[:n], scale, offset, out=out[:n])
     if not plans:
         return
-    phys = raw if (scale, offset) == (1.0, 0.0) else raw * scale + offset
-    out[n:] = compute_plans(phys, plans)
+    out[n:] = compute_plans(raw, plans, scale, offset)
     if len(mean) > n:
         normalize(out[n:], mean[n:], std[n:], out=out[n:])
 
