@@ -133,6 +133,14 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "index norm + ema 0.997": (*INDEX_NORM, "train.ema=0.997"),
     # Adopted with test-time augmentation: the recipe for levers from here on.
     "ema + tta": EMA_TTA,
+    # On top of the weight average (scored with --tta against its runs): a longer horizon
+    # (about 500 steps), and BCE - log(soft Jaccard) (track up with it before).
+    "index norm + ema 0.998": (*INDEX_NORM, "train.ema=0.998"),
+    "index norm + ema 0.997 + log jaccard": (
+        *INDEX_NORM,
+        "train.ema=0.997",
+        "loss.log_jaccard=true",
+    ),
     # The same with a higher floor of the cosine schedule, so that the averaged weights
     # differ (closer to SWA: an average over a phase of non-vanishing learning rate).
     "index norm + lr floor 0.1, ema 0.995": (

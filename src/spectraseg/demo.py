@@ -119,11 +119,10 @@ Each model is the average of its weights over about its last 330 steps (``train.
 BatchNorm statistics then re-estimated on it by precise BN), and every prediction averages
 the 8 symmetries of the square (``predict.tta``: out-of-fold predictions, so the thresholds
 are fitted on what ``predict`` computes). Paired on the same folds and machine (nested, seeds
-0-2): the average 0.1431 -> 0.1457, 0.1394 -> 0.1412, 0.1315 -> 0.1344 (+0.0024, the same
-sign and size in all three); test-time augmentation, on the same fold models, +0.0004 to
-+0.0044 in all six runs (both settings, three seeds); together 0.1380 -> 0.1428 (mean of the
-three seeds; +0.006, +0.005, +0.003). The price is 8 times the prediction time
-(``benchmarks/bench_small_scenes.py``, README)."""
+0-3): the average 0.1431 -> 0.1457, 0.1394 -> 0.1412, 0.1315 -> 0.1344, 0.1597 -> 0.1585
+(+0.0015 on the mean); test-time augmentation, on the same fold models, +0.0005 to +0.0044
+in all eight runs (both settings, four seeds); together 0.1434 -> 0.1474 (+0.006, +0.005,
++0.003, +0.0015). The price is about 5 times the prediction time (README)."""
 
 # Training settings of the demo on top of configs/default.toml; users add --set overrides.
 DEMO_OVERRIDES: tuple[str, ...] = (
