@@ -119,10 +119,11 @@ Each model is the average of its weights over about its last 330 steps (``train.
 BatchNorm statistics then re-estimated on it by precise BN), and every prediction averages
 the 8 symmetries of the square (``predict.tta``: out-of-fold predictions, so the thresholds
 are fitted on what ``predict`` computes). Paired on the same folds and machine (nested, seeds
-0-3): the average 0.1431 -> 0.1457, 0.1394 -> 0.1412, 0.1315 -> 0.1344, 0.1597 -> 0.1585
-(+0.0015 on the mean); test-time augmentation, on the same fold models, +0.0005 to +0.0044
-in all eight runs (both settings, four seeds); together 0.1434 -> 0.1474 (+0.006, +0.005,
-+0.003, +0.0015). The price is about 5 times the prediction time (README)."""
+0-4): the average 0.1431 -> 0.1457, 0.1394 -> 0.1412, 0.1315 -> 0.1344, 0.1597 -> 0.1585,
+0.1185 -> 0.1210 (+0.0017 on the mean); test-time augmentation, on the same fold models,
++0.0005 to +0.0044 in all ten runs (both settings, five seeds); together 0.1384 -> 0.1426
+(+0.006, +0.005, +0.003, +0.0015, +0.005). The price is about 5 times the prediction time
+(README)."""
 
 # Training settings of the demo on top of configs/default.toml; users add --set overrides.
 DEMO_OVERRIDES: tuple[str, ...] = (
