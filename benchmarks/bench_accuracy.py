@@ -131,6 +131,13 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # ~330 steps (BatchNorm statistics then re-estimated on it by precise BN) gain some of
     # that for free? (EMA 0.999 without precise BN reached into the high-lr half: -0.025.)
     "index norm + ema 0.997": (*INDEX_NORM, "train.ema=0.997"),
+    # The weight average with a higher floor of the cosine schedule, so that the averaged
+    # weights differ (closer to SWA: an average over a phase of non-vanishing rate).
+    "index norm + lr floor 0.1, ema 0.995": (
+        *INDEX_NORM,
+        "train.min_lr_ratio=0.1",
+        "train.ema=0.995",
+    ),
     # Adopted with test-time augmentation: the recipe for levers from here on.
     "ema + tta": EMA_TTA,
     # On top of the weight average (scored with --tta against its runs): a longer horizon
@@ -140,13 +147,6 @@ LEVERS: dict[str, tuple[str, ...]] = {
         *INDEX_NORM,
         "train.ema=0.997",
         "loss.log_jaccard=true",
-    ),
-    # The same with a higher floor of the cosine schedule, so that the averaged weights
-    # differ (closer to SWA: an average over a phase of non-vanishing learning rate).
-    "index norm + lr floor 0.1, ema 0.995": (
-        *INDEX_NORM,
-        "train.min_lr_ratio=0.1",
-        "train.ema=0.995",
     ),
 }
 """Levers that need training: config overrides on top of the demo's real-data recipe. The
