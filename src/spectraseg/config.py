@@ -152,6 +152,9 @@ class TrainConfig:
     photometric: float = 0.0
     """Random per-band gains: standard deviation of their log, half shared by all bands, half
     per band (another acquisition's brightness and colour cast); 0: none."""
+    zoom: float = 0.0
+    """Random magnification: half-width of the uniform distribution of its log (0.25: 0.78x
+    to 1.28x), the window resampled to the patch side; 0: none."""
     threads: int = 0
     """``torch.set_num_threads`` on CPU; 0: torch's default."""
     workers: int = 0
@@ -412,6 +415,7 @@ def _validate_train(config: Config) -> None:
         list(t.rare_classes),
     )
     _check(0.0 <= t.photometric <= 1.0, "train.photometric", "must be in [0, 1]", t.photometric)
+    _check(0.0 <= t.zoom <= 1.0, "train.zoom", "must be in [0, 1]", t.zoom)
     _check(t.threads >= 0, "train.threads", "must be >= 0", t.threads)
     _check(t.workers >= 0, "train.workers", "must be >= 0", t.workers)
     _check_choice("train.device", t.device, DEVICES)

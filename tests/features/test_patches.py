@@ -189,6 +189,37 @@ def test_photometric_gains_act_on_physical_values(coord_cache):
     assert ds.plan(5) == PatchDataset(root, sorted(scenes), stats, photometric=0.2, **kw).plan(5)
 
 
+def test_zoom_resamples_image_and_mask_together(coord_cache):
+    """With a random magnification, every output pixel's mask is the truth at the scene
+    pixel nearest the position its image (channels 0/1: row, col) was interpolated from."""
+    root, scenes, masks = coord_cache
+    kw = {"size": 16, "length": 300, "rare_share": 0.5}
+    ds = PatchDataset(root, sorted(scenes), identity_stats(), zoom=0.5, **kw)
+    sides, checked = set(), 0
+    for i in range(len(ds)):
+        plan = ds.plan(i)
+        side = plan.window or 16
+        sides.add(side)
+        h, w = masks[ds.image_ids[plan.scene]].shape[1:]
+        inside = 0 <= plan.row0 <= h - side and 0 <= plan.col0 <= w - side
+        if not inside:
+            continue  # mirrored windows fold the coordinate ramps
+        item = ds[i]
+        img, mask = item["image"].numpy(), item["mask"].numpy()
+        assert img.shape == (len(CHANNELS), 16, 16) and mask.shape == (10, 16, 16)
+        rows = np.floor(img[0] + 0.5).astype(int)
+        cols = np.floor(img[1] + 0.5).astype(int)
+        assert np.array_equal(mask, masks[ds.image_ids[plan.scene]][:, rows, cols])
+        checked += 1
+    assert checked > 50
+    # Sides from 16 / e^0.5 to 16 * e^0.5, both ways of 16.
+    assert min(sides) >= 10 and max(sides) <= 26 and min(sides) < 14 and max(sides) > 19
+    # Without zoom the stream is the one before zoom existed: windows of the patch side.
+    plain = PatchDataset(root, sorted(scenes), identity_stats(), **kw)
+    assert all(plain.plan(i).window is None for i in range(50))
+    assert ds.uniform_view().zoom == 0.0 and ds.zoom == 0.5
+
+
 def test_load_scene_matches_patches(coord_cache):
     root, scenes, _ = coord_cache
     stats = compute_stats(root, mode="region", progress=False)
@@ -230,6 +261,8 @@ def test_bad_settings_raise_config_errors(coord_cache):
         PatchDataset(root, ids, identity_stats(), rare_share=1.5)
     with pytest.raises(ConfigError, match=r"photometric augmentation 1\.5"):
         PatchDataset(root, ids, identity_stats(), photometric=1.5)
+    with pytest.raises(ConfigError, match=r"zoom augmentation -0\.1"):
+        PatchDataset(root, ids, identity_stats(), zoom=-0.1)
     with pytest.raises(ConfigError, match=r"rare classes \[2, 11\] go beyond the data's 10"):
         PatchDataset(root, ids, identity_stats(), rare_classes=(2, 11))
     with pytest.raises(ConfigError, match="training scene 6999_0_0 is not in the cache"):

@@ -14,6 +14,7 @@ from spectraseg.features.windows import (
     dihedral_inverse,
     read_window,
     reflect_index,
+    resize_window,
 )
 
 
@@ -62,3 +63,32 @@ def test_dihedral_transforms_invert_and_are_distinct() -> None:
         assert torch.equal(dihedral_inverse(y, k), x)
         seen.add(tuple(y[0, 0].flatten().tolist()))
     assert len(seen) == 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 20), st.integers(1, 3))
+def test_resize_window_nearest_repeats_labels_at_whole_factors(c, side, factor):
+    rng = np.random.default_rng(side)
+    lab = rng.integers(0, 2, (c, side, side)).astype(np.uint8)
+    up = resize_window(lab, side * factor, nearest=True)
+    assert up.dtype == np.uint8 and up.shape == (c, side * factor, side * factor)
+    assert np.array_equal(up, lab.repeat(factor, axis=1).repeat(factor, axis=2))
+    # And back: every factor-th pixel, the one whose centre is nearest the coarse centre.
+    assert np.array_equal(resize_window(up, side, nearest=True), lab)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(4, 40), st.integers(4, 40))
+def test_resize_window_bilinear_keeps_affine_ramps(side, size):
+    """Pixel centres map to pixel centres: a ramp of the source index becomes the source
+    position of each output centre, ``(i + 0.5) * side / size - 0.5``, wherever that lies
+    between the first and last source centres."""
+    ramp = np.broadcast_to(np.arange(side, dtype=np.float32)[:, None], (side, side))
+    img = np.stack([ramp, ramp.T, np.full((side, side), 7.0, np.float32)])
+    out = resize_window(img, size)
+    assert out.dtype == np.float32 and out.shape == (3, size, size)
+    pos = (np.arange(size) + 0.5) * side / size - 0.5
+    inside = (pos >= 0) & (pos <= side - 1)
+    np.testing.assert_allclose(out[0, inside, 0], pos[inside], atol=2e-2)
+    np.testing.assert_allclose(out[1, 0, inside], pos[inside], atol=2e-2)
+    assert np.allclose(out[2], 7.0)

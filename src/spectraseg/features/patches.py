@@ -48,7 +48,7 @@ from spectraseg.errors import ConfigError, DataError, SpectrasegWarning
 from spectraseg.features.indices import IndexPlan, compute_plans, resolve_indices
 from spectraseg.features.normalization import normalize
 from spectraseg.features.stats import Stats
-from spectraseg.features.windows import dihedral, read_window
+from spectraseg.features.windows import dihedral, read_window, resize_window
 
 CELL = 16
 """Side (pixels) of the coarse cells in which rare-class positions are remembered."""
@@ -88,6 +88,9 @@ class PatchPlan:
     gains: tuple[float, ...] | None = None
     """Photometric gain of each cache channel (physical values are multiplied by it before
     normalisation and indices), None for none."""
+    window: int | None = None
+    """Side of the window on the scene grid when it differs from the patch side (random
+    zoom: resampled to the patch side), None for the patch side."""
 
 
 def _check_args(
@@ -96,6 +99,7 @@ def _check_args(
     rare_share: float,
     jitter: float,
     photometric: float,
+    zoom: float,
     rare_classes: Sequence[int],
     seed: int,
     rank: int,
@@ -107,6 +111,7 @@ def _check_args(
         (0.0 <= rare_share <= 1.0, f"rare-class share {rare_share} must be in [0, 1]"),
         (0.0 <= jitter < 0.5, f"rare-pixel jitter {jitter} must be in [0, 0.5)"),
         (0.0 <= photometric <= 1.0, f"photometric augmentation {photometric} must be in [0, 1]"),
+        (0.0 <= zoom <= 1.0, f"zoom augmentation {zoom} must be in [0, 1]"),
     )
     for ok, message in checks:
         if not ok:
@@ -221,6 +226,9 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         photometric: standard deviation of the log of a random gain applied to each band's
             physical values (half shared by all bands, half per band: brightness and colour
             cast of another acquisition); 0: none. Indices see the same gains.
+        zoom: half-width of the uniform distribution of the log of a random magnification:
+            a window of side ``round(size / z)`` is cut and resampled to ``size`` (bilinear
+            image, nearest-neighbour mask); 0: none.
         indices: spectral index channels to append (:mod:`spectraseg.features.indices`).
         channels: cache channels to use, in this order; None uses all.
         data_root: dataset root to rasterise missing masks from; None requires the masks.
@@ -246,12 +254,13 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         jitter: float = 0.25,
         augment: bool = True,
         photometric: float = 0.0,
+        zoom: float = 0.0,
         indices: Sequence[str] = (),
         channels: Sequence[str] | None = None,
         data_root: str | os.PathLike[str] | None = None,
         progress: bool = False,
     ) -> None:
-        _check_args(size, length, rare_share, jitter, photometric, rare_classes, seed, rank)
+        _check_args(size, length, rare_share, jitter, photometric, zoom, rare_classes, seed, rank)
         if not image_ids:
             raise ConfigError("no training scenes for the patch dataset")
         opened = open_cache_dir(cache)
@@ -267,6 +276,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         self.jitter = float(jitter)
         self.augment = bool(augment)
         self.photometric = float(photometric)
+        self.zoom = float(zoom)
         self.scale, self.offset = scale_offset(opened)
 
         cache_channels = _common_channels(opened, self.image_ids)
@@ -374,7 +384,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         scene shows the network, for BatchNorm statistics after training
         (:mod:`spectraseg.training.batchnorm`)."""
         view = copy.copy(self)
-        view.rare_share, view.photometric = 0.0, 0.0
+        view.rare_share, view.photometric, view.zoom = 0.0, 0.0, 0.0
         view.rank, view.epoch = 0, UNIFORM_EPOCH
         view.length = self.length if length is None else int(length)
         return view
@@ -388,26 +398,17 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         if not 0 <= index < self.length:
             raise IndexError(f"patch index {index} out of range 0..{self.length - 1}")
         rng = self.rng(index)
-        half = self.size // 2
+        # Drawn first, and only when asked, so that streams without zoom are unchanged.
+        side = self.size
+        if self.zoom > 0:
+            side = max(1, round(self.size / np.exp(rng.uniform(-self.zoom, self.zoom))))
+        half = side // 2
         cls = pixel = None
         if self._rare and rng.random() < self.rare_share:
-            classes = list(self._rare)
-            cls = classes[int(rng.integers(len(classes)))]
-            scenes = self._rare[cls]
-            s, cells = scenes[int(rng.integers(len(scenes)))]
-            h, w = self._shapes[s]
-            cell = int(cells[int(rng.integers(len(cells)))])
-            gw = -(-w // CELL)
-            r0, c0 = (cell // gw) * CELL, (cell % gw) * CELL
-            _, mask = self._scene_arrays(s)
-            block = np.asarray(mask[cls - 1, r0 : min(r0 + CELL, h), c0 : min(c0 + CELL, w)])
-            rr, cc = np.nonzero(block)
-            k = int(rng.integers(len(rr)))
-            pr, pc = r0 + int(rr[k]), c0 + int(cc[k])
-            pixel = (pr, pc)
-            j = int(self.jitter * self.size)
+            s, cls, pixel = self._rare_pixel(rng)
+            j = int(self.jitter * side)
             dr, dc = (int(v) for v in rng.integers(-j, j + 1, size=2)) if j else (0, 0)
-            row0, col0 = pr - half + dr, pc - half + dc
+            row0, col0 = pixel[0] - half + dr, pixel[1] - half + dc
         else:
             s = int(rng.choice(len(self.image_ids), p=self._area_p))
             h, w = self._shapes[s]
@@ -419,14 +420,33 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             z = rng.standard_normal(len(self.cache_channels) + 1)
             log_gain = self.photometric * (z[0] + z[1:]) / np.sqrt(2.0)
             gains = tuple(float(g) for g in np.exp(log_gain))
-        return PatchPlan(s, row0, col0, transform, cls, pixel, gains)
+        window = None if side == self.size else side
+        return PatchPlan(s, row0, col0, transform, cls, pixel, gains, window)
+
+    def _rare_pixel(self, rng: np.random.Generator) -> tuple[int, int, tuple[int, int]]:
+        """``(scene, class, (row, col))``: a rare class drawn uniformly, then a scene holding
+        it, then one of its cells, then one of its pixels in that cell."""
+        classes = list(self._rare)
+        cls = classes[int(rng.integers(len(classes)))]
+        scenes = self._rare[cls]
+        s, cells = scenes[int(rng.integers(len(scenes)))]
+        h, w = self._shapes[s]
+        cell = int(cells[int(rng.integers(len(cells)))])
+        gw = -(-w // CELL)
+        r0, c0 = (cell // gw) * CELL, (cell % gw) * CELL
+        _, mask = self._scene_arrays(s)
+        block = np.asarray(mask[cls - 1, r0 : min(r0 + CELL, h), c0 : min(c0 + CELL, w)])
+        rr, cc = np.nonzero(block)
+        k = int(rng.integers(len(rr)))
+        return s, cls, (r0 + int(rr[k]), c0 + int(cc[k]))
 
     def sample(self, plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
         """The (image float32 (C, S, S), mask uint8 (K, S, S)) arrays of a plan."""
         img, mask = self._scene_arrays(plan.scene)
-        raw = read_window(img, plan.row0, plan.col0, self.size)
-        lab = read_window(mask, plan.row0, plan.col0, self.size)
-        out = np.empty((self.in_channels, self.size, self.size), dtype=np.float32)
+        side = plan.window or self.size
+        raw = read_window(img, plan.row0, plan.col0, side)
+        lab = read_window(mask, plan.row0, plan.col0, side)
+        out = np.empty((self.in_channels, side, side), dtype=np.float32)
         scale, offset = self.scale, self.offset
         if plan.gains is not None:
             # Gains act on physical values: convert first, then normalise those.
@@ -435,6 +455,9 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             scale, offset = 1.0, 0.0
         mean, std = self._mean[plan.scene], self._std[plan.scene]
         fill_channels(out, raw[self._select], raw, self._plans, mean, std, scale, offset)
+        if side != self.size:
+            out = resize_window(out, self.size)
+            lab = resize_window(lab, self.size, nearest=True)
         if plan.transform:
             out = dihedral(out, plan.transform)
             lab = dihedral(lab, plan.transform)
@@ -449,8 +472,11 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         ignored = self._ignored[plan.scene]
         if ignored is None:
             return None
-        window = read_window(ignored[None], plan.row0, plan.col0, self.size)
+        side = plan.window or self.size
+        window = read_window(ignored[None], plan.row0, plan.col0, side)
         valid = (~window).astype(np.uint8)
+        if side != self.size:
+            valid = resize_window(valid, self.size, nearest=True)
         return np.ascontiguousarray(dihedral(valid, plan.transform) if plan.transform else valid)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import cv2
 import numpy as np
 import torch
 
@@ -38,6 +39,20 @@ def read_window(arr: np.ndarray, row0: int, col0: int, size: int) -> np.ndarray:
     r_lo, r_hi, c_lo, c_hi = ri.min(), ri.max() + 1, ci.min(), ci.max() + 1
     slab = np.asarray(arr[:, r_lo:r_hi, c_lo:c_hi])
     return slab[:, (ri - r_lo)[:, None], (ci - c_lo)[None, :]]
+
+
+def resize_window(arr: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    """A (C, h, w) window resampled to (C, size, size), same dtype.
+
+    Bilinear for images, nearest neighbour for labels (``nearest``; OpenCV's
+    ``INTER_NEAREST_EXACT``, which samples at pixel centres as the bilinear mode does, so
+    that labels stay on their pixels).
+    """
+    c = arr.shape[0]
+    mode = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_LINEAR
+    hwc = np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+    out = cv2.resize(hwc, (size, size), interpolation=mode).reshape(size, size, c)
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
 
 
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, t) for t in (False, True) for k in range(4))

@@ -143,6 +143,7 @@ def prepare_data(
         rare_classes=rare_classes(config, len(cache.schema), cache.schema.is_dstl),
         augment=t.augment,
         photometric=t.photometric,
+        zoom=t.zoom,
         indices=d.indices,
         progress=progress and rank == 0,
     )
