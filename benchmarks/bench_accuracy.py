@@ -223,18 +223,26 @@ def recipe(cache: Path, steps: int, seed: int, extra: list[str]):  # -> Config
 
 def tta_lever(run: Path) -> dict[str, float]:
     """Nested means of the U-Net alone of one trained run, its held-out scenes predicted
-    again with the 8 symmetries averaged (test-time augmentation), against without."""
+    again with the 8 symmetries averaged (test-time augmentation), against without; and
+    without, at thresholds fitted on the predictions with (``predict --no-tta`` on a run
+    whose decisions were fitted with test-time augmentation)."""
     from cv_predictions import CVRun  # the script's own folder
     from spectraseg.crossval import nested_scores
 
     fr = CVRun.open(run)
-    out = {}
+    hists = {}
     for tta in (False, True):
-        hist = {}
+        hists[tta] = {}
         for model, fold in fr.fold_models():
-            hist.update(fr.histograms(model, fold, tta=tta))
-        out["tta" if tta else "no tta"] = nested_scores(hist, fr.cv.folds, "average")[0].mean
-    return out
+            hists[tta].update(fr.histograms(model, fold, tta=tta))
+    folds = fr.cv.folds
+    return {
+        "no tta": nested_scores(hists[False], folds, "average")[0].mean,
+        "tta": nested_scores(hists[True], folds, "average")[0].mean,
+        "no tta, tta thresholds": nested_scores(
+            hists[False], folds, "average", decide_on=hists[True]
+        )[0].mean,
+    }
 
 
 def run_path(out: Path, name: str, seed: int) -> Path:
@@ -326,7 +334,8 @@ def main() -> None:
         for s in args.seeds if args.tta else ():
             scores = tta_lever(run_path(args.out, name, s))
             print(f"{'':<18} seed {s}: without tta {scores['no tta']:.4f}, "
-                  f"with tta {scores['tta']:.4f}", flush=True)  # fmt: skip
+                  f"with tta {scores['tta']:.4f}, without tta at thresholds fitted with "
+                  f"{scores['no tta, tta thresholds']:.4f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from spectraseg.align.cache import open_cache
 from spectraseg.align.fusion import align_dataset
 from spectraseg.config import Config
-from spectraseg.crossval import oof_paths, scene_histograms, train_folds
+from spectraseg.crossval import nested_scores, oof_paths, scene_histograms, train_folds
 from spectraseg.data.dstl import region_of
 from spectraseg.data.synth import synthesize
 from spectraseg.errors import ConfigError, DataError
@@ -224,3 +224,32 @@ def test_an_ensemble_run_averages_the_fold_models(cv_run, tmp_path, capsys) -> N
     want = torch.stack([torch.sigmoid(m(x)) for m in model.members]).mean(0)
     with torch.no_grad():
         torch.testing.assert_close(torch.sigmoid(model(x)), want, atol=1e-5, rtol=0)
+
+
+def test_nested_scores_can_fit_decisions_on_other_predictions() -> None:
+    """``decide_on``: each fold scored on ``hist`` at decisions fitted on the other folds of
+    other histograms of the same scenes (e.g. with test-time augmentation)."""
+    rng = np.random.default_rng(3)
+
+    def hists() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {
+            i: (rng.integers(0, 50, (1, 10, 256)).astype(float),
+                rng.integers(0, 500, (1, 10, 256)).astype(float))
+            for i in "abcdef"
+        }  # fmt: skip
+
+    hist, other = hists(), hists()
+    folds = [["a", "b"], ["c", "d"], ["e", "f"]]
+    same, d_same = nested_scores(hist, folds, "average", decide_on=hist)
+    plain, d_plain = nested_scores(hist, folds, "average")
+    assert d_same == d_plain and np.array_equal(same.totals, plain.totals)
+    got, decisions = nested_scores(hist, folds, "average", decide_on=other)
+    assert decisions == nested_scores(other, folds, "average")[1]
+    for fold, decided in zip(folds, decisions, strict=True):
+        rest = [i for f in folds if f is not fold for i in f]
+        pos, neg = sum(other[i][0] for i in rest), sum(other[i][1] for i in rest)
+        d1 = tune_blend(np.asarray(pos), np.asarray(neg), "average")
+        assert d1["thresholds"] == decided["thresholds"]
+        want = sum(counts_at(*hist[i], d1["thresholds"], d1["blend"]) for i in fold)
+        np.testing.assert_allclose(got.subset(fold).totals, want)
+    assert not np.array_equal(got.totals, plain.totals)

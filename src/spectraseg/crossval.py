@@ -294,15 +294,19 @@ def nested_scores(
     blend: Any = "decided",
     names: Sequence[str] = DSTL_SCHEMA.names,
     plateau: float = PLATEAU,
+    decide_on: Histograms | None = None,
 ) -> tuple[Evaluation, list[dict[str, Any]]]:
     """Every fold scored with decisions fitted on the other folds' histograms; the score and
     each fold's decisions (``names``: the classes, in order; ``plateau``: the thresholds'
-    rule, :func:`~spectraseg.evaluation.thresholds.choose_thresholds`)."""
+    rule, :func:`~spectraseg.evaluation.thresholds.choose_thresholds`; ``decide_on``: other
+    histograms of the same scenes to fit the decisions on, e.g. of predictions with
+    test-time augmentation when ``hist`` has them without; None: ``hist``)."""
+    fit_on = hist if decide_on is None else decide_on
     ids: list[str] = []
     counts, decisions = [], []
     for k, held_out in enumerate(folds):
         others = [i for j, f in enumerate(folds) if j != k for i in f]
-        decisions.append(_decide(hist, others, mode, plateau))
+        decisions.append(_decide(fit_on, others, mode, plateau))
         counts.append(_score(hist, held_out, decisions[-1], blend))
         ids.extend(held_out)
     ev = Evaluation(tuple(ids), np.concatenate(counts), "raster", names=tuple(names))
