@@ -148,7 +148,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
         "train.ema=0.997",
         "loss.log_jaccard=true",
     ),
-    # Capacity: width 12 lost 0.009 and 0.023 against width 16; 1.8x the time per step.
+    # Capacity: width 12 lost 0.009 and 0.023 against width 16; 1.8-2.0x the time per step.
     # Six seeds: +0.0068 on the mean, five pairs up and one down by 0.021 (docs/accuracy.md).
     "ema + tta + width 24": (*EMA_TTA, "model.width=24"),
     # Random magnification 0.78x-1.28x: the held-out regions' buildings and fields differ
