@@ -443,9 +443,8 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     def sample(self, plan: PatchPlan) -> tuple[np.ndarray, np.ndarray]:
         """The (image float32 (C, S, S), mask uint8 (K, S, S)) arrays of a plan."""
         img, mask = self._scene_arrays(plan.scene)
-        side = plan.window or self.size
-        raw = read_window(img, plan.row0, plan.col0, side)
-        lab = read_window(mask, plan.row0, plan.col0, side)
+        raw, lab = self._window(img, plan), self._window(mask, plan)
+        side = raw.shape[-1]
         out = np.empty((self.in_channels, side, side), dtype=np.float32)
         scale, offset = self.scale, self.offset
         if plan.gains is not None:
@@ -455,13 +454,23 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
             scale, offset = 1.0, 0.0
         mean, std = self._mean[plan.scene], self._std[plan.scene]
         fill_channels(out, raw[self._select], raw, self._plans, mean, std, scale, offset)
-        if side != self.size:
-            out = resize_window(out, self.size)
-            lab = resize_window(lab, self.size, nearest=True)
+        out, lab = self._to_patch(out), self._to_patch(lab, nearest=True)
         if plan.transform:
             out = dihedral(out, plan.transform)
             lab = dihedral(lab, plan.transform)
         return np.ascontiguousarray(out), np.ascontiguousarray(lab)
+
+    def _window(self, array: np.ndarray, plan: PatchPlan) -> np.ndarray:
+        """``array[..., rows, cols]`` (C, W, W) under the plan's window on the scene grid (W:
+        ``plan.window``, else the patch side; mirrored past the edges)."""
+        return read_window(array, plan.row0, plan.col0, plan.window or self.size)
+
+    def _to_patch(self, window: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """A (C, W, W) window resampled to the patch side (bilinear, or nearest-exact for
+        labels); returned as is when W already is the patch side."""
+        if window.shape[-1] == self.size:
+            return window
+        return resize_window(window, self.size, nearest=nearest)
 
     def valid(self, plan: PatchPlan) -> np.ndarray | None:
         """uint8 ``(1, S, S)``: 1 where the patch of ``plan`` has data in every band group,
@@ -472,11 +481,7 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         ignored = self._ignored[plan.scene]
         if ignored is None:
             return None
-        side = plan.window or self.size
-        window = read_window(ignored[None], plan.row0, plan.col0, side)
-        valid = (~window).astype(np.uint8)
-        if side != self.size:
-            valid = resize_window(valid, self.size, nearest=True)
+        valid = self._to_patch((~self._window(ignored[None], plan)).astype(np.uint8), True)
         return np.ascontiguousarray(dihedral(valid, plan.transform) if plan.transform else valid)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
