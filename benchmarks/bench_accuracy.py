@@ -149,7 +149,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
         "loss.log_jaccard=true",
     ),
     # Capacity: width 12 lost 0.009 and 0.023 against width 16; 1.8-2.0x the time per step.
-    # Six seeds: +0.0068 on the mean, five pairs up and one down by 0.021 (docs/accuracy.md).
+    # Ten seeds: +0.0074 on the mean, nine pairs up and one down by 0.021; not the default
+    # (over the demo's training budget; docs/accuracy.md, "Capacity and scale").
     "ema + tta + width 24": (*EMA_TTA, "model.width=24"),
     # Random magnification 0.78x-1.28x: the held-out regions' buildings and fields differ
     # in size from the training regions'. Seeds 0 and 1: -0.010, +0.001.

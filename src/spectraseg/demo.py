@@ -123,7 +123,11 @@ are fitted on what ``predict`` computes). Paired on the same folds and machine (
 0.1185 -> 0.1210 (+0.0017 on the mean); test-time augmentation, on the same fold models,
 +0.0005 to +0.0044 in all ten runs (both settings, five seeds); together 0.1384 -> 0.1426
 (+0.006, +0.005, +0.003, +0.0015, +0.005). The price is about 5 times the prediction time
-(README)."""
+(README).
+
+The U-Net keeps width 16: width 24 (``--set model.width=24``) scored 0.1485 against 0.1412
+over ten paired seeds (+0.0074, nine pairs up), but takes about twice the training time,
+more than the demo's 20 minutes (docs/accuracy.md, "Capacity and scale")."""
 
 # Training settings of the demo on top of configs/default.toml; users add --set overrides.
 DEMO_OVERRIDES: tuple[str, ...] = (
