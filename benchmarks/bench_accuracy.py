@@ -148,7 +148,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
         "train.ema=0.997",
         "loss.log_jaccard=true",
     ),
-    # Capacity: width 12 lost 0.009 and 0.023 against width 16; 1.8-2.0x the time per step.
+    # Capacity: width 12 lost 0.009 and 0.023 against width 16. Width 24: 1.8x the
+    # time per step alone, 1.6-2.0x the training time of two runs at once.
     # Ten seeds: +0.0074 on the mean, nine pairs up and one down by 0.021; not the default
     # (over the demo's training budget; docs/accuracy.md, "Capacity and scale").
     "ema + tta + width 24": (*EMA_TTA, "model.width=24"),

@@ -481,7 +481,8 @@ class PatchDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         ignored = self._ignored[plan.scene]
         if ignored is None:
             return None
-        valid = self._to_patch((~self._window(ignored[None], plan)).astype(np.uint8), True)
+        valid = (~self._window(ignored[None], plan)).astype(np.uint8)
+        valid = self._to_patch(valid, nearest=True)
         return np.ascontiguousarray(dihedral(valid, plan.transform) if plan.transform else valid)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
