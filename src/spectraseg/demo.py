@@ -69,13 +69,15 @@ number of steps (not minutes) so that the same command gives the same numbers on
 platform however busy the machine; 2000 steps took 5.6 minutes of training in bfloat16 (5.7
 for the whole demo; 6.2 and 6.6 in float32) on the 2-core development machine (README)."""
 
-REAL_STEPS = 8000
-"""Default training budget on real data, all models together: 1600 optimizer steps for each
-of the 4 folds and for the final model (:data:`spectraseg.crossval.FINAL`). The 4 folds took
-about 18 minutes of training and out-of-fold prediction on 2 CPU cores in bfloat16 on a busy
-day, 9 on a quiet one (19 on a slower 2-core Xeon, quiet, 2026-12-04; 22 in float32, on CPUs
-without native bfloat16). 2100 bfloat16 steps
-per fold, the same 20 minutes as 1600 float32 ones, scored no better (seed 0: 0.124 against
+REAL_STEPS = 6000
+"""Default training budget on real data, all models together: 1200 optimizer steps for each
+of the 4 folds and for the final model (:data:`spectraseg.crossval.FINAL`), at width 24
+(:data:`REAL_OVERRIDES`; since 2026-12-04: three quarters of width 16's 1600 steps, which
+is what pays for the wider model). The figures below are of width 16 at 1600 steps. The 4
+folds took about 18 minutes of training and out-of-fold prediction on 2 CPU cores in
+bfloat16 on a busy day, 9 on a quiet one (19 on a slower 2-core Xeon, quiet, 2026-12-04; 22
+in float32, on CPUs without native bfloat16). 2100 bfloat16 steps per fold, the same 20
+minutes as 1600 float32 ones, scored no better (seed 0: 0.124 against
 0.127). Against 1000 steps per fold, on the same folds (nested pooled mean Jaccard of the
 U-Net alone, thresholds at the middle of their plateau): 0.127 and 0.121 against 0.110 and
 0.106 for seeds 0 and 1, a gain (+0.014) larger than either setting's seed spread
@@ -92,6 +94,7 @@ REAL_OVERRIDES: tuple[str, ...] = (
     "data.index_norm=true",
     "train.ema=0.997",
     "predict.tta=true",
+    "model.width=24",
 )
 """On real data the U-Net alone: with the decisions fitted on every scene's out-of-fold
 prediction, it beat the per-pixel model and every blend of the two on dstl-lite (nested
@@ -125,9 +128,13 @@ are fitted on what ``predict`` computes). Paired on the same folds and machine (
 (+0.006, +0.005, +0.003, +0.0015, +0.005). The price is about 5 times the prediction time
 (README).
 
-The U-Net keeps width 16: width 24 (``--set model.width=24``) scored 0.1485 against 0.1412
-over ten paired seeds (+0.0074, nine pairs up), but takes about twice the training time,
-more than the demo's 20 minutes (docs/accuracy.md, "Capacity and scale")."""
+The U-Net has width 24 (since 2026-12-04; the library's default stays 16): at 1600 steps
+per model it scored 0.1485 against width 16's 0.1412 over ten paired seeds (+0.0074, nine
+pairs up, the seeds spread half as much) but took about twice the training time; at 1200
+steps (:data:`REAL_STEPS`) it scores the same as at 1600 seed by seed (0.1505 against 0.1508
+over seeds 0-3, largest difference 0.004) for about 1.35x width 16's training time, inside
+the demo's 20 minutes. Width 20 at 1600 steps: -0.0025 over four seeds (docs/accuracy.md,
+"Capacity and scale")."""
 
 # Training settings of the demo on top of configs/default.toml; users add --set overrides.
 DEMO_OVERRIDES: tuple[str, ...] = (
@@ -152,7 +159,7 @@ class DemoSettings:
     """Training time budget (all models together) instead of ``steps``."""
     steps: int | None = None
     """Optimizer steps (all models together: the folds and the final model of a
-    cross-validated run); None: 2000 on synthetic data, 8000 on real."""
+    cross-validated run); None: 2000 on synthetic data, 6000 on real."""
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     test_scenes: tuple[str, ...] = ()

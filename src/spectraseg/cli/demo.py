@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         help="optimizer steps over all models: the folds and the final model (default 2000 "
-        "on synthetic data, 8000 on --data): the same numbers on the same platform however "
+        "on synthetic data, 6000 on --data): the same numbers on the same platform however "
         "busy the machine",
     )
     budget.add_argument(
