@@ -150,8 +150,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
     ),
     # Capacity: width 12 lost 0.009 and 0.023 against width 16. Width 24: 1.8x the
     # time per step alone, 1.6-2.0x the training time of two runs at once.
-    # Ten seeds: +0.0074 on the mean, nine pairs up and one down by 0.021; not the default
-    # (over the demo's training budget; docs/accuracy.md, "Capacity and scale").
+    # Ten seeds: +0.0074 on the mean, nine pairs up and one down by 0.021; at 1600 steps over
+    # the demo's training budget (docs/accuracy.md, "Capacity and scale"): see below.
     "ema + tta + width 24": (*EMA_TTA, "model.width=24"),
     # Wider within the demo's training budget: width 20 (about 1.4x the time per step of
     # width 16), or width 24 for three quarters of the steps (1200 per model). Seeds 0-3:

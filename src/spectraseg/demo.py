@@ -131,8 +131,8 @@ are fitted on what ``predict`` computes). Paired on the same folds and machine (
 The U-Net has width 24 (since 2026-12-04; the library's default stays 16): at 1600 steps
 per model it scored 0.1485 against width 16's 0.1412 over ten paired seeds (+0.0074, nine
 pairs up, the seeds spread half as much) but took about twice the training time; at 1200
-steps (:data:`REAL_STEPS`) it scores the same as at 1600 seed by seed (0.1505 against 0.1508
-over seeds 0-3, largest difference 0.004) for about 1.35x width 16's training time, inside
+steps (:data:`REAL_STEPS`) it scores the same as at 1600 seed by seed (0.1505 against 0.1494
+over seeds 0-5, largest difference 0.006) for about 1.35x width 16's training time, inside
 the demo's 20 minutes. Width 20 at 1600 steps: -0.0025 over four seeds (docs/accuracy.md,
 "Capacity and scale")."""
 
